@@ -1,0 +1,56 @@
+/* Minimal TAP producer for meson's 'tap' protocol. Header-only; each test
+ * program includes it once. Exit with tap_done(); exit 77 to skip. */
+#ifndef DUET_TESTS_TAP_H
+#define DUET_TESTS_TAP_H
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int tap_n, tap_failed;
+
+static inline void tap_plan_skip(const char *why)
+{
+    printf("1..0 # SKIP %s\n", why);
+    fflush(stdout);
+    exit(77);
+}
+
+__attribute__((format(printf, 4, 5)))
+static inline int tap_ok_at(int cond, const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+
+    tap_n++;
+    printf("%sok %d - ", cond ? "" : "not ", tap_n);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    if (!cond) {
+        tap_failed++;
+        printf("#   failed at %s:%d\n", file, line);
+    }
+    fflush(stdout);
+    return cond;
+}
+
+#define ok(cond, ...) tap_ok_at(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
+#define is_int(got, want, ...)                                              \
+    do {                                                                    \
+        long long _g = (long long)(got), _w = (long long)(want);            \
+        if (!ok(_g == _w, __VA_ARGS__))                                     \
+            printf("#   got %lld, want %lld\n", _g, _w);                    \
+    } while (0)
+#define diag(...) (printf("# "), printf(__VA_ARGS__), printf("\n"))
+
+static inline int tap_done(void)
+{
+    printf("1..%d\n", tap_n);
+    if (tap_failed)
+        printf("# %d of %d failed\n", tap_failed, tap_n);
+    return tap_failed ? 1 : 0;
+}
+
+#endif
