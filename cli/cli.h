@@ -11,5 +11,7 @@ typedef struct {
 } cli_cmd_t;
 
 extern const cli_cmd_t cli_cmd_info;
+extern const cli_cmd_t cli_cmd_mkmodel;
+extern const cli_cmd_t cli_cmd_gguf_dump;
 
 #endif
