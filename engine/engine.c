@@ -247,6 +247,16 @@ int32_t engine_vocab(const engine_t *e)
     return e->vocab;
 }
 
+const kv_layout_t *engine_kv_layout(const engine_t *e)
+{
+    return fwd_kv_layout(e->fwd);
+}
+
+void *engine_kv_slab(engine_t *e)
+{
+    return fwd_kv_slab(e->fwd);
+}
+
 /* --- adding requests --------------------------------------------------------- */
 
 static duet_status_t check_req(const engine_t *e, uint64_t id, const int32_t *prompt,

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "common/flags.h"
+#include "common/kv_layout.h"
 #include "common/status.h"
 #include "engine/sampler.h"
 #include "model/config.h"
@@ -152,5 +153,9 @@ duet_status_t engine_check(const engine_t *e, char *err, size_t errlen);
 
 int32_t engine_eos(const engine_t *e);
 int32_t engine_vocab(const engine_t *e);
+
+/* The KV slab and its layout (common/kv_layout.h), for the KV connector. */
+const kv_layout_t *engine_kv_layout(const engine_t *e);
+void *engine_kv_slab(engine_t *e);
 
 #endif
