@@ -13,5 +13,7 @@ typedef struct {
 extern const cli_cmd_t cli_cmd_info;
 extern const cli_cmd_t cli_cmd_mkmodel;
 extern const cli_cmd_t cli_cmd_gguf_dump;
+extern const cli_cmd_t cli_cmd_tokenize;
+extern const cli_cmd_t cli_cmd_detokenize;
 
 #endif
