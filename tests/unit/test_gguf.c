@@ -426,7 +426,7 @@ static void tmp_path(char *buf, size_t len, const char *name)
 /* Every metadata type, arrays of each, and a tensor of every dtype with a
  * 64-byte alignment. Values are the ones the checks below (and
  * tests/oracle/test_gguf_oracle.py) expect. */
-static duet_status_t write_sample(const char *path, float *src /* (6, 2, 64) */,
+static duet_status_t write_sample(const char *path, float *src /* (2, 64) */,
                                   char *err, size_t errlen)
 {
     static const dtype_t types[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16,
@@ -445,11 +445,11 @@ static duet_status_t write_sample(const char *path, float *src /* (6, 2, 64) */,
     float a_f32[3] = {0.5f, -1.25f, 3.0e38f};
     double a_f64[2] = {1e-300, -2.5};
     uint8_t a_bool[3] = {1, 0, 1};
-    gguf_str_t a_str[3] = {{"alpha", 5}, {"", 0}, {"\xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80", 12}};
+    gguf_str_t a_str[3] = {{"alpha", 5}, {"", 0}, {"\xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80", 11}};
     uint64_t st = 12345;
     duet_status_t s;
 
-    for (int i = 0; i < 6 * 2 * 64; i++) {   /* a reproducible spread, with exact zeros */
+    for (int i = 0; i < 2 * 64; i++) {   /* a reproducible spread, with exact zeros */
         st = st * 6364136223846793005ull + 1442695040888963407ull;
         src[i] = (i % 97 == 0) ? 0.0f : ((float)(int64_t)(st >> 40) / (float)(1 << 24) - 0.5f) *
                  (float)(1 + i % 7);
@@ -485,7 +485,7 @@ static duet_status_t write_sample(const char *path, float *src /* (6, 2, 64) */,
     for (int k = 0; k < 6 && s == DUET_OK; k++) {
         int64_t ne[2] = {64, 2};
 
-        quant_quantize(qbuf[k], src + k * 128, types[k], 128);
+        quant_quantize(qbuf[k], src, types[k], 128);   /* one source for all */
         s = gguf_writer_add_tensor(w, tnames[k], types[k], 2, ne, qbuf[k]);
     }
     if (s == DUET_OK)
@@ -500,7 +500,7 @@ static void test_writer_round_trip(void)
                                     DTYPE_Q8_0, DTYPE_Q4_0, DTYPE_Q4_1};
     static const char *const tnames[] = {"t.f32", "t.f16", "t.bf16", "t.q8_0", "t.q4_0", "t.q4_1"};
     static const float tol[] = {0.0f, 1e-3f, 8e-3f, 1.0f / 127, 1.0f / 8, 1.0f / 15};
-    float src[6 * 128], out[128];
+    float src[128], out[128];
     char path[512], err[512];
     gguf_t *g = NULL;
     gguf_writer_t *w = NULL;
@@ -542,7 +542,7 @@ static void test_writer_round_trip(void)
     ok(gguf_get_arr(g, "a.i64", &elem, &n, &data) == DUET_OK && elem == GGUF_TYPE_INT64 &&
        n == 2 && memcmp((const int64_t *)data + 1, &(int64_t){INT64_MAX}, 8) == 0, "i64 array");
     ok(gguf_get_arr(g, "a.empty", &elem, &n, &data) == DUET_OK && n == 0, "empty array");
-    ok(gguf_get_arr_str(g, "a.str", 2, &s) == DUET_OK && s.len == 12, "utf-8 string element");
+    ok(gguf_get_arr_str(g, "a.str", 2, &s) == DUET_OK && s.len == 11, "utf-8 string element");
     ok(gguf_get_arr_str(g, "a.str", 1, &s) == DUET_OK && s.len == 0, "empty string element");
     for (int k = 0; k < 6; k++) {
         const gguf_tensor_t *t = gguf_find_tensor(g, tnames[k]);
@@ -553,10 +553,10 @@ static void test_writer_round_trip(void)
             continue;
         gguf_dequantize(out, t->data, t->type, 128);
         for (int i = 0; i < 128; i++) {
-            float e = fabsf(out[i] - src[k * 128 + i]);
+            float e = fabsf(out[i] - src[i]);
 
             maxerr = e > maxerr ? e : maxerr;
-            amax = fabsf(src[k * 128 + i]) > amax ? fabsf(src[k * 128 + i]) : amax;
+            amax = fabsf(src[i]) > amax ? fabsf(src[i]) : amax;
         }
         /* Per-block error bounds: half a step, plus f16 rounding of d. */
         ok(maxerr <= tol[k] * amax * 1.01f + 1e-6f,
@@ -742,11 +742,40 @@ static void test_config(void)
     ok(s == DUET_ERR_NOT_FOUND && strstr(err, "no tokenizer"), "missing tokenizer: %s", err);
 }
 
+static int quantize_file(int type, const char *in, const char *out)
+{
+    size_t size = 0, n, nbytes;
+    uint8_t *buf = read_file(in, &size);
+    void *q;
+    FILE *f;
+
+    if (buf == NULL || !dtype_known(type) || size % 4 != 0 ||
+        (size / 4) % (size_t)dtype_block_elems((dtype_t)type) != 0) {
+        fprintf(stderr, "--quantize: bad type or input\n");
+        free(buf);
+        return 1;
+    }
+    n = size / 4;
+    nbytes = dtype_row_bytes((dtype_t)type, (int64_t)n);
+    q = malloc(nbytes ? nbytes : 1);
+    quant_quantize(q, (const float *)buf, (dtype_t)type, (int64_t)n);
+    f = fopen(out, "wb");
+    if (f == NULL || fwrite(q, 1, nbytes, f) != nbytes || fclose(f) != 0) {
+        fprintf(stderr, "--quantize: cannot write %s\n", out);
+        free(q);
+        free(buf);
+        return 1;
+    }
+    free(q);
+    free(buf);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *root = getenv("DUET_SOURCE_ROOT");
     char err[512];
-    float src[6 * 128];
+    float src[128];
 
     log_set_level(LOG_LEVEL_OFF);
     /* tests/oracle/test_gguf_oracle.py uses this mode to get a duet-written
@@ -758,6 +787,10 @@ int main(int argc, char **argv)
         }
         return 0;
     }
+    /* ... and this one to quantize raw float32 values with duet's quantizers:
+     * --quantize TYPE-ID IN.f32 OUT. */
+    if (argc == 5 && strcmp(argv[1], "--quantize") == 0)
+        return quantize_file(atoi(argv[2]), argv[3], argv[4]);
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/duet_test_gguf.XXXXXX");
     if (mkdtemp(tmpdir) == NULL) {
         perror("mkdtemp");
