@@ -25,8 +25,6 @@ static duet_status_t push_pair(tok_enc_t *e, int32_t l, int32_t r)
 
 static duet_status_t emit(tok_enc_t *e, int32_t id)
 {
-    if (id < 0)
-        id = e->tok->unk;
     return id < 0 ? DUET_OK : tok_ids_push(e->out, id);
 }
 
@@ -37,30 +35,41 @@ static duet_status_t bpe_word(void *ctx, const uint8_t *s, size_t n)
     const tok_t *t = e->tok;
     tok_sym_t *sym;
     tok_pair_t p;
+    size_t m = 0;
     duet_status_t st;
 
     if (n == 1)
         return emit(e, t->byte_tok[s[0]]);
     if (t->ignore_merges) {
-        size_t m = 0;
         int32_t id;
 
         CHECK(tok_enc_reserve(e, 0, 2 * n));
         for (size_t i = 0; i < n; i++)
             m += (size_t)unicode_put(e->buf + m, unicode_byte_to_cp(s[i]));
         id = tok_lookup(t, e->buf, m);
+        m = 0;
         if (id >= 0)
             return tok_ids_push(e->out, id);
     }
     CHECK(tok_enc_reserve(e, n, 0));
     sym = e->sym;
-    for (size_t i = 0; i < n; i++) {
-        sym[i].id = t->byte_tok[s[i]];
-        sym[i].prev = (int32_t)i - 1;
-        sym[i].next = i + 1 < n ? (int32_t)i + 1 : -1;
+    /* A byte the vocabulary lacks is dropped and its neighbours meet, as in
+     * Hugging Face's BPE without an unknown token. */
+    for (size_t i = 0, k = 0; i < n; i++) {
+        if (t->byte_tok[s[i]] < 0)
+            continue;
+        sym[k].id = t->byte_tok[s[i]];
+        sym[k].prev = (int32_t)k - 1;
+        sym[k].next = -1;
+        if (k > 0)
+            sym[k - 1].next = (int32_t)k;
+        k++;
+        m = k;
     }
+    if (m == 0)
+        return DUET_OK;
     e->heap_n = 0;
-    for (size_t i = 0; i + 1 < n; i++)
+    for (size_t i = 0; i + 1 < m; i++)
         CHECK(push_pair(e, (int32_t)i, (int32_t)i + 1));
     while (tok_heap_pop(e, &p)) {
         int32_t l = p.left, r = sym[l].next;
