@@ -111,12 +111,15 @@ bool tok_heap_pop(tok_enc_t *e, tok_pair_t *p)
     return true;
 }
 
-static duet_status_t fragment(tok_enc_t *e, const uint8_t *s, size_t n, bool after_special)
+/* A raw fragment starts the text or follows a special token, so with
+ * add_space_prefix every fragment gets the SPM space prefix (llama.cpp and
+ * Hugging Face's Prepend normalizer agree). */
+static duet_status_t fragment(tok_enc_t *e, const uint8_t *s, size_t n)
 {
     if (n == 0)
         return DUET_OK;
     if (e->tok->kind == TOK_VOCAB_SPM)
-        return tok_spm_fragment(e, s, n, e->tok->add_space_prefix && after_special);
+        return tok_spm_fragment(e, s, n, e->tok->add_space_prefix);
     return tok_bpe_fragment(e, s, n);
 }
 
@@ -145,7 +148,6 @@ duet_status_t tok_encode(const tok_t *t, const char *text, size_t len, unsigned 
     const uint8_t *s = (const uint8_t *)text;
     tok_enc_t e = {.tok = t, .out = out};
     size_t i = 0, frag = 0, n0 = out->n;
-    bool after_special = true;
     duet_status_t st = DUET_OK;
 
     if ((flags & TOK_ADD_SPECIAL) && t->add_bos)
@@ -159,13 +161,12 @@ duet_status_t tok_encode(const tok_t *t, const char *text, size_t len, unsigned 
             i++;
             continue;
         }
-        CHECK_GOTO(fragment(&e, s + frag, i - frag, after_special), st, err_undo);
+        CHECK_GOTO(fragment(&e, s + frag, i - frag), st, err_undo);
         CHECK_GOTO(tok_ids_push(out, id), st, err_undo);
-        after_special = true;
         i += mlen;
         frag = i;
     }
-    CHECK_GOTO(fragment(&e, s + frag, len - frag, after_special), st, err_undo);
+    CHECK_GOTO(fragment(&e, s + frag, len - frag), st, err_undo);
     if ((flags & TOK_ADD_SPECIAL) && t->add_eos)
         CHECK_GOTO(tok_ids_push(out, t->eos), st, err_undo);
     goto out;

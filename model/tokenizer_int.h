@@ -130,8 +130,8 @@ duet_status_t tok_enc_reserve(tok_enc_t *e, size_t nsym, size_t nbuf);
 duet_status_t tok_heap_push(tok_enc_t *e, const tok_pair_t *p);
 bool          tok_heap_pop(tok_enc_t *e, tok_pair_t *p);
 
-/* Encode one raw-text fragment (no special tokens in it). prefix_space:
- * SPM only, prepend the space prefix. */
+/* Encode one raw-text fragment (no special tokens in it); prefix_space
+ * prepends the SPM space prefix. */
 duet_status_t tok_bpe_fragment(tok_enc_t *e, const uint8_t *s, size_t n);
 duet_status_t tok_spm_fragment(tok_enc_t *e, const uint8_t *s, size_t n, bool prefix_space);
 
