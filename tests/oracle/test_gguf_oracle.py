@@ -28,7 +28,7 @@ TYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16,
 
 
 def helper_bin():
-    path = BUILD / "tests" / "test_gguf"
+    path = BUILD / "tests" / "test_gguf_writer"
     if not path.exists():
         pytest.fail(f"{path} is not built")
     return str(path)
