@@ -143,7 +143,7 @@ static void test_smollm2(const char *path)
         tok_encode(tok, texts[i], strlen(texts[i]), 0, &ids);
         txt = stream(tok, ids.v, ids.n, 0, &valid, &len);
         ok(valid && len == strlen(texts[i]) && memcmp(txt, texts[i], len) == 0,
-           "stream of '%s' (%zu tokens)", texts[i], ids.n);
+           "stream of text %zu (%zu tokens)", i, ids.n);
         free(txt);
     }
     /* An emoji fed byte by byte: held back until complete. */
@@ -365,6 +365,114 @@ static void test_spm(const char *dir)
     tok_destroy(tok);
 }
 
+/* Write a tokenizer-only GGUF from the given pieces and try to load it. */
+typedef struct {
+    const char *model;          /* tokenizer.ggml.model, NULL: absent */
+    const char *pre;
+    uint64_t    n_types;        /* token_type entries (0: absent) */
+    const char *merge;          /* one merge string, NULL: none */
+    bool        scores;
+    uint32_t    bos;            /* 0xFFFFFFFF: absent */
+} bad_meta_t;
+
+static duet_status_t load_meta(const char *dir, const bad_meta_t *m, char *err, size_t errlen)
+{
+    static const gguf_str_t toks[] = {{"a", 1}, {"b", 1}, {"ab", 2}, {"<s>", 3}};
+    const int32_t types[8] = {1, 1, 1, 3, 1, 1, 1, 1};
+    const float scores[4] = {0, 0, 1, 0};
+    char path[512];
+    gguf_writer_t *w;
+    gguf_t *g;
+    tok_t *tok = NULL;
+    duet_status_t st;
+
+    snprintf(path, sizeof(path), "%s/meta.gguf", dir);
+    gguf_writer_create(&w);
+    gguf_writer_set_str(w, "general.architecture", "llama");
+    if (m->model)
+        gguf_writer_set_str(w, "tokenizer.ggml.model", m->model);
+    if (m->pre)
+        gguf_writer_set_str(w, "tokenizer.ggml.pre", m->pre);
+    gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, 4);
+    if (m->n_types)
+        gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, m->n_types);
+    if (m->merge) {
+        gguf_str_t ms = {m->merge, strlen(m->merge)};
+
+        gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", &ms, 1);
+    }
+    if (m->scores)
+        gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores, 4);
+    if (m->bos != 0xFFFFFFFFu)
+        gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", m->bos);
+    st = gguf_writer_write(w, path, NULL, NULL, err, errlen);
+    gguf_writer_destroy(w);
+    if (st != DUET_OK)
+        return st;
+    if ((st = gguf_open(path, &g, err, errlen)) != DUET_OK)
+        return st;
+    st = tok_load(g, &tok, err, errlen);
+    if (st == DUET_OK) {
+        tok_ids_t ids = {0};
+
+        /* 'ab' merges: one token; the BOS id is usable */
+        tok_encode(tok, "ab<s>", 5, TOK_PARSE_SPECIAL, &ids);
+        if (ids.n != 2 || ids.v[0] != 2 || ids.v[1] != 3)
+            st = DUET_ERR_INTERNAL;
+        tok_ids_free(&ids);
+    }
+    tok_destroy(tok);
+    gguf_close(g);
+    unlink(path);
+    return st;
+}
+
+static void test_bad_metadata(const char *dir)
+{
+    const bad_meta_t good = {"gpt2", "gpt2", 4, "a b", false, 3};
+    char err[512];
+    bad_meta_t m;
+
+    is_int(load_meta(dir, &good, err, sizeof(err)), DUET_OK, "minimal BPE vocabulary loads");
+    m = good;
+    m.pre = NULL;
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_OK, "missing pre: gpt2 default");
+    m = good;
+    m.model = NULL;
+    err[0] = 0;
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_ERR_NOT_FOUND, "no tokenizer.ggml.model");
+    ok(strstr(err, "no tokenizer") != NULL, "clear: %s", err);
+    m = good;
+    m.model = "bert";
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_ERR_UNSUPPORTED, "model 'bert' refused");
+    ok(strstr(err, "bert") != NULL, "clear: %s", err);
+    m = good;
+    m.pre = "qwen9";
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_ERR_UNSUPPORTED, "unknown pre refused");
+    ok(strstr(err, "qwen9") != NULL, "clear: %s", err);
+    m = good;
+    m.n_types = 7;
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_ERR_CORRUPT, "token_type length mismatch");
+    ok(strstr(err, "token_type") != NULL, "clear: %s", err);
+    m = good;
+    m.merge = NULL;
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_ERR_NOT_FOUND, "BPE without merges");
+    ok(strstr(err, "merges") != NULL, "clear: %s", err);
+    m = good;
+    m.merge = "ab";
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_ERR_CORRUPT, "merge without a space");
+    m = good;
+    m.bos = 4;
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_ERR_CORRUPT, "bos id out of range");
+    ok(strstr(err, "bos_token_id") != NULL, "clear: %s", err);
+    m = good;
+    m.model = "llama";
+    m.merge = NULL;
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_ERR_CORRUPT, "SPM without scores");
+    m.scores = true;
+    is_int(load_meta(dir, &m, err, sizeof(err)), DUET_OK, "SPM with scores loads");
+}
+
 static void test_no_tokenizer(void)
 {
     /* GGUF v3, no tensors, one key: general.architecture = "llama". */
@@ -397,6 +505,7 @@ int main(void)
     test_no_tokenizer();
     if (mkdtemp(dir) != NULL) {
         test_spm(dir);
+        test_bad_metadata(dir);
         snprintf(path, sizeof(path), "%s/spm.gguf", dir);
         unlink(path);
         rmdir(dir);
