@@ -14,19 +14,24 @@
 #include "kernels/cpu/cpu_int.h"
 #include "kernels/cpu/threadpool.h"
 
+#define MEMBW_PIECES 256
+
 typedef struct {
     const cpu_kern_t *k;
     const uint8_t    *buf;
-    size_t            bytes;
+    size_t            piece;       /* bytes per piece */
+    _Atomic int       next;
     _Atomic uint64_t  sink;
 } membw_t;
 
 static void membw_worker(void *arg, int ith, int nth)
 {
     membw_t *m = arg;
-    size_t slice = (m->bytes / (size_t)nth) & ~(size_t)4095;
-    uint64_t v = m->k->read_sum(m->buf + (size_t)ith * slice, slice);
+    uint64_t v = 0;
+    int i;
 
+    while ((i = atomic_fetch_add(&m->next, 1)) < MEMBW_PIECES)
+        v ^= m->k->read_sum(m->buf + (size_t)i * m->piece, m->piece);
     atomic_fetch_xor(&m->sink, v);
 }
 
@@ -41,14 +46,13 @@ static double now_s(void)
 duet_status_t cpu_membw_measure(int n_threads, size_t bytes, int passes, double *gbps_p)
 {
     cpu_isa_t isa = cpu_isa_best();
-    membw_t m = {.bytes = bytes};
+    membw_t m = {.piece = (bytes / MEMBW_PIECES) & ~(size_t)4095};
     tpool_t *pool = NULL;
     void *buf;
     double best = 0.0;
     duet_status_t st;
-    size_t slice;
 
-    if (n_threads < 0 || passes < 1 || bytes < (1u << 20) || gbps_p == NULL)
+    if (n_threads < 0 || passes < 1 || bytes < (4u << 20) || gbps_p == NULL)
         return DUET_ERR_INVALID;
     if (n_threads == 0)
         n_threads = cpu_n_cores();
@@ -64,14 +68,14 @@ duet_status_t cpu_membw_measure(int n_threads, size_t bytes, int passes, double 
     memset(buf, 0x5a, bytes);                   /* fault every page in */
     m.buf = buf;
     CHECK_GOTO(tpool_create(n_threads, &pool), st, err_buf);
-    slice = (bytes / (size_t)n_threads) & ~(size_t)4095;
     for (int p = 0; p <= passes; p++) {
         double t0 = now_s(), dt;
 
+        atomic_store(&m.next, 0);
         tpool_run(pool, membw_worker, &m);
         dt = now_s() - t0;
-        if (p > 0 && dt > 0.0 && (double)(slice * (size_t)n_threads) / dt / 1e9 > best)
-            best = (double)(slice * (size_t)n_threads) / dt / 1e9;
+        if (p > 0 && dt > 0.0 && (double)(m.piece * MEMBW_PIECES) / dt / 1e9 > best)
+            best = (double)(m.piece * MEMBW_PIECES) / dt / 1e9;
     }
     tpool_destroy(pool);
     munmap(buf, bytes);

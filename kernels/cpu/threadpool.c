@@ -1,7 +1,11 @@
 /* Fork-join pool: a generation counter announces each job; workers spin on
- * it for about SPIN_NS, then futex-wait. The caller learns completion from
- * a countdown, spinning then sleeping the same way. Sleepers are counted so
- * that a wake syscall is made only when someone sleeps. */
+ * it for about SPIN_NS, then futex-wait. A worker joins a job by counting
+ * itself in `active` and checking that the job is still open; the caller
+ * closes the job when its own share is done and waits for `active` to drain,
+ * spinning then sleeping the same way. Sleepers are counted so that a wake
+ * syscall is made only when someone sleeps. (seq_cst on the join/close pair:
+ * either the caller sees the worker counted, or the worker sees the job
+ * closed.) */
 #define DUET_LOG_COMPONENT "kernels"
 
 #include <linux/futex.h>
@@ -24,9 +28,10 @@ struct tpool {
     tpool_fn_t        fn;
     void             *arg;
     _Atomic uint32_t  gen;         /* bumped once per job */
-    _Atomic uint32_t  pending;     /* workers still running the job */
+    _Atomic uint32_t  active;      /* workers inside fn */
+    _Atomic int       closed;      /* no more joins for the current job */
     _Atomic int       sleepers;    /* workers in futex_wait on gen */
-    _Atomic int       main_sleeps; /* caller in futex_wait on pending */
+    _Atomic int       main_sleeps; /* caller in futex_wait on active */
     _Atomic int       stop;
 };
 
@@ -95,9 +100,11 @@ static void *tpool_worker_main(void *p)
         gen = wait_change(&pool->gen, gen, &pool->sleepers);
         if (atomic_load(&pool->stop))
             break;
-        pool->fn(pool->arg, w->ith, pool->n);
-        if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->main_sleeps))
-            futex_wake(&pool->pending, 1);
+        atomic_fetch_add(&pool->active, 1);
+        if (!atomic_load(&pool->closed))
+            pool->fn(pool->arg, w->ith, pool->n);
+        if (atomic_fetch_sub(&pool->active, 1) == 1 && atomic_load(&pool->main_sleeps))
+            futex_wake(&pool->active, 1);
     }
     free(w);
     return NULL;
@@ -168,13 +175,15 @@ void tpool_run(tpool_t *pool, tpool_fn_t fn, void *arg)
         fn(arg, 0, 1);
         return;
     }
+    /* no worker is inside fn here (active drained at the end of the last job) */
     pool->fn = fn;
     pool->arg = arg;
-    atomic_store(&pool->pending, (uint32_t)(pool->n - 1));
+    atomic_store(&pool->closed, 0);
     atomic_fetch_add(&pool->gen, 1);             /* seq_cst: publishes fn, arg */
     if (atomic_load(&pool->sleepers) > 0)
         futex_wake(&pool->gen, 1 << 30);
     fn(arg, 0, pool->n);
-    while ((left = atomic_load_explicit(&pool->pending, memory_order_acquire)) != 0)
-        wait_change(&pool->pending, left, &pool->main_sleeps);
+    atomic_store(&pool->closed, 1);
+    while ((left = atomic_load(&pool->active)) != 0)
+        wait_change(&pool->active, left, &pool->main_sleeps);
 }
