@@ -209,24 +209,24 @@ static void x86_to_bf16(uint16_t *y, const float *x, int64_t n)
         const wtype *xr[CPU_TILE];                                              \
         int64_t i = 0;                                                         \
                                                                                \
-        for (int t = 0; t < T; t++) {                                          \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                          \
             a0[t] = vf_zero();                                                 \
             a1[t] = vf_zero();                                                 \
             xr[t] = ROW(x, t, xs);                                             \
         }                                                                      \
         for (; i + 2 * VW <= n; i += 2 * VW) {                                 \
             vf_t w0 = LOADW(w + i), w1 = LOADW(w + i + VW);                    \
-            for (int t = 0; t < T; t++) {                                      \
+            _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                      \
                 a0[t] = vf_fma(w0, LOADX(xr[t] + i), a0[t]);                   \
                 a1[t] = vf_fma(w1, LOADX(xr[t] + i + VW), a1[t]);              \
             }                                                                  \
         }                                                                      \
         for (; i + VW <= n; i += VW) {                                         \
             vf_t w0 = LOADW(w + i);                                            \
-            for (int t = 0; t < T; t++)                                        \
+            _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)                                        \
                 a0[t] = vf_fma(w0, LOADX(xr[t] + i), a0[t]);                   \
         }                                                                      \
-        for (int t = 0; t < T; t++) {                                          \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                          \
             float s = vf_hsum(vf_add(a0[t], a1[t]));                           \
             for (int64_t j = i; j < n; j++)                                    \
                 s += CVT1(w[j]) * CVT1(xr[t][j]);                              \
@@ -283,7 +283,7 @@ ALWAYS_INLINE __m256i unpack_nibbles(const uint8_t *qs)
         float summ[CPU_TILE];                                                  \
         const block_q8a_t *xr[CPU_TILE];                                       \
                                                                                \
-        for (int t = 0; t < T; t++) {                                          \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                          \
             acc[t] = _mm256_setzero_ps();                                      \
             summ[t] = 0.0f;                                                    \
             xr[t] = ROW(x, t, xs);                                             \
@@ -292,7 +292,7 @@ ALWAYS_INLINE __m256i unpack_nibbles(const uint8_t *qs)
             __m256i q = unpack_nibbles(w[b].qs);                               \
             __m256 dw = _mm256_set1_ps(f16(w[b].d));                           \
             float mw = MIN_TERM;                                               \
-            for (int t = 0; t < T; t++) {                                      \
+            _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                      \
                 const block_q8a_t *xb = &xr[t][b];                             \
                 __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)xb->qs); \
                 __m256 p = _mm256_cvtepi32_ps(dot_u8s8(q, y));                 \
@@ -300,7 +300,7 @@ ALWAYS_INLINE __m256i unpack_nibbles(const uint8_t *qs)
                 summ[t] += mw * xb->ds;                                        \
             }                                                                  \
         }                                                                      \
-        for (int t = 0; t < T; t++)                                            \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)                                            \
             out[(size_t)t * os] = hsum256(acc[t]) + summ[t];                   \
     }                                                                          \
     static void name(int64_t n, const void *w, size_t ws, int nr, const void *x, \
@@ -326,7 +326,7 @@ ALWAYS_INLINE void x86_dot_q8_0_row(int64_t nb, const block_q8_0_t *w, const voi
     __m256 acc[CPU_TILE];
     const block_q8a_t *xr[CPU_TILE];
 
-    for (int t = 0; t < T; t++) {
+    _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {
         acc[t] = _mm256_setzero_ps();
         xr[t] = ROW(x, t, xs);
     }
@@ -335,7 +335,7 @@ ALWAYS_INLINE void x86_dot_q8_0_row(int64_t nb, const block_q8_0_t *w, const voi
         __m256i aq = _mm256_abs_epi8(q);      /* |w| as u8 (128 fits) */
         __m256 dw = _mm256_set1_ps(f16(w[b].d));
 
-        for (int t = 0; t < T; t++) {
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {
             const block_q8a_t *xb = &xr[t][b];
             __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)xb->qs);
             __m256 p = _mm256_cvtepi32_ps(dot_u8s8(aq, _mm256_sign_epi8(y, q)));
@@ -343,7 +343,7 @@ ALWAYS_INLINE void x86_dot_q8_0_row(int64_t nb, const block_q8_0_t *w, const voi
             acc[t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_broadcast_ss(&xb->d)), acc[t]);
         }
     }
-    for (int t = 0; t < T; t++)
+    _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)
         out[(size_t)t * os] = hsum256(acc[t]);
 }
 
