@@ -12,6 +12,7 @@ static const cli_cmd_t *const cli_commands[] = {
     &cli_cmd_bench,
     &cli_cmd_tokenize,
     &cli_cmd_detokenize,
+    &cli_cmd_generate,
 };
 
 #define NCOMMANDS ((int)(sizeof(cli_commands) / sizeof(cli_commands[0])))
