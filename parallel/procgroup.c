@@ -38,7 +38,8 @@ typedef struct {
     uint32_t         pad0;
     uint64_t         plan_capacity;
     uint64_t         plan_len;      /* of the plan at plan_seq */
-    _Atomic uint32_t stop;          /* set before the final plan_seq post */
+    _Atomic uint32_t stop;          /* sequence number of the stop message;
+                                       plans before it are still delivered */
     uint32_t         pad1;
     char             id[80];
     pshm_word_t      plan_seq;      /* owner: the driver */
@@ -210,8 +211,10 @@ duet_status_t procgroup_plan_recv(procgroup_t *pg, void *buf, size_t cap, size_t
         return DUET_ERR_PEER;
     }
     pg->seq++;
-    if (atomic_load(&pg->hdr->stop))
+    if (atomic_load(&pg->hdr->stop) == pg->seq) {
+        pg->seq--;      /* stay on the stop message: every later call ends too */
         return DUET_ERR_CLOSED;
+    }
     len = pg->hdr->plan_len;
     if (len > cap) {
         log_error("procgroup %s: rank %d: plan of %zu bytes exceeds the buffer (%zu)",
@@ -484,8 +487,8 @@ duet_status_t procgroup_stop(procgroup_t *pg, double timeout_s)
         return DUET_ERR_INVALID;
     if (!pg->stopped) {
         pg->stopped = true;
-        atomic_store(&pg->hdr->stop, 1);
         pg->seq++;
+        atomic_store(&pg->hdr->stop, pg->seq);
         pshm_post(&pg->hdr->plan_seq, pg->seq);
     }
     deadline = clock_now_ns() + (uint64_t)(timeout_s * 1e9);
