@@ -16,5 +16,6 @@ extern const cli_cmd_t cli_cmd_gguf_dump;
 extern const cli_cmd_t cli_cmd_bench;
 
 /* Benchmarks, dispatched by cli_cmd_bench (cmd_bench.c). */
+extern const cli_cmd_t cli_bench_allreduce;
 
 #endif

@@ -254,6 +254,13 @@ duet_status_t group_barrier(group_t *g)
     return g->ops == NULL ? DUET_OK : g->ops->barrier(g->ctx);
 }
 
+void *group_input_buffer(group_t *g, size_t bytes)
+{
+    if (g == NULL || g->ops == NULL || g->ops->input_buffer == NULL)
+        return NULL;
+    return g->ops->input_buffer(g->ctx, bytes);
+}
+
 duet_status_t group_sync(group_t *g)
 {
     if (g == NULL)

@@ -106,6 +106,14 @@ duet_status_t group_broadcast(group_t *g, void *buf, size_t count,
 /* Returns when every rank has entered it. */
 duet_status_t group_barrier(group_t *g);
 
+/* shm: a buffer in shared memory for this rank's input to the next
+ * collective (up to bytes; NULL when larger than the slot, or for backends
+ * without one). Build the input there (e.g. as a matmul's output) and pass
+ * it as src to the next all_reduce, all_gather, reduce_scatter or broadcast
+ * (root): the copy into shared memory is skipped. Valid until that next
+ * collective, which clobbers it; ask again before each one. */
+void *group_input_buffer(group_t *g, size_t bytes);
+
 /* NCCL: wait until the ops enqueued so far on the group's stream completed
  * (with the same failure detection). shm: ops complete before they return,
  * so this is a no-op. */

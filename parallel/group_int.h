@@ -33,6 +33,7 @@ typedef struct {
      * DUET_ERR_MISMATCH instead of pairing this collective with the next. */
     void (*poison)(void *ctx);
     bool (*ok)(void *ctx);
+    void *(*input_buffer)(void *ctx, size_t bytes);    /* optional */
     void (*destroy)(void *ctx);
 } group_ops_t;
 
@@ -68,6 +69,7 @@ typedef struct {
     int        hup_fd;          /* -1: none */
     uint64_t   deadline_ns;     /* 0: none */
     uint64_t   spin_ns;         /* busy-poll this long before sleeping */
+    uint64_t   yield_ns;        /* then poll with sched_yield() this long */
 } pshm_waiter_t;
 
 static inline bool pshm_reached(uint32_t v, uint32_t target)

@@ -297,5 +297,6 @@ const group_ops_t group_nccl_ops = {
     .sync           = nccl_sync,
     .poison         = NULL,
     .ok             = nccl_ok,
+    .input_buffer   = NULL,
     .destroy        = nccl_destroy,
 };

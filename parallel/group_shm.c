@@ -36,6 +36,7 @@
 #define SHM_VERSION     1u
 #define SHM_MAX_RANKS   64
 #define SHM_SPIN_NS     (30ull * 1000)          /* spin before sleeping */
+#define SHM_YIELD_MAX_NS (2ull * 1000 * 1000)   /* yield-poll cap before sleeping */
 #define SMALL_BYTES     (32u * 1024)            /* one-shot all-reduce */
 #define TILE            512                     /* f32 accumulator elements */
 
@@ -120,11 +121,14 @@ static void mark_broken(shm_ctx_t *c)
 }
 
 /* Post our next sequence value and wait until every peer posted it too. */
-static duet_status_t shm_sync(shm_ctx_t *c, const char *what)
+static duet_status_t shm_sync(shm_ctx_t *c, const char *what, size_t step_bytes)
 {
     pshm_waiter_t wt = {
         .abort = &c->hdr->abort, .pidfds = c->pidfds, .npidfds = c->n,
         .hup_fd = -1, .spin_ns = SHM_SPIN_NS,
+        /* peers are likely busy moving as many bytes as we are: poll about
+         * as long as that takes (1 ns per byte, at most 2 ms) */
+        .yield_ns = step_bytes < SHM_YIELD_MAX_NS ? step_bytes : SHM_YIELD_MAX_NS,
         .deadline_ns = clock_now_ns() + c->timeout_ns,
     };
     duet_status_t s;
@@ -189,12 +193,13 @@ static duet_status_t desc_check(shm_ctx_t *c)
 
 /* First sync of a collective: descriptor out, sync, descriptors compared. */
 static duet_status_t sync_first(shm_ctx_t *c, uint32_t op, group_dtype_t dt,
-                                size_t count, int root, const char *what)
+                                size_t count, int root, const char *what,
+                                size_t step_bytes)
 {
     duet_status_t s;
 
     desc_put(c, op, dt, count, root);
-    s = shm_sync(c, what);
+    s = shm_sync(c, what, step_bytes);
     if (s != DUET_OK) {
         c->step++;
         return s;
@@ -359,6 +364,10 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
     duet_status_t s;
 
     CHECK(shm_start(c));
+    /* in place on the input buffer: our slot is our output, which the
+     * one-shot path must not write while peers still read it */
+    if (dst == slot_at(c, c->step, c->rank))
+        small = false;
     for (size_t k = 0; k < steps; k++) {
         size_t off = k * chunk;
         size_t cnt = count - off < chunk ? count - off : chunk;
@@ -366,11 +375,12 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
         uint8_t *mine = slot_at(c, c->step, c->rank);
         size_t lo, hi;
 
-        memcpy(mine, (const uint8_t *)src + off * esz, cnt * esz);
+        if ((const uint8_t *)src + off * esz != mine)   /* else: input buffer */
+            memcpy(mine, (const uint8_t *)src + off * esz, cnt * esz);
         if (k == 0)
-            CHECK(sync_first(c, OP_ALL_REDUCE, dt, count, 0, "all_reduce"));
+            CHECK(sync_first(c, OP_ALL_REDUCE, dt, count, 0, "all_reduce", cnt * esz));
         else
-            CHECK(shm_sync(c, "all_reduce"));
+            CHECK(shm_sync(c, "all_reduce", cnt * esz));
         for (int j = 0; j < c->n; j++)
             srcs[j] = slot_at(c, c->step, j);
         if (small) {
@@ -382,7 +392,7 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
         for (int j = 0; j < c->n; j++)
             srcs[j] += lo * esz;
         reduce(dt, out + lo * esz, mine + lo * esz, srcs, c->n, hi - lo);
-        s = shm_sync(c, "all_reduce");
+        s = shm_sync(c, "all_reduce", cnt * esz);
         if (s != DUET_OK) {
             c->step++;
             return s;
@@ -411,11 +421,12 @@ static duet_status_t shm_all_gather(void *ctx, void *dst, const void *src,
         size_t cnt = count - off < chunk ? count - off : chunk;
         const uint8_t *in = (const uint8_t *)src + off * esz;
 
-        memcpy(slot_at(c, c->step, c->rank), in, cnt * esz);
+        if (in != slot_at(c, c->step, c->rank))
+            memcpy(slot_at(c, c->step, c->rank), in, cnt * esz);
         if (k == 0)
-            CHECK(sync_first(c, OP_ALL_GATHER, dt, count, 0, "all_gather"));
+            CHECK(sync_first(c, OP_ALL_GATHER, dt, count, 0, "all_gather", cnt * esz));
         else
-            CHECK(shm_sync(c, "all_gather"));
+            CHECK(shm_sync(c, "all_gather", cnt * esz));
         for (int j = 0; j < c->n; j++) {
             uint8_t *out = (uint8_t *)dst + ((size_t)j * count + off) * esz;
 
@@ -444,13 +455,17 @@ static duet_status_t shm_reduce_scatter(void *ctx, void *dst, const void *src,
         uint8_t *mine = slot_at(c, c->step, c->rank);
 
         /* slot = (n, cnt): block j of this chunk */
-        for (int j = 0; j < c->n; j++)
-            memcpy(mine + (size_t)j * cnt * esz,
-                   (const uint8_t *)src + ((size_t)j * count + off) * esz, cnt * esz);
+        for (int j = 0; j < c->n; j++) {
+            const uint8_t *in = (const uint8_t *)src + ((size_t)j * count + off) * esz;
+
+            if (in != mine + (size_t)j * cnt * esz)
+                memcpy(mine + (size_t)j * cnt * esz, in, cnt * esz);
+        }
         if (k == 0)
-            CHECK(sync_first(c, OP_REDUCE_SCATTER, dt, count, 0, "reduce_scatter"));
+            CHECK(sync_first(c, OP_REDUCE_SCATTER, dt, count, 0, "reduce_scatter",
+                             cnt * esz * (size_t)c->n));
         else
-            CHECK(shm_sync(c, "reduce_scatter"));
+            CHECK(shm_sync(c, "reduce_scatter", cnt * esz * (size_t)c->n));
         for (int j = 0; j < c->n; j++)
             srcs[j] = slot_at(c, c->step, j) + (size_t)c->rank * cnt * esz;
         reduce(dt, (uint8_t *)dst + off * esz, NULL, srcs, c->n, cnt);
@@ -472,12 +487,12 @@ static duet_status_t shm_broadcast(void *ctx, void *buf, size_t count,
         size_t cnt = count - off < chunk ? count - off : chunk;
         uint8_t *p = (uint8_t *)buf + off * esz;
 
-        if (c->rank == root)
+        if (c->rank == root && p != slot_at(c, c->step, root))
             memcpy(slot_at(c, c->step, root), p, cnt * esz);
         if (k == 0)
-            CHECK(sync_first(c, OP_BROADCAST, dt, count, root, "broadcast"));
+            CHECK(sync_first(c, OP_BROADCAST, dt, count, root, "broadcast", cnt * esz));
         else
-            CHECK(shm_sync(c, "broadcast"));
+            CHECK(shm_sync(c, "broadcast", cnt * esz));
         if (c->rank != root)
             memcpy(p, slot_at(c, c->step, root), cnt * esz);
         c->step++;
@@ -490,7 +505,7 @@ static duet_status_t shm_barrier(void *ctx)
     shm_ctx_t *c = ctx;
 
     CHECK(shm_start(c));
-    CHECK(sync_first(c, OP_BARRIER, GROUP_U8, 0, 0, "barrier"));
+    CHECK(sync_first(c, OP_BARRIER, GROUP_U8, 0, 0, "barrier", 0));
     c->step++;
     return DUET_OK;
 }
@@ -501,7 +516,7 @@ static void shm_poison(void *ctx)
 
     /* mismatch and sync failures advance the step themselves */
     if (shm_start(c) == DUET_OK &&
-        sync_first(c, OP_INVALID, GROUP_U8, 0, -1, "invalid call") == DUET_OK)
+        sync_first(c, OP_INVALID, GROUP_U8, 0, -1, "invalid call", 0) == DUET_OK)
         c->step++;
 }
 
@@ -510,6 +525,13 @@ static duet_status_t shm_sync_noop(void *ctx)
     shm_ctx_t *c = ctx;
 
     return c->broken ? DUET_ERR_PEER : DUET_OK;
+}
+
+static void *shm_input_buffer(void *ctx, size_t bytes)
+{
+    shm_ctx_t *c = ctx;
+
+    return bytes <= c->slot ? slot_at(c, c->step, c->rank) : NULL;
 }
 
 static bool shm_ok(void *ctx)
@@ -678,5 +700,6 @@ const group_ops_t group_shm_ops = {
     .sync           = shm_sync_noop,
     .poison         = shm_poison,
     .ok             = shm_ok,
+    .input_buffer   = shm_input_buffer,
     .destroy        = shm_destroy,
 };

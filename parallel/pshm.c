@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -100,6 +101,17 @@ duet_status_t pshm_wait(pshm_word_t *w, uint32_t target, const pshm_waiter_t *wt
             return DUET_OK;
         if ((i & 63) == 0 && clock_now_ns() - t0 >= wt->spin_ns)
             break;
+    }
+    /* Poll while giving the CPU away: a peer busy copying a large chunk, or
+     * one waiting for our core, is not worth a futex round trip. */
+    if (wt->yield_ns > 0) {
+        t0 = clock_now_ns();
+        do {
+            sched_yield();
+            v = atomic_load_explicit(&w->value, memory_order_acquire);
+            if (pshm_reached(v, target))
+                return DUET_OK;
+        } while (clock_now_ns() - t0 < wt->yield_ns);
     }
 
     /* Sleep on the futex in bounded slices, checking for failures between. */

@@ -37,16 +37,20 @@ static int one_case(group_t *g, int op, group_dtype_t dt, size_t count, uint32_t
     size_t esz = group_dtype_size(dt);
     size_t in_n = op == OP_RS ? (size_t)n * count : count;
     size_t out_n = op == OP_AG ? (size_t)n * count : count;
-    uint8_t *src = malloc(in_n * esz + 1), *dst = malloc(out_n * esz + 1);
+    uint8_t *src0 = malloc(in_n * esz + 1), *dst = malloc(out_n * esz + 1), *src = src0;
     int root = (int)(salt % (uint32_t)n), good = 1;
-    bool in_place = (salt & 3) == 1;
+    /* variants by salt: 1 in place, 2 input in the group's buffer, 3 both */
+    bool in_place = (salt & 1) == 1;
+    uint8_t *staged = (salt & 2) ? group_input_buffer(g, in_n * esz) : NULL;
     duet_status_t s = DUET_OK;
 
-    if (src == NULL || dst == NULL) {
-        free(src);
+    if (src0 == NULL || dst == NULL) {
+        free(src0);
         free(dst);
         return DUET_ERR_NOMEM;
     }
+    if (staged != NULL)
+        src = staged;
     switch (op) {
     case OP_AR:
         gt_fill(dt, src, count, r, 0, salt);
@@ -57,7 +61,7 @@ static int one_case(group_t *g, int op, group_dtype_t dt, size_t count, uint32_t
             good = gt_load(dt, dst, i) == gt_sum(dt, n, i, salt);
         break;
     case OP_AG:
-        if (in_place) {
+        if (in_place && staged == NULL) {
             gt_fill(dt, dst + (size_t)r * count * esz, count, r, 0, salt);
             s = group_all_gather(g, dst, dst + (size_t)r * count * esz, count, dt);
         } else {
@@ -74,17 +78,20 @@ static int one_case(group_t *g, int op, group_dtype_t dt, size_t count, uint32_t
         for (size_t i = 0; i < count && good; i++)
             good = gt_load(dt, dst, i) == gt_sum(dt, n, (size_t)r * count + i, salt);
         break;
-    case OP_BC:
+    case OP_BC: {
+        uint8_t *buf = staged != NULL && r == root ? staged : dst;
+
         if (r == root)
-            gt_fill(dt, dst, count, root, 0, salt);
+            gt_fill(dt, buf, count, root, 0, salt);
         else
-            memset(dst, 0xab, count * esz);
-        s = group_broadcast(g, dst, count, dt, root);
+            memset(buf, 0xab, count * esz);
+        s = group_broadcast(g, buf, count, dt, root);
         for (size_t i = 0; i < count && good; i++)
-            good = gt_load(dt, dst, i) == gt_raw(dt, root, i, salt);
+            good = gt_load(dt, buf, i) == gt_raw(dt, root, i, salt);
         break;
     }
-    free(src);
+    }
+    free(src0);
     free(dst);
     return s != DUET_OK ? s : good;
 }
