@@ -124,8 +124,7 @@ static void mark_broken(shm_ctx_t *c)
 static duet_status_t shm_sync(shm_ctx_t *c, const char *what, size_t step_bytes)
 {
     pshm_waiter_t wt = {
-        .abort = &c->hdr->abort, .pidfds = c->pidfds, .npidfds = c->n,
-        .hup_fd = -1, .spin_ns = SHM_SPIN_NS,
+        .abort = &c->hdr->abort, .npidfds = 1, .hup_fd = -1, .spin_ns = SHM_SPIN_NS,
         /* peers are likely busy moving as many bytes as we are: poll about
          * as long as that takes (1 ns per byte, at most 2 ms) */
         .yield_ns = step_bytes < SHM_YIELD_MAX_NS ? step_bytes : SHM_YIELD_MAX_NS,
@@ -138,13 +137,15 @@ static duet_status_t shm_sync(shm_ctx_t *c, const char *what, size_t step_bytes)
     for (int j = 0; j < c->n; j++) {
         if (j == c->rank)
             continue;
+        /* Watch only the rank we wait for: a peer that already posted and
+         * then exited is no failure. A peer stuck on a dead third rank
+         * notices it and sets abort. */
         wt.gone = &c->ranks[j].gone;
+        wt.pidfds = &c->pidfds[j];
         s = pshm_wait(&c->ranks[j].seq, c->seq, &wt);
         if (s != DUET_OK) {
             int who = j;
 
-            if (s == DUET_ERR_PEER)
-                pshm_check_peers(&wt, &who);
             if (s == DUET_ERR_PEER && atomic_load(&c->hdr->abort))
                 log_error("group %s rank %d: %s aborted by a peer", c->name,
                           c->rank, what);
@@ -680,8 +681,7 @@ duet_status_t group_shm_create(const group_config_t *cfg, void **ctx_p)
     return DUET_OK;
 
 err_unmap:
-    if (c->rank == 0)
-        pshm_unlink(c->name);
+    pshm_unlink(c->name);   /* any rank: a failed join leaves no name behind */
     atomic_store(&c->hdr->abort, 1);
     munmap(c->base, c->size);
     c->base = NULL;
