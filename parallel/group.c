@@ -143,6 +143,15 @@ const char *group_backend_name(const group_t *g)
     return g->ops != NULL ? g->ops->name : "local";
 }
 
+duet_status_t group_set_timeout(group_t *g, double timeout_s)
+{
+    if (g == NULL || !(timeout_s > 0) || timeout_s > 1e6)
+        return DUET_ERR_INVALID;
+    if (g->ops != NULL)
+        g->ops->set_timeout(g->ctx, (uint64_t)(timeout_s * 1e9));
+    return DUET_OK;
+}
+
 bool group_ok(const group_t *g)
 {
     return g->ops == NULL || g->ops->ok(g->ctx);

@@ -79,6 +79,9 @@ void group_destroy(group_t *g);
 int group_rank(const group_t *g);
 int group_size(const group_t *g);
 const char *group_backend_name(const group_t *g);
+/* Change how long a collective waits for a late peer (seconds, > 0), e.g.
+ * long for the barrier after loading weights, short inside a step. */
+duet_status_t group_set_timeout(group_t *g, double timeout_s);
 /* False once a collective failed with a peer error or timeout. */
 bool group_ok(const group_t *g);
 

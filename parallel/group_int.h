@@ -34,6 +34,7 @@ typedef struct {
     void (*poison)(void *ctx);
     bool (*ok)(void *ctx);
     void *(*input_buffer)(void *ctx, size_t bytes);    /* optional */
+    void (*set_timeout)(void *ctx, uint64_t timeout_ns);
     void (*destroy)(void *ctx);
 } group_ops_t;
 

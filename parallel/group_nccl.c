@@ -189,6 +189,14 @@ static duet_status_t nccl_barrier(void *ctx)
     return nccl_sync(c);
 }
 
+static void nccl_set_timeout(void *ctx, uint64_t timeout_ns)
+{
+    nccl_ctx_t *c = ctx;
+
+    c->timeout_ns = timeout_ns;
+    group_set_timeout(c->boot, (double)timeout_ns * 1e-9);
+}
+
 static bool nccl_ok(void *ctx)
 {
     nccl_ctx_t *c = ctx;
@@ -298,5 +306,6 @@ const group_ops_t group_nccl_ops = {
     .poison         = NULL,
     .ok             = nccl_ok,
     .input_buffer   = NULL,
+    .set_timeout    = nccl_set_timeout,
     .destroy        = nccl_destroy,
 };

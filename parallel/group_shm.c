@@ -211,19 +211,59 @@ static duet_status_t sync_first(shm_ctx_t *c, uint32_t op, group_dtype_t dt,
 /* ---- reductions (rank order, f32 accumulation for half types) ---------- */
 
 /* out1 and out2 (optional) (cnt) = sum_{j<n} srcs[j] (cnt), in order j. */
+/* n = 2..4 straight into the outputs, same order: ((x0 + x1) + x2) + x3 */
+static void reduce_f32_direct(float *out1, float *out2, uint8_t *const *srcs, int n,
+                              size_t cnt)
+{
+    const float *a = (const float *)srcs[0], *b = (const float *)srcs[1];
+    const float *x2 = n > 2 ? (const float *)srcs[2] : NULL;
+    const float *x3 = n > 3 ? (const float *)srcs[3] : NULL;
+
+    if (n == 2 && out2 == NULL) {
+        for (size_t i = 0; i < cnt; i++)
+            out1[i] = a[i] + b[i];
+    } else if (n == 2) {
+        for (size_t i = 0; i < cnt; i++)
+            out1[i] = out2[i] = a[i] + b[i];
+    } else if (n == 3) {
+        for (size_t i = 0; i < cnt; i++) {
+            float v = (a[i] + b[i]) + x2[i];
+
+            out1[i] = v;
+            if (out2 != NULL)
+                out2[i] = v;
+        }
+    } else {
+        for (size_t i = 0; i < cnt; i++) {
+            float v = ((a[i] + b[i]) + x2[i]) + x3[i];
+
+            out1[i] = v;
+            if (out2 != NULL)
+                out2[i] = v;
+        }
+    }
+}
+
 static void reduce_f32(void *out1, void *out2, uint8_t *const *srcs, int n, size_t cnt)
 {
     float acc[TILE];
 
+    /* The outputs may alias one source only element for element (in place):
+     * every element is read before it is written, in both paths. */
+    if (n <= 4) {
+        reduce_f32_direct(out1, out2, srcs, n, cnt);
+        return;
+    }
+
     for (size_t i0 = 0; i0 < cnt; i0 += TILE) {
         size_t m = cnt - i0 < TILE ? cnt - i0 : TILE;
-        const float *restrict a = (const float *)srcs[0] + i0;
-        const float *restrict b = (const float *)srcs[1] + i0;
+        const float *a = (const float *)srcs[0] + i0;
+        const float *b = (const float *)srcs[1] + i0;
 
         for (size_t i = 0; i < m; i++)
             acc[i] = a[i] + b[i];
         for (int j = 2; j < n; j++) {
-            const float *restrict x = (const float *)srcs[j] + i0;
+            const float *x = (const float *)srcs[j] + i0;
 
             for (size_t i = 0; i < m; i++)
                 acc[i] += x[i];
@@ -244,7 +284,7 @@ static void reduce_half(void *out1, void *out2, uint8_t *const *srcs, int n,
         size_t m = cnt - i0 < TILE ? cnt - i0 : TILE;
 
         for (int j = 0; j < n; j++) {
-            const uint16_t *restrict x = (const uint16_t *)srcs[j] + i0;
+            const uint16_t *x = (const uint16_t *)srcs[j] + i0;
 
             if (bf16) {
                 if (j == 0)
@@ -283,7 +323,7 @@ static void reduce_i32(void *out1, void *out2, uint8_t *const *srcs, int n, size
 
         memcpy(acc, (const uint32_t *)srcs[0] + i0, m * 4);
         for (int j = 1; j < n; j++) {
-            const uint32_t *restrict x = (const uint32_t *)srcs[j] + i0;
+            const uint32_t *x = (const uint32_t *)srcs[j] + i0;
 
             for (size_t i = 0; i < m; i++)
                 acc[i] += x[i];
@@ -374,10 +414,18 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
         size_t cnt = count - off < chunk ? count - off : chunk;
         uint8_t *out = (uint8_t *)dst + off * esz;
         uint8_t *mine = slot_at(c, c->step, c->rank);
+        const uint8_t *in = (const uint8_t *)src + off * esz;
         size_t lo, hi;
 
-        if ((const uint8_t *)src + off * esz != mine)   /* else: input buffer */
-            memcpy(mine, (const uint8_t *)src + off * esz, cnt * esz);
+        part_range(cnt, c->rank, c->n, &lo, &hi);
+        if (in != mine && small) {
+            memcpy(mine, in, cnt * esz);
+        } else if (in != mine) {
+            /* two-shot: we sum our own part straight from src, so the peers
+             * only need the other parts */
+            memcpy(mine, in, lo * esz);
+            memcpy(mine + hi * esz, in + hi * esz, (cnt - hi) * esz);
+        }
         if (k == 0)
             CHECK(sync_first(c, OP_ALL_REDUCE, dt, count, 0, "all_reduce", cnt * esz));
         else
@@ -389,9 +437,9 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
             c->step++;
             continue;
         }
-        part_range(cnt, c->rank, c->n, &lo, &hi);
         for (int j = 0; j < c->n; j++)
             srcs[j] += lo * esz;
+        srcs[c->rank] = (uint8_t *)in + lo * esz;
         reduce(dt, out + lo * esz, mine + lo * esz, srcs, c->n, hi - lo);
         s = shm_sync(c, "all_reduce", cnt * esz);
         if (s != DUET_OK) {
@@ -533,6 +581,13 @@ static void *shm_input_buffer(void *ctx, size_t bytes)
     shm_ctx_t *c = ctx;
 
     return bytes <= c->slot ? slot_at(c, c->step, c->rank) : NULL;
+}
+
+static void shm_set_timeout(void *ctx, uint64_t timeout_ns)
+{
+    shm_ctx_t *c = ctx;
+
+    c->timeout_ns = timeout_ns;
 }
 
 static bool shm_ok(void *ctx)
@@ -701,5 +756,6 @@ const group_ops_t group_shm_ops = {
     .poison         = shm_poison,
     .ok             = shm_ok,
     .input_buffer   = shm_input_buffer,
+    .set_timeout    = shm_set_timeout,
     .destroy        = shm_destroy,
 };

@@ -36,10 +36,11 @@ static duet_status_t join(procgroup_t *pg, const fault_t *f, group_t **g_p)
 {
     char name[224];
     group_config_t cfg = {.backend = GROUP_BACKEND_SHM, .rank = procgroup_rank(pg),
-                          .world_size = f->n, .name = name, .timeout_s = f->timeout_s};
+                          .world_size = f->n, .name = name, .timeout_s = 30};
 
     snprintf(name, sizeof(name), "%s.f", procgroup_id(pg));
-    return group_create(&cfg, g_p);
+    CHECK(group_create(&cfg, g_p));
+    return group_set_timeout(*g_p, f->timeout_s);
 }
 
 /* all-reduce until an error; returns it (DUET_OK after 20 s without one) */
@@ -137,7 +138,7 @@ static void test_kill_worker(void)
 
 static void test_hang(void)
 {
-    fault_t f = {.n = 3, .timeout_s = 1, .hang_rank = 2};
+    fault_t f = {.n = 3, .timeout_s = 1, .hang_rank = 2};   /* set after joining */
     procgroup_opts_t o = {.world_size = 3, .worker_main = fault_worker, .worker_arg = &f};
     procgroup_t *pg = NULL;
     group_t *g = NULL;
