@@ -11,6 +11,11 @@ typedef struct {
 } cli_cmd_t;
 
 extern const cli_cmd_t cli_cmd_info;
+extern const cli_cmd_t cli_cmd_mkmodel;
+extern const cli_cmd_t cli_cmd_gguf_dump;
+extern const cli_cmd_t cli_cmd_bench;
 extern const cli_cmd_t cli_cmd_router;
+
+/* Benchmarks, dispatched by cli_cmd_bench (cmd_bench.c). */
 
 #endif

@@ -7,6 +7,9 @@
 
 static const cli_cmd_t *const cli_commands[] = {
     &cli_cmd_info,
+    &cli_cmd_mkmodel,
+    &cli_cmd_gguf_dump,
+    &cli_cmd_bench,
     &cli_cmd_router,
 };
 

@@ -62,12 +62,19 @@ void gguf_close(gguf_t *g);
 
 uint32_t gguf_version(const gguf_t *g);
 size_t   gguf_alignment(const gguf_t *g);
+/* The path given to gguf_open ("<buffer>" for gguf_open_buffer). */
+const char *gguf_name(const gguf_t *g);
+/* Byte offset of the data section from the start of the file. */
+size_t   gguf_data_offset(const gguf_t *g);
 
 /* --- metadata ---------------------------------------------------------- */
 
 size_t      gguf_n_kv(const gguf_t *g);
 gguf_str_t  gguf_kv_key(const gguf_t *g, size_t i);
 gguf_type_t gguf_kv_type(const gguf_t *g, size_t i);
+/* The encoded value of entry i (the bytes after its type field, in the
+ * mapping): lets a writer copy any entry, arrays included, verbatim. */
+void        gguf_kv_raw(const gguf_t *g, size_t i, const void **data_p, size_t *len_p);
 /* Index of key, or -1. */
 int64_t     gguf_find_key(const gguf_t *g, const char *key);
 
@@ -83,7 +90,8 @@ duet_status_t gguf_get_str(const gguf_t *g, const char *key, gguf_str_t *v_p);
 /* Arrays. gguf_get_arr gives the element type and count; for numeric
  * element types *data_p points at the packed little-endian elements in the
  * mapping (possibly unaligned: read with memcpy). String arrays are read
- * one element at a time with gguf_get_arr_str. */
+ * one element at a time with gguf_get_arr_str (constant time: the offsets are
+ * indexed at open). data_p may be NULL. */
 duet_status_t gguf_get_arr(const gguf_t *g, const char *key, gguf_type_t *elem_p,
                            uint64_t *n_p, const void **data_p);
 duet_status_t gguf_get_arr_str(const gguf_t *g, const char *key, uint64_t i,
@@ -96,8 +104,12 @@ const gguf_tensor_t *gguf_tensor(const gguf_t *g, size_t i);
 /* NULL when absent. */
 const gguf_tensor_t *gguf_find_tensor(const gguf_t *g, const char *name);
 
+/* Product of the dimensions (checked not to overflow at open). */
+int64_t gguf_tensor_nelements(const gguf_tensor_t *t);
+
 /* Dequantize n elements of a tensor of type t starting at element 0 of src
- * (n a multiple of the block size) into dst. */
+ * (n a multiple of the block size) into dst. Plain C, bit-identical to the
+ * gguf Python package's dequantize (no fused multiply-add; see quant.c). */
 void gguf_dequantize(float *dst, const void *src, dtype_t t, int64_t n);
 
 #endif
