@@ -326,7 +326,7 @@ static void http_generate(router_t *r, struct evhttp_request *hreq, const char *
             goto err_free;
         }
         if (s == DUET_OK)
-            s = rtok_encode(r->tok, text, strlen(text), false, &req->prompt, &req->nprompt);
+            s = rtok_encode(r->tok, text, strlen(text), true, &req->prompt, &req->nprompt);
         free(text);
     } else if (req->p.prompt_ids != NULL) {
         req->prompt = req->p.prompt_ids;
@@ -562,7 +562,7 @@ static void http_tokenize(router_t *r, struct evhttp_request *hreq, const char *
         }
         s = rtok_apply_chat(r->tok, q.msgs, q.nmsgs, add_gen, &text, terr, sizeof(terr));
         if (s == DUET_OK)
-            s = rtok_encode(r->tok, text, strlen(text), false, &ids, &n);
+            s = rtok_encode(r->tok, text, strlen(text), add_special, &ids, &n);
     } else {
         p = json_object_get(root, "prompt");
         if (!json_is_string(p)) {

@@ -8,8 +8,6 @@
 
 #include "common/log.h"
 
-static const char utf8_replacement[] = "\xef\xbf\xbd";   /* U+FFFD */
-
 void sbuf_init(sbuf_t *b)
 {
     b->p = NULL;
@@ -104,7 +102,7 @@ void detok_init(detok_t *d, const rtok_t *tok, bool skip_special,
 {
     memset(d, 0, sizeof(*d));
     d->tok = tok;
-    d->skip_special = skip_special;
+    rtok_detok_init(tok, &d->st, !skip_special);
     sbuf_init(&d->hold);
     for (int i = 0; i < nstop && d->nstop < DETOK_MAX_STOP; i++) {
         size_t l = strlen(stops[i]);
@@ -120,45 +118,6 @@ void detok_init(detok_t *d, const rtok_t *tok, bool skip_special,
 void detok_free(detok_t *d)
 {
     sbuf_free(&d->hold);
-}
-
-/* Append the complete UTF-8 text in partial+bytes to text; keep an
- * incomplete tail (at most 3 bytes) in partial. Invalid bytes become
- * U+FFFD. */
-static duet_status_t detok_bytes(detok_t *d, const char *bytes, size_t n, sbuf_t *text)
-{
-    uint8_t local[256];
-    uint8_t *buf = local;
-    size_t total = d->npartial + n, j = 0;
-    duet_status_t status = DUET_OK;
-
-    if (total > sizeof(local)) {
-        buf = malloc(total);
-        if (buf == NULL)
-            return DUET_ERR_NOMEM;
-    }
-    memcpy(buf, d->partial, d->npartial);
-    if (n)
-        memcpy(buf + d->npartial, bytes, n);
-    d->npartial = 0;
-    while (j < total && status == DUET_OK) {
-        int l = utf8_seq(buf + j, total - j);
-
-        if (l > 0) {
-            status = sbuf_add(text, buf + j, (size_t)l);
-            j += (size_t)l;
-        } else if (l == 0) {
-            memcpy(d->partial, buf + j, total - j);   /* < 4 bytes */
-            d->npartial = total - j;
-            break;
-        } else {
-            status = sbuf_add(text, utf8_replacement, 3);
-            j++;
-        }
-    }
-    if (buf != local)
-        free(buf);
-    return status;
 }
 
 /* Longest suffix of hold that is a proper prefix of some stop string. */
@@ -207,16 +166,14 @@ static duet_status_t detok_release(detok_t *d, sbuf_t *out)
 
 duet_status_t detok_push(detok_t *d, int32_t id, sbuf_t *out, bool *stopped_p)
 {
-    const char *p;
-    size_t n;
+    char text[RTOK_DETOK_MAX_OUT];
+    size_t n = 0;
 
     *stopped_p = d->stopped;
     if (d->stopped)
         return DUET_OK;
-    CHECK(rtok_piece(d->tok, id, &p, &n));
-    if (d->skip_special && rtok_is_special(d->tok, id))
-        return DUET_OK;
-    CHECK(detok_bytes(d, p, n, &d->hold));
+    CHECK(rtok_detok_feed(d->tok, &d->st, id, text, sizeof(text), &n));
+    CHECK(sbuf_add(&d->hold, text, n));
     CHECK(detok_release(d, out));
     *stopped_p = d->stopped;
     return DUET_OK;
@@ -224,12 +181,13 @@ duet_status_t detok_push(detok_t *d, int32_t id, sbuf_t *out, bool *stopped_p)
 
 duet_status_t detok_flush(detok_t *d, sbuf_t *out)
 {
+    char text[RTOK_DETOK_MAX_OUT];
+    size_t n;
+
     if (d->stopped)
         return DUET_OK;
-    if (d->npartial) {
-        d->npartial = 0;
-        CHECK(sbuf_add(&d->hold, utf8_replacement, 3));
-    }
+    n = rtok_detok_flush(d->tok, &d->st, text, sizeof(text));
+    CHECK(sbuf_add(&d->hold, text, n));
     CHECK(sbuf_add(out, d->hold.p, d->hold.n));
     sbuf_clear(&d->hold);
     return DUET_OK;

@@ -36,9 +36,7 @@ bool utf8_valid(const char *p, size_t n);
 /* Per-sequence output state. */
 typedef struct {
     const rtok_t *tok;            /* borrowed */
-    bool          skip_special;
-    uint8_t       partial[4];     /* an incomplete UTF-8 sequence */
-    size_t        npartial;
+    rtok_detok_state_t st;        /* the tokenizer's incremental state */
     sbuf_t        hold;           /* decoded text held back for stop matching */
     const char   *stop[DETOK_MAX_STOP];      /* borrowed, NUL-terminated */
     size_t        stop_len[DETOK_MAX_STOP];

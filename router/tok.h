@@ -15,7 +15,9 @@
 
 #include "common/status.h"
 
-#define RTOK_MAX_EOS 4
+#define RTOK_MAX_EOS        8
+#define RTOK_DETOK_STATE    64      /* bytes of opaque detokenizer state */
+#define RTOK_DETOK_MAX_OUT  1024    /* most bytes one feed or flush writes */
 
 typedef struct {
     const char *role;       /* "system" | "user" | "assistant" | "tool" (NUL-terminated) */
@@ -24,17 +26,21 @@ typedef struct {
 
 typedef struct {
     /* Encode UTF-8 text; special-token strings in the text become their
-     * ids. add_bos: prepend the model's BOS when it has one. *ids_p is
+     * ids. add_bos: add the model's BOS when its metadata asks for it. *ids_p is
      * malloc'd (caller frees); *n_p its length. */
     duet_status_t (*encode)(void *ctx, const char *text, size_t len, bool add_bos,
                             int32_t **ids_p, size_t *n_p);
-    /* The raw bytes one token contributes to the text (may be part of a
-     * UTF-8 sequence). Borrowed, valid while the tokenizer lives.
-     * DUET_ERR_INVALID for an id outside the vocabulary. */
-    duet_status_t (*piece)(void *ctx, int32_t id, const char **p_p, size_t *n_p);
-    /* Control tokens (BOS, EOS, chat markers): not shown when
-     * skip_special_tokens. */
-    bool (*is_special)(void *ctx, int32_t id);
+    /* Incremental detokenization over a caller-provided state of
+     * RTOK_DETOK_STATE bytes: detok_init prepares it; detok_feed appends
+     * the text that token id completes to out (always whole UTF-8
+     * characters; at most RTOK_DETOK_MAX_OUT bytes, not NUL-terminated) and
+     * sets *len_p; detok_flush writes what is held back (as U+FFFD) and
+     * returns its length. Special tokens render as nothing unless
+     * show_special. DUET_ERR_INVALID for an id outside the vocabulary. */
+    void (*detok_init)(void *ctx, void *state, bool show_special);
+    duet_status_t (*detok_feed)(void *ctx, void *state, int32_t id, char *out,
+                                size_t cap, size_t *len_p);
+    size_t (*detok_flush)(void *ctx, void *state, char *out, size_t cap);
     /* Render a conversation with the model's chat template. *text_p is
      * malloc'd. DUET_ERR_INVALID (with err filled) for a conversation the
      * template rejects. */
@@ -68,15 +74,26 @@ static inline duet_status_t rtok_encode(const rtok_t *t, const char *text, size_
     return t->ops->encode(t->ctx, text, len, add_bos, ids_p, n_p);
 }
 
-static inline duet_status_t rtok_piece(const rtok_t *t, int32_t id,
-                                       const char **p_p, size_t *n_p)
+/* Opaque, aligned detokenizer state (embed in a request). */
+typedef struct {
+    _Alignas(16) unsigned char bytes[RTOK_DETOK_STATE];
+} rtok_detok_state_t;
+
+static inline void rtok_detok_init(const rtok_t *t, rtok_detok_state_t *st, bool show_special)
 {
-    return t->ops->piece(t->ctx, id, p_p, n_p);
+    t->ops->detok_init(t->ctx, st->bytes, show_special);
 }
 
-static inline bool rtok_is_special(const rtok_t *t, int32_t id)
+static inline duet_status_t rtok_detok_feed(const rtok_t *t, rtok_detok_state_t *st,
+                                            int32_t id, char *out, size_t cap, size_t *len_p)
 {
-    return t->ops->is_special(t->ctx, id);
+    return t->ops->detok_feed(t->ctx, st->bytes, id, out, cap, len_p);
+}
+
+static inline size_t rtok_detok_flush(const rtok_t *t, rtok_detok_state_t *st, char *out,
+                                      size_t cap)
+{
+    return t->ops->detok_flush(t->ctx, st->bytes, out, cap);
 }
 
 static inline duet_status_t rtok_apply_chat(const rtok_t *t, const rtok_msg_t *msgs,

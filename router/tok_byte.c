@@ -17,7 +17,7 @@ static const char *const tok_byte_specials[] = {
 };
 
 typedef struct {
-    char bytes[256];
+    int unused;
 } tok_byte_t;
 
 static duet_status_t tok_byte_encode(void *ctx, const char *text, size_t len,
@@ -52,25 +52,112 @@ static duet_status_t tok_byte_encode(void *ctx, const char *text, size_t len,
     return DUET_OK;
 }
 
-static duet_status_t tok_byte_piece(void *ctx, int32_t id, const char **p_p, size_t *n_p)
+typedef struct {
+    bool    show_special;
+    uint8_t npend;
+    uint8_t pend[4];        /* an incomplete UTF-8 sequence (< 4 bytes) */
+} tok_byte_detok_t;
+
+_Static_assert(sizeof(tok_byte_detok_t) <= RTOK_DETOK_STATE, "detok state too big");
+
+static const char tok_byte_fffd[] = "\xef\xbf\xbd";
+
+/* Length of the valid UTF-8 sequence at p: >0 complete, 0 a valid
+ * incomplete prefix, -1 invalid (overlong, surrogate, > U+10FFFF, stray
+ * continuation). */
+static int tok_byte_utf8(const uint8_t *p, size_t n)
 {
-    tok_byte_t *tb = ctx;
+    uint8_t c = p[0], lo = 0x80, hi = 0xbf;
+    int len;
+
+    if (c < 0x80)
+        return 1;
+    if (c < 0xc2 || c > 0xf4)
+        return -1;
+    len = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    for (int i = 1; i < len; i++) {
+        if ((size_t)i >= n)
+            return 0;
+        if (i == 1 ? (p[i] < lo || p[i] > hi) : (p[i] & 0xc0) != 0x80)
+            return -1;
+    }
+    return len;
+}
+
+static void tok_byte_detok_init(void *ctx, void *state, bool show_special)
+{
+    tok_byte_detok_t *d = state;
+
+    memset(d, 0, sizeof(*d));
+    d->show_special = show_special;
+}
+
+static duet_status_t tok_byte_detok_feed(void *ctx, void *state, int32_t id, char *out,
+                                         size_t cap, size_t *len_p)
+{
+    tok_byte_detok_t *d = state;
+    uint8_t buf[4 + 16];
+    size_t n = 0, len = 0, j = 0;
 
     if (id < 0 || id >= TOK_BYTE_VOCAB)
         return DUET_ERR_INVALID;
     if (id >= TOK_BYTE_EOT) {
-        *p_p = tok_byte_specials[id - TOK_BYTE_EOT];
-        *n_p = strlen(*p_p);
-    } else {
-        *p_p = &tb->bytes[id];
-        *n_p = 1;
+        const char *sp = tok_byte_specials[id - TOK_BYTE_EOT];
+
+        *len_p = 0;
+        if (d->show_special && strlen(sp) <= cap) {
+            memcpy(out, sp, strlen(sp));
+            *len_p = strlen(sp);
+        }
+        return DUET_OK;
     }
+    memcpy(buf, d->pend, d->npend);
+    n = d->npend;
+    buf[n++] = (uint8_t)id;
+    d->npend = 0;
+    while (j < n) {
+        int l = tok_byte_utf8(buf + j, n - j);
+
+        if (l == 0) {
+            memcpy(d->pend, buf + j, n - j);
+            d->npend = (uint8_t)(n - j);
+            break;
+        }
+        if (l < 0) {
+            if (len + 3 > cap)
+                return DUET_ERR_TOO_BIG;
+            memcpy(out + len, tok_byte_fffd, 3);
+            len += 3;
+            j++;
+            continue;
+        }
+        if (len + (size_t)l > cap)
+            return DUET_ERR_TOO_BIG;
+        memcpy(out + len, buf + j, (size_t)l);
+        len += (size_t)l;
+        j += (size_t)l;
+    }
+    *len_p = len;
     return DUET_OK;
 }
 
-static bool tok_byte_is_special(void *ctx, int32_t id)
+static size_t tok_byte_detok_flush(void *ctx, void *state, char *out, size_t cap)
 {
-    return id >= TOK_BYTE_EOT && id < TOK_BYTE_VOCAB;
+    tok_byte_detok_t *d = state;
+
+    if (d->npend == 0 || cap < 3)
+        return 0;
+    d->npend = 0;
+    memcpy(out, tok_byte_fffd, 3);
+    return 3;
 }
 
 /* ChatML, as SmolLM2's template renders it (without its default system
@@ -103,8 +190,9 @@ static void tok_byte_destroy(void *ctx)
 
 static const rtok_ops_t tok_byte_ops = {
     .encode = tok_byte_encode,
-    .piece = tok_byte_piece,
-    .is_special = tok_byte_is_special,
+    .detok_init = tok_byte_detok_init,
+    .detok_feed = tok_byte_detok_feed,
+    .detok_flush = tok_byte_detok_flush,
     .apply_chat = tok_byte_apply_chat,
     .destroy = tok_byte_destroy,
 };
@@ -119,8 +207,6 @@ duet_status_t rtok_byte_create(int32_t max_model_len, rtok_t **tok_p)
         free(tb);
         return DUET_ERR_NOMEM;
     }
-    for (int i = 0; i < 256; i++)
-        tb->bytes[i] = (char)i;
     tok->ops = &tok_byte_ops;
     tok->ctx = tb;
     tok->vocab = TOK_BYTE_VOCAB;
