@@ -21,7 +21,7 @@ static void router_signal_cb(evutil_socket_t sig, short what, void *arg)
 static int router_run(int argc, char **argv)
 {
     router_config_t cfg;
-    const char *model = NULL, *tokenizer = NULL, *env;
+    const char *model = NULL, *tokenizer = NULL, *chat_template = NULL, *env;
     int64_t http_port = 8000, ctl_port = 7100, max_inflight, max_queue, max_body,
             max_model_len = 4096;
     double hb;
@@ -49,6 +49,9 @@ static int router_run(int argc, char **argv)
              "to use (never its weights)", "FILE", 0, 0, 0, 0},
             {"tokenizer", 0, FLAG_STRING, &tokenizer, "'byte' (one token per byte, ChatML; "
              "for protocol tests without a model) instead of --model", "NAME", 0, 0, 0, 0},
+            {"chat-template", 0, FLAG_STRING, &chat_template, "force a chat template: "
+             "chatml, llama3, llama2, mistral, phi3, gemma, smollm2 (default: from the "
+             "model)", "NAME", 0, 0, 0, 0},
             {"served-model-name", 0, FLAG_STRING, &cfg.served_name, "model id in the API "
              "(default: from the model)", "NAME", 0, 0, 0, 0},
             {"max-model-len", 0, FLAG_INT, &max_model_len, "context length with "
@@ -97,9 +100,20 @@ static int router_run(int argc, char **argv)
         fprintf(stderr, "duet router: unknown --tokenizer '%s' (only 'byte')\n", tokenizer);
         return 2;
     } else if (model != NULL) {
+#if DUET_ROUTER_HAVE_GGUF_TOK
+        char err[256] = "";
+
+        s = rtok_gguf_create(model, chat_template, &tok, err, sizeof(err));
+        if (s != DUET_OK) {
+            fprintf(stderr, "duet router: %s\n", err[0] ? err : duet_status_str(s));
+            return 1;
+        }
+#else
+        (void)chat_template;
         fprintf(stderr, "duet router: --model needs the GGUF tokenizer (model/tokenizer.h), "
                 "which this build does not have yet; use --tokenizer byte\n");
         return 2;
+#endif
     } else {
         fprintf(stderr, "duet router: give --model FILE or --tokenizer byte\n");
         return 2;

@@ -65,6 +65,13 @@ typedef struct {
  * 257 <|im_start|>, 258 <|im_end|>), ChatML template, EOS {256, 258}. */
 duet_status_t rtok_byte_create(int32_t max_model_len, rtok_t **tok_p);
 
+/* The tokenizer, chat template (by name when chat_template is not NULL,
+ * else tokenizer.chat_template), context length and fingerprint of a GGUF
+ * file. Built only when model/tokenizer.h is present
+ * (DUET_ROUTER_HAVE_GGUF_TOK). err gets a one-line reason. */
+duet_status_t rtok_gguf_create(const char *path, const char *chat_template,
+                               rtok_t **tok_p, char *err, size_t errlen);
+
 /* Free a tokenizer from any provider. NULL is ignored. */
 void rtok_destroy(rtok_t *tok);
 
