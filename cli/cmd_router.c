@@ -1,5 +1,6 @@
 /* duet router: the OpenAI-compatible front end and control-plane server. */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,10 +13,27 @@
 #include "router/router.h"
 #include "router/tok.h"
 
+typedef struct {
+    struct event_base *base;
+    router_t          *router;
+    bool               stopping;
+} router_cli_t;
+
+/* First SIGINT/SIGTERM: answer what is in flight, give the bytes 300 ms to
+ * leave, then stop. A second signal stops at once. */
 static void router_signal_cb(evutil_socket_t sig, short what, void *arg)
 {
+    router_cli_t *c = arg;
+    struct timeval flush = {0, 300 * 1000};
+
     log_info("signal %d: shutting down", (int)sig);
-    event_base_loopexit(arg, NULL);
+    if (c->stopping) {
+        event_base_loopbreak(c->base);
+        return;
+    }
+    c->stopping = true;
+    router_shutdown(c->router);
+    event_base_loopexit(c->base, &flush);
 }
 
 static int router_run(int argc, char **argv)
@@ -30,6 +48,7 @@ static int router_run(int argc, char **argv)
     router_t *r = NULL;
     rtok_t *tok = NULL;
     duet_status_t s;
+    router_cli_t cli = {0};
     int rc = 1;
 
     router_config_default(&cfg);
@@ -132,8 +151,10 @@ static int router_run(int argc, char **argv)
         fprintf(stderr, "duet router: cannot start: %s\n", duet_status_str(s));
         goto err_base;
     }
-    sigint = evsignal_new(base, SIGINT, router_signal_cb, base);
-    sigterm = evsignal_new(base, SIGTERM, router_signal_cb, base);
+    cli.base = base;
+    cli.router = r;
+    sigint = evsignal_new(base, SIGINT, router_signal_cb, &cli);
+    sigterm = evsignal_new(base, SIGTERM, router_signal_cb, &cli);
     if (sigint == NULL || sigterm == NULL || evsignal_add(sigint, NULL) != 0 ||
         evsignal_add(sigterm, NULL) != 0)
         goto err_router;

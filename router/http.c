@@ -13,6 +13,8 @@
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
@@ -103,6 +105,10 @@ static void http_send_oai_err(struct evhttp_request *hreq, const oai_err_t *err)
 
 static void http_detach(rreq_t *req)
 {
+    if (req->hup != NULL) {
+        event_free(req->hup);
+        req->hup = NULL;
+    }
     if (req->hconn != NULL)
         evhttp_connection_set_closecb(req->hconn, NULL, NULL);
     req->hconn = NULL;
@@ -276,11 +282,41 @@ static void http_close_cb(struct evhttp_connection *conn, void *arg)
     struct evhttp_request *hreq = req->hreq;
 
     req->hconn = NULL;
+    if (req->hup != NULL) {
+        event_free(req->hup);
+        req->hup = NULL;
+    }
     /* evhttp detached an unfinished request from the dying connection and
      * left it to us; one still attached is freed with the connection */
     if (hreq != NULL && evhttp_request_get_connection(hreq) == NULL)
         evhttp_request_free(hreq);
     rreq_client_gone(req);
+}
+
+/* The client's socket reported EOF or an error while its request was in
+ * progress. evhttp itself only notices while writing, so a client that
+ * gives up on a long non-streaming request would otherwise keep its KV
+ * blocks busy until the end. Freeing the connection runs http_close_cb. */
+static void http_hup_cb(evutil_socket_t fd, short what, void *arg)
+{
+    rreq_t *req = arg;
+
+    if (req->hconn != NULL)
+        evhttp_connection_free(req->hconn);
+}
+
+static void http_watch_client(router_t *r, rreq_t *req)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(req->hconn);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+
+    if (fd < 0 || !(event_base_get_features(r->base) & EV_FEATURE_EARLY_CLOSE))
+        return;
+    req->hup = event_new(r->base, fd, EV_CLOSED, http_hup_cb, req);
+    if (req->hup != NULL && event_add(req->hup, NULL) != 0) {
+        event_free(req->hup);
+        req->hup = NULL;
+    }
 }
 
 /* --- generation endpoints ----------------------------------------------- */
@@ -372,8 +408,10 @@ static void http_generate(router_t *r, struct evhttp_request *hreq, const char *
     req->created = clock_wall_s();
     req->hreq = hreq;
     req->hconn = evhttp_request_get_connection(hreq);
-    if (req->hconn != NULL)
+    if (req->hconn != NULL) {
         evhttp_connection_set_closecb(req->hconn, http_close_cb, req);
+        http_watch_client(r, req);
+    }
     r->m.prompt_tokens += req->nprompt;
     rreq_admit(r, req);
     return;

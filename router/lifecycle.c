@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "common/clock.h"
 #include "common/log.h"
 
@@ -82,6 +84,8 @@ void rreq_free(rreq_t *req)
 {
     if (req == NULL)
         return;
+    if (req->hup != NULL)
+        event_free(req->hup);
     detok_free(&req->dt);
     sbuf_free(&req->text);
     sbuf_free(&req->delta);

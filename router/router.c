@@ -85,6 +85,17 @@ err_free:
     return status;
 }
 
+void router_shutdown(router_t *r)
+{
+    if (r->hsock != NULL) {
+        evhttp_del_accept_socket(r->http, r->hsock);
+        r->hsock = NULL;
+    }
+    if (r->ctl != NULL)
+        evconnlistener_disable(r->ctl);
+    lifecycle_shutdown(r);
+}
+
 void router_destroy(router_t *r)
 {
     node_t *n;

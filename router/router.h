@@ -38,6 +38,12 @@ void router_config_default(router_config_t *cfg);
 duet_status_t router_create(struct event_base *base, const router_config_t *cfg,
                             rtok_t *tok, router_t **router_p);
 
+/* Begin a clean stop: stop accepting HTTP requests and nodes, answer every
+ * request in flight (503, or an error event in its stream) and ABORT it at
+ * its nodes. The caller then runs the loop briefly so those bytes leave,
+ * and calls router_destroy. */
+void router_shutdown(router_t *r);
+
 /* Close every connection and free everything. In-flight requests get 503
  * and their nodes an ABORT. NULL is ignored. */
 void router_destroy(router_t *r);

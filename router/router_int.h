@@ -91,6 +91,7 @@ typedef struct rreq {
     rreq_state_t             state;
     struct evhttp_request   *hreq;
     struct evhttp_connection *hconn;
+    struct event            *hup;          /* EV_CLOSED watch on the client socket */
     oai_req_t                p;
     char                     id[48];       /* "chatcmpl-..." / "cmpl-..." */
     int64_t                  created;

@@ -97,7 +97,8 @@ class Router:
 class ProtocolTestPeer:
     """One registered node played by the test (see the module docstring).
 
-    Behaviours: nack=True answers RESERVE with NACK; fail_prefill=True
+    `script` is the reply text, or a function of the prompt's token ids
+    returning it. Behaviours: nack=True answers RESERVE with NACK; fail_prefill=True
     answers PREFILL with ERROR; step_s is the delay between tokens."""
 
     def __init__(self, router, role, node_id, *, token=TOKEN, tp=1, blocks=4096,
@@ -163,8 +164,9 @@ class ProtocolTestPeer:
         finally:
             self.closed.set()
 
-    def reply_tokens(self, max_tokens, eos):
-        toks = list(self.script.encode())
+    def reply_tokens(self, max_tokens, eos, prompt=()):
+        text = self.script(prompt) if callable(self.script) else self.script
+        toks = list(text.encode())
         if eos:
             toks.append(eos[0])
         return toks[:max_tokens], len(toks) > max_tokens or not eos
@@ -184,7 +186,7 @@ class ProtocolTestPeer:
         if self.fail_prefill:
             self.send(frame(ERROR, rid=rid, msg="prefill failed (test peer)"))
             return
-        toks, _ = self.reply_tokens(f["max_tokens"], f["eos"])
+        toks, _ = self.reply_tokens(f["max_tokens"], f["eos"], f["tokens"])
         time.sleep(self.step_s)
         self.send(frame(FIRST_TOKEN, rid=rid, token=toks[0], kv_bytes=4096, kv_s=0.001))
         if "decode" in f:

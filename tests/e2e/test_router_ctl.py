@@ -289,6 +289,59 @@ def test_client_disconnect_sends_abort(router):
     d.close()
 
 
+def test_client_disconnect_non_streaming_sends_abort(router):
+    import http.client
+    p, d = disagg(router, script="y" * 300, step_s=0.02)
+    conn = http.client.HTTPConnection("127.0.0.1", router.http_port, timeout=10)
+    conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "q", "max_tokens": 250}),
+                 headers={"Content-Type": "application/json"})
+    assert wait_for(lambda: d.frames_of(RESERVE))
+    time.sleep(0.2)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    rid = d.frames_of(RESERVE)[-1]["rid"]
+    assert wait_for(lambda: rid in d.aborted, timeout=3)
+    assert wait_for(lambda: router.get_json("/v1/cluster")[1]["requests_running"] == 0)
+    p.close()
+    d.close()
+
+
+def test_64_concurrent_streams(router):
+    """Every stream gets its own reply, whole, in order (no cross-talk)."""
+    import concurrent.futures as cf
+
+    def reply(prompt):
+        return "reply to " + bytes(t for t in prompt if t < 256).decode(errors="replace")[-12:]
+
+    cluster = {}
+    peers = [ProtocolTestPeer(router, "prefill", "p0", cluster=cluster, script=reply),
+             ProtocolTestPeer(router, "prefill", "p1", cluster=cluster, script=reply),
+             ProtocolTestPeer(router, "decode", "d0", cluster=cluster, script=reply),
+             ProtocolTestPeer(router, "decode", "d1", cluster=cluster, script=reply)]
+    c = client(router)
+
+    def run(i):
+        prompt = f"prompt {i:04d}"
+        text, usage = "", None
+        for ch in c.completions.create(model="duet-byte", prompt=prompt, stream=True,
+                                       max_tokens=100, stream_options={"include_usage": True}):
+            if ch.choices:
+                text += ch.choices[0].text
+            else:
+                usage = ch.usage
+        return prompt, text, usage
+
+    with cf.ThreadPoolExecutor(64) as ex:
+        results = list(ex.map(run, range(64)))
+    for prompt, text, usage in results:
+        assert text == "reply to " + prompt[-12:], (prompt, text)
+        assert usage.completion_tokens == len(text) + 1
+    # both pairs were used
+    assert all(p.frames_of(PREFILL) or p.frames_of(RESERVE) for p in peers)
+    for p in peers:
+        p.close()
+
+
 def test_drain_from_node_stops_routing(router):
     cluster = {}
     a = ProtocolTestPeer(router, "colocated", "a", cluster=cluster, script="A")
@@ -348,3 +401,20 @@ def test_admission_queue_full_gives_429(duet_bin):
     finally:
         code, err = r.stop()
         assert code == 0, err
+
+
+def test_sigterm_answers_in_flight_and_aborts(duet_bin):
+    import threading
+    r = Router(duet_bin)
+    p = ProtocolTestPeer(r, "colocated", "c0", script="y" * 300, step_s=0.02)
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault(
+        "a", r.request("POST", "/v1/completions", {"prompt": "q", "max_tokens": 250})))
+    t.start()
+    assert wait_for(lambda: p.frames_of(PREFILL))
+    code, err = r.stop()
+    t.join(10)
+    assert code == 0, err
+    assert res["a"][0] == 503 and json.loads(res["a"][2])["error"]["code"] == 503
+    assert wait_for(lambda: p.frames_of(PREFILL)[-1]["rid"] in p.aborted, timeout=2)
+    assert wait_for(p.closed.is_set, timeout=2)
