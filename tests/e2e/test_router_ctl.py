@@ -418,3 +418,36 @@ def test_sigterm_answers_in_flight_and_aborts(duet_bin):
     assert res["a"][0] == 503 and json.loads(res["a"][2])["error"]["code"] == 503
     assert wait_for(lambda: p.frames_of(PREFILL)[-1]["rid"] in p.aborted, timeout=2)
     assert wait_for(p.closed.is_set, timeout=2)
+
+
+@pytest.mark.parametrize("policy", ["round-robin", "prefix-aware"])
+def test_prefill_policies(duet_bin, policy):
+    r = Router(duet_bin, "--prefill-policy", policy, "--decode-policy", "round-robin")
+    try:
+        cluster = {}
+        ps = [ProtocolTestPeer(r, "prefill", f"p{i}", cluster=cluster, script="ok")
+              for i in range(2)]
+        ds = [ProtocolTestPeer(r, "decode", f"d{i}", cluster=cluster, script="ok")
+              for i in range(2)]
+        c = client(r)
+        prefixes = ["A" * 40, "B" * 40, "C" * 40]
+        for k in range(4):
+            for pre in prefixes:
+                c.completions.create(model="duet-byte", prompt=pre + f" tail {k}", max_tokens=2)
+        where = {}
+        for p in ps:
+            for f in p.frames_of(PREFILL):
+                where.setdefault(bytes(t for t in f["tokens"] if t < 256)[:40], set()).add(p.node_id)
+        counts = [len(p.frames_of(PREFILL)) for p in ps]
+        dcounts = [len(d.frames_of(RESERVE)) for d in ds]
+        assert dcounts == [6, 6], dcounts            # decode round-robin
+        if policy == "round-robin":
+            assert counts == [6, 6], counts
+        else:
+            # every prompt of one prefix went to one prefill node
+            assert all(len(v) == 1 for v in where.values()), where
+        for n in ps + ds:
+            n.close()
+    finally:
+        code, err = r.stop()
+        assert code == 0, err
