@@ -67,13 +67,16 @@ class Router:
         self.base = f"http://127.0.0.1:{self.http_port}"
 
     def stop(self):
-        """SIGTERM; returns (exit code, stderr)."""
+        """SIGTERM; returns (exit code, stderr). Fails on any sanitizer
+        report in the router's stderr."""
         self.proc.terminate()
         try:
             _, err = self.proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()
+        for mark in ("runtime error:", "AddressSanitizer", "LeakSanitizer"):
+            assert mark not in err, err
         return self.proc.returncode, err
 
     def request(self, method, path, body=None, headers=None, raw=None, timeout=10):
