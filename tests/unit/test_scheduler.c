@@ -372,5 +372,18 @@ int main(void)
     test_disaggregated();
     test_bad_params_and_abort();
     tmodel_close(&model);
+
+    /* Quantized weights take the matmul paths that quantize activations:
+     * batching must not change the tokens there either. */
+    if (tmodel_open(&model, "sched_q41",
+                    "--layers 2 --hidden 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 256 "
+                    "--ctx 512 --type q4_1 --seed 4") != 0) {
+        ok(0, "q4_1 test model");
+        return tap_done();
+    }
+    diag("q4_1 weights");
+    test_batched_equals_alone();
+    test_prefix_caching();
+    tmodel_close(&model);
     return tap_done();
 }
