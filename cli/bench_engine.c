@@ -101,14 +101,14 @@ static int bench_batch_cmd(const char *model, int64_t threads, const bench_batch
         goto out;
     }
     engine_opts_default(&eo);
-    eo.threads = threads;
+    eo.threads = threads > 0 ? threads : cpu_n_cores();
     if (bench_batch_run(g, &cfg, &eo, bo, &res, err, sizeof(err)) != DUET_OK) {
         fprintf(stderr, "duet bench engine: --batch: %s\n", err);
         goto out;
     }
     if (!json)
-        printf("model: %s (%s, %d threads)\n", model, cpu_isa_name(cpu_isa_best()),
-               threads > 0 ? (int)threads : cpu_n_cores());
+        printf("model: %s (%s, %lld threads)\n", model, cpu_isa_name(cpu_isa_best()),
+               (long long)eo.threads);
     bench_batch_print(stdout, &res, json);
     rc = 0;
 out:
