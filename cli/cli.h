@@ -11,5 +11,6 @@ typedef struct {
 } cli_cmd_t;
 
 extern const cli_cmd_t cli_cmd_info;
+extern const cli_cmd_t cli_cmd_bench;
 
 #endif

@@ -7,6 +7,7 @@
 
 static const cli_cmd_t *const cli_commands[] = {
     &cli_cmd_info,
+    &cli_cmd_bench,
 };
 
 #define NCOMMANDS ((int)(sizeof(cli_commands) / sizeof(cli_commands[0])))

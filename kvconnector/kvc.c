@@ -461,6 +461,7 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t header_length, v
 {
     kvc_t *kvc = arg;
     kvc_conn_t *c = NULL;
+    void *aligned = NULL;
     kvc_hdr_t h;
 
     if (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)
@@ -473,8 +474,17 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t header_length, v
                  (void *)param->reply_ep, kvc->nconns);
         return UCS_OK;
     }
+    if ((uintptr_t)data % 8) {
+        /* transports deliver at any alignment; the structs need 8 */
+        aligned = malloc(length);
+        if (aligned == NULL)
+            return UCS_OK;
+        memcpy(aligned, data, length);
+        data = aligned;
+    }
     memcpy(&h, data, sizeof(h));
     if (h.magic != KVC_WIRE_MAGIC) {
+        free(aligned);
         kvc->stats.rejected++;
         log_warn("dropped a message with bad magic %08x", h.magic);
         return UCS_OK;
@@ -489,6 +499,7 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t header_length, v
         kvc_send_on_msg(kvc, c, &h, data, length);
     else
         kvc_recv_on_msg(kvc, c, &h, data, length);
+    free(aligned);
     return UCS_OK;
 }
 
