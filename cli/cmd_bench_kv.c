@@ -209,7 +209,6 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
             _exit(3);
         kvc_listen_address(k[r], addrs[r], sizeof(addrs[r]));
     }
-    wr(wfd, addrs, sizeof(addrs));
     /* the plain-put reference target: its own context, slab-sized */
     if (ucp_init(&up, NULL, &ctx) != UCS_OK || ucp_worker_create(ctx, &wp, &w) != UCS_OK)
         _exit(4);
@@ -220,6 +219,7 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
         _exit(4);
     memset(ma.address, 0, mp.length);
     base = (uint64_t)(uintptr_t)ma.address;
+    wr(wfd, addrs, sizeof(addrs));   /* from here on the workers are progressed */
     ucp_worker_get_address(w, &addr, &addr_len);
     ucp_rkey_pack(ctx, memh, &rkey_buf, &rkey_len);
     wr(wfd, &addr_len, sizeof(addr_len));
@@ -391,7 +391,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         for (int dr = 0; dr < c->d; dr++) {
             uint64_t node;
 
-            if (kvc_connect(pt.k[r], addrs[dr], 10000, &node) != DUET_OK)
+            if (kvc_connect(pt.k[r], addrs[dr], 30000, &node) != DUET_OK)
                 goto err;
         }
     for (int r = 0; r < c->p; r++) {

@@ -194,6 +194,24 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
         if (c->sc == SC_LATE_GRANT && rline(rfd, line, sizeof(line)) < 0)
             _exit(4);   /* "queued": every layer was sent before any grant */
     }
+    if (c->sc == SC_MALFORMED) {
+        /* GRANTs a prefill must refuse: they would aim its puts outside the
+         * slab or outside what the message carries */
+        struct {
+            kvc_msg_grant_t g;
+            int32_t b[2];
+        } bad = {{{KVC_WIRE_MAGIC, KVC_MSG_GRANT, 0, 555}, 8, 2, 1000, 0}, {3, NBLOCKS}};
+
+        kvc_test_send_raw(k[0], PREFILL_NODE, &bad, sizeof(bad));      /* block past the slab */
+        bad.b[1] = -1;
+        kvc_test_send_raw(k[0], PREFILL_NODE, &bad, sizeof(bad));      /* negative block */
+        bad.b[1] = 4;
+        bad.g.nblocks = 3;
+        kvc_test_send_raw(k[0], PREFILL_NODE, &bad, sizeof(bad));      /* count past the message */
+        bad.g.nblocks = 2;
+        bad.g.n_tokens = 100;
+        kvc_test_send_raw(k[0], PREFILL_NODE, &bad, sizeof(bad));      /* tokens past the blocks */
+    }
     for (int i = 0; i < NREQ; i++) {
         int n = req_tokens(c, i);
 
@@ -596,9 +614,12 @@ static void run(const cfg_t *c)
         ok(pr.nacks >= 1, "nack: prefill counted it");
     if (c->sc == SC_EXPIRED)
         ok(dr.expired >= 1, "expired: decode counted it");
-    if (c->sc == SC_MALFORMED)
+    if (c->sc == SC_MALFORMED) {
         ok(dr.rejected >= 6, "malformed: decode rejected %llu messages",
            (unsigned long long)dr.rejected);
+        ok(pr.rejected >= 4, "malformed: prefill rejected %llu out-of-range GRANTs",
+           (unsigned long long)pr.rejected);
+    }
 }
 
 int main(int argc, char **argv)
