@@ -431,6 +431,8 @@ static void on_hello_ack(kvc_t *kvc, kvc_conn_t *c, const void *data, size_t len
     s = a->status;
     if (s != DUET_OK) {
         log_error("decode rank refused the connection: %s", duet_status_str(s));
+        if (s == DUET_ERR_MISMATCH)
+            kvc_fp_check(kvc, &a->fp);   /* logs the field that differs */
         goto fail;
     }
     s = kvc_fp_check(kvc, &a->fp);

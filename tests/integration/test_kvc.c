@@ -30,12 +30,13 @@
 
 typedef enum {
     SC_EXACT, SC_LATE_GRANT, SC_NACK, SC_EXPIRED, SC_ABORT_PREFILL, SC_ABORT_DECODE,
-    SC_KILL_RECV, SC_KILL_SEND, SC_MALFORMED,
+    SC_KILL_RECV, SC_KILL_SEND, SC_MALFORMED, SC_MISMATCH,
 } scenario_t;
 
 static const char *sc_name[] = {
     "exact", "layer before grant", "nack", "expired grant", "abort from prefill",
     "abort from decode", "receiver killed", "sender killed", "malformed messages",
+    "fingerprint mismatch",
 };
 
 typedef struct {
@@ -99,7 +100,7 @@ static kvc_t *make(const cfg_t *c, kvc_role_t role, int tp, int rank)
     prm.tp_size = tp;
     prm.n_kv_heads_total = c->H;
     prm.layout = rank_layout(c, tp, rank);
-    prm.model_fp = 0x5eedull;
+    prm.model_fp = c->sc == SC_MISMATCH && role == KVC_ROLE_PREFILL ? 0xbadull : 0x5eedull;
     prm.listen_ip = "127.0.0.1";
     prm.max_inflight = 4096;   /* small, so the in-flight bound is exercised */
     prm.abort_timeout_ms = 3000;
@@ -193,6 +194,18 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
             _exit(4);
         if (c->sc == SC_LATE_GRANT && rline(rfd, line, sizeof(line)) < 0)
             _exit(4);   /* "queued": every layer was sent before any grant */
+    }
+    if (c->sc == SC_MISMATCH) {
+        /* nobody connected: a grant has no one to go to */
+        int32_t b = 0;
+
+        if (kvc_grant(k[0], PREFILL_NODE, 1, 1, &b, 1, 1000) != DUET_ERR_NOT_FOUND)
+            res.errors++;
+        for (int r = 0; r < c->d; r++)
+            kvc_destroy(k[r]);
+        if (write(resfd, &res, sizeof(res)) != sizeof(res))
+            _exit(5);
+        _exit(0);
     }
     if (c->sc == SC_MALFORMED) {
         /* GRANTs a prefill must refuse: they would aim its puts outside the
@@ -413,6 +426,12 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
             return;
         }
         for (int pr = 0; pr < c->p; pr++) {
+            if (c->sc == SC_MISMATCH) {
+                res->status[0] = kvc_connect(k[pr], line, 5000, &node);
+                if (res->status[0] != DUET_ERR_MISMATCH)
+                    res->errors++;
+                continue;
+            }
             if (kvc_connect(k[pr], line, 5000, &node) != DUET_OK || node != DECODE_NODE) {
                 res->errors++;
                 return;
@@ -420,6 +439,11 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
         }
     }
     wline(wfd, "connected\n");
+    if (c->sc == SC_MISMATCH) {
+        for (int r = 0; r < c->p; r++)
+            kvc_destroy(k[r]);
+        return;
+    }
     /* each request's (layer, chunk) jobs in a random order */
     for (int i = 0; i < NREQ; i++) {
         for (int j = 0; j < NLAYERS * 2; j++)
@@ -588,6 +612,12 @@ static void run(const cfg_t *c)
         is_int(pr.errors, 0, "%s: prefill side clean", sc_name[c->sc]);
         return;
     }
+    if (c->sc == SC_MISMATCH) {
+        ok(got && pr.status[0] == DUET_ERR_MISMATCH && pr.errors + dr.errors == 0,
+           "%s: connect refused with %s, nothing granted", sc_name[c->sc],
+           duet_status_str(pr.status[0]));
+        return;
+    }
     ok(got && WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "%s (H=%d p=%d d=%d): decode finished",
        sc_name[c->sc], c->H, c->p, c->d);
     if (dr.errors + pr.errors)
@@ -642,7 +672,7 @@ int main(int argc, char **argv)
         run(&c);
         diag("%.2f s", (double)(clock_now_ns() - t) * 1e-9);
     }
-    for (int sc = SC_LATE_GRANT; sc <= SC_MALFORMED; sc++) {
+    for (int sc = SC_LATE_GRANT; sc <= SC_MISMATCH; sc++) {
         cfg_t c = {(scenario_t)sc, 6, 2, 3, 50 + (unsigned)sc};
         uint64_t t = clock_now_ns();
 
