@@ -392,7 +392,8 @@ static void on_hello(kvc_t *kvc, kvc_conn_t *c, const void *data, size_t len)
         return;
     }
     s = kvc_fp_check(kvc, &m->fp);
-    if (s == DUET_OK && ucp_rkey_pack(kvc->ctx, kvc->memh, &rkey_buf, &rkey_len) != UCS_OK)
+    if (s == DUET_OK && (kvc->memh == NULL ||
+                         ucp_rkey_pack(kvc->ctx, kvc->memh, &rkey_buf, &rkey_len) != UCS_OK))
         s = DUET_ERR_UCX;
     a = kvc_msg_new(sizeof(*a) + rkey_len, KVC_MSG_HELLO_ACK, 0);
     if (a == NULL) {
@@ -534,14 +535,75 @@ static duet_status_t params_check(const kvc_params_t *p)
     return DUET_OK;
 }
 
+/* Two pinned host buffers for staging device memory through. */
+static duet_status_t stage_map(kvc_t *kvc)
+{
+    ucp_mem_map_params_t mp = {0};
+    ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS};
+
+    if (kvc->p.stage_copy == NULL) {
+        log_error("staging a device slab needs params.stage_copy");
+        return DUET_ERR_INVALID;
+    }
+    if (kvc->p.stage_bytes == 0)
+        kvc->p.stage_bytes = 4u << 20;
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    mp.length = 2 * kvc->p.stage_bytes;
+    mp.flags = UCP_MEM_MAP_ALLOCATE;
+    if (ucp_mem_map(kvc->ctx, &mp, &kvc->stage_memh) != UCS_OK)
+        return DUET_ERR_NOMEM;
+    if (ucp_mem_query(kvc->stage_memh, &ma) != UCS_OK) {
+        ucp_mem_unmap(kvc->ctx, kvc->stage_memh);
+        kvc->stage_memh = NULL;
+        return DUET_ERR_UCX;
+    }
+    kvc->stage_buf[0] = ma.address;
+    kvc->stage_buf[1] = (char *)ma.address + kvc->p.stage_bytes;
+    kvc->staging = true;
+    return DUET_OK;
+}
+
 static duet_status_t slab_map(kvc_t *kvc)
 {
     ucp_mem_map_params_t mp = {0};
     ucp_mem_attr_t ma = {0};
+    ucp_context_attr_t ca = {.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES};
+    bool cuda_ok;
     ucs_status_t us;
 
+    cuda_ok = ucp_context_query(kvc->ctx, &ca) == UCS_OK &&
+              (ca.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA));
+    if (kvc->p.mem == KVC_MEM_CUDA && kvc->p.slab == NULL) {
+        log_error("a device slab must be given (params.slab)");
+        return DUET_ERR_INVALID;
+    }
+    if (kvc->p.stage_force || (kvc->p.mem == KVC_MEM_CUDA && !cuda_ok)) {
+        if (kvc->p.role == KVC_ROLE_DECODE) {
+            log_error("this UCX cannot write into device memory; give the decode rank a "
+                      "host slab");
+            return DUET_ERR_UNSUPPORTED;
+        }
+        CHECK(stage_map(kvc));
+        log_info("prefill slab staged through 2 x %zu bytes of pinned host memory",
+                 kvc->p.stage_bytes);
+        /* the device slab itself is never registered */
+        kvc->slab = kvc->p.slab;
+        if (kvc->slab == NULL) {
+            kvc->slab = calloc(1, kv_slab_bytes(&kvc->p.layout));
+            kvc->slab_owned = true;
+            if (kvc->slab == NULL) {
+                ucp_mem_unmap(kvc->ctx, kvc->stage_memh);
+                return DUET_ERR_NOMEM;
+            }
+        }
+        return DUET_OK;
+    }
     mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
     mp.length = kv_slab_bytes(&kvc->p.layout);
+    if (kvc->p.mem == KVC_MEM_CUDA) {
+        mp.field_mask |= UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+        mp.memory_type = UCS_MEMORY_TYPE_CUDA;
+    }
     if (kvc->p.slab) {
         mp.field_mask |= UCP_MEM_MAP_PARAM_FIELD_ADDRESS;
         mp.address = kvc->p.slab;
@@ -563,6 +625,16 @@ static duet_status_t slab_map(kvc_t *kvc)
     }
     kvc->slab = ma.address;
     return DUET_OK;
+}
+
+static void slab_unmap(kvc_t *kvc)
+{
+    if (kvc->memh)
+        ucp_mem_unmap(kvc->ctx, kvc->memh);
+    if (kvc->stage_memh)
+        ucp_mem_unmap(kvc->ctx, kvc->stage_memh);
+    if (kvc->slab_owned)
+        free(kvc->slab);
 }
 
 static duet_status_t listen_start(kvc_t *kvc)
@@ -662,7 +734,7 @@ duet_status_t kvc_create(const kvc_params_t *params, kvc_t **kvc_p)
     return DUET_OK;
 
 err_slab:
-    ucp_mem_unmap(kvc->ctx, kvc->memh);
+    slab_unmap(kvc);
 err_worker:
     ucp_worker_destroy(kvc->worker);
 err_ctx:
@@ -689,7 +761,7 @@ void kvc_destroy(kvc_t *kvc)
         kvc_recv_destroy(kvc);
     for (int i = 0; i < kvc->nconns; i++)
         free(kvc->conns[i]);
-    ucp_mem_unmap(kvc->ctx, kvc->memh);
+    slab_unmap(kvc);
     ucp_worker_destroy(kvc->worker);
     ucp_cleanup(kvc->ctx);
     free(kvc);

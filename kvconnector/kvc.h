@@ -38,6 +38,20 @@ typedef enum {
  * rank (the next kvc_recv_kv_cache / kvc_send_status returns it). */
 typedef void (*kvc_done_cb_t)(void *arg, uint64_t req, duet_status_t status);
 
+/* Where the slab lives. */
+typedef enum {
+    KVC_MEM_HOST = 0,
+    KVC_MEM_CUDA = 1,   /* device memory (params.slab must be given) */
+} kvc_mem_t;
+
+/* Copy len bytes of device memory at src into host memory at dst, complete
+ * on return (e.g. cudaMemcpy device-to-host). Used by the staging path. */
+typedef duet_status_t (*kvc_copy_fn_t)(void *arg, void *dst, const void *src, size_t len);
+
+/* A kvc_copy_fn_t doing cudaMemcpy device-to-host; only in CUDA builds
+ * (DUET_HAVE_CUDA). */
+duet_status_t kvc_cuda_copy_d2h(void *arg, void *dst, const void *src, size_t len);
+
 typedef struct {
     kvc_role_t  role;
     uint64_t    node_id;          /* same on every rank of a node; peers name
@@ -55,9 +69,21 @@ typedef struct {
     uint32_t    abort_timeout_ms; /* decode: wait for senders' abort replies; 0 = 5000 */
     kvc_done_cb_t done_cb;        /* optional */
     void       *done_arg;
+    /* Device slabs. KVC_MEM_CUDA with a UCX that handles CUDA memory: the
+     * slab is registered as UCS_MEMORY_TYPE_CUDA and put directly. Without
+     * one (or with stage_force), a prefill rank stages: each put's bytes are
+     * copied by stage_copy into one of two pinned host buffers of stage_bytes
+     * (default 4 MiB), so that one copy overlaps the other buffer's put. A
+     * decode rank needs a UCX that handles CUDA memory (or a host slab). */
+    kvc_mem_t     mem;
+    kvc_copy_fn_t stage_copy;     /* required when staging */
+    void         *stage_arg;
+    size_t        stage_bytes;
+    int           stage_force;    /* stage even host memory (tests, benchmarks) */
 } kvc_params_t;
 
 typedef struct {
+    uint64_t staged;       /* bytes copied through the host staging buffers */
     uint64_t bytes;        /* KV bytes put (prefill) or received (decode) */
     double   seconds;      /* sum over finished requests of first send/grant to done */
     uint64_t transfers;    /* requests finished with DUET_OK */

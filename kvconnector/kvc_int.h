@@ -156,6 +156,12 @@ struct kvc {
     uint64_t       next_timer_ns;
     bool           destroying;
     kvc_stats_t    stats;
+    /* staging (prefill with a device slab UCX cannot put from) */
+    bool           staging;
+    bool           slab_owned;      /* staging test stand-in allocated here */
+    ucp_mem_h      stage_memh;
+    char          *stage_buf[2];    /* pinned host, [stage_bytes] each */
+    bool           stage_busy[2];
 };
 
 /* Send one message (buf of len bytes, taken over and freed) on conn as an

@@ -23,6 +23,7 @@ typedef struct {
     int32_t    *blocks;         /* granted remote block ids, [nblocks] */
     int         job;            /* next job to put */
     int32_t     seg;            /* next segment of that job: block * 2 + kv */
+    size_t      off;            /* bytes of the run at seg already put (staging) */
 } sdest_t;
 
 typedef enum { SREQ_ACTIVE, SREQ_DRAIN, SREQ_FINAL } sreq_state_t;
@@ -49,6 +50,7 @@ typedef struct {
     kvc_t  *kvc;
     sreq_t *r;
     size_t  len;
+    int     stage;              /* staging buffer to free, or -1 */
 } put_ctx_t;
 
 typedef struct {
@@ -177,6 +179,8 @@ static void put_done(void *request, ucs_status_t status, void *user_data)
 
     p->r->outstanding--;
     p->kvc->inflight -= p->len;
+    if (p->stage >= 0)
+        p->kvc->stage_busy[p->stage] = false;
     if (status != UCS_OK && p->r->state == SREQ_ACTIVE) {
         log_req(LOG_LEVEL_WARN, p->r->h.id, "put failed: %s", ucs_status_string(status));
         /* the failed endpoint's error handler fails the request */
@@ -209,8 +213,9 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             ucp_request_param_t prm = {0};
             size_t lo, ro, len;
             put_ctx_t *p;
-            void *q;
+            void *q, *src;
             int32_t s = d->seg;
+            int stage;
 
             if (kvc->inflight >= kvc->p.max_inflight)
                 return n;
@@ -226,6 +231,26 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                     break;
                 len += seg_len;
             }
+            src = (char *)kvc->slab + lo + d->off;
+            ro += d->off;
+            len -= d->off;
+            stage = -1;
+            if (kvc->staging) {
+                /* device -> pinned host buffer, then put from there; the
+                 * other buffer's put overlaps this copy */
+                stage = !kvc->stage_busy[0] ? 0 : !kvc->stage_busy[1] ? 1 : -1;
+                if (stage < 0)
+                    return n;   /* both in flight: resume on a completion */
+                if (len > kvc->p.stage_bytes)
+                    len = kvc->p.stage_bytes;
+                if (kvc->p.stage_copy(kvc->p.stage_arg, kvc->stage_buf[stage], src, len) !=
+                    DUET_OK) {
+                    sreq_fail(kvc, r, DUET_ERR_CUDA);
+                    return n;
+                }
+                kvc->stats.staged += len;
+                src = kvc->stage_buf[stage];
+            }
             p = malloc(sizeof(*p));
             if (p == NULL) {
                 sreq_fail(kvc, r, DUET_ERR_NOMEM);
@@ -234,11 +259,11 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             p->kvc = kvc;
             p->r = r;
             p->len = len;
+            p->stage = stage;
             prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
             prm.cb.send = put_done;
             prm.user_data = p;
-            q = ucp_put_nbx(c->ep, (char *)kvc->slab + lo, len, c->remote_base + ro, c->rkey,
-                            &prm);
+            q = ucp_put_nbx(c->ep, src, len, c->remote_base + ro, c->rkey, &prm);
             kvc->stats.puts++;
             r->bytes += len;
             n++;
@@ -253,8 +278,15 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             } else {
                 r->outstanding++;
                 kvc->inflight += len;
+                if (stage >= 0)
+                    kvc->stage_busy[stage] = true;
             }
-            d->seg = s;
+            if (lo + d->off + len < lo + (size_t)(s - d->seg) * seg_len) {
+                d->off += len;          /* the rest of this run goes next */
+            } else {
+                d->seg = s;
+                d->off = 0;
+            }
         }
         flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, j);
         d->job++;

@@ -30,14 +30,22 @@
 
 typedef enum {
     SC_EXACT, SC_LATE_GRANT, SC_NACK, SC_EXPIRED, SC_ABORT_PREFILL, SC_ABORT_DECODE,
-    SC_KILL_RECV, SC_KILL_SEND, SC_MALFORMED, SC_MISMATCH,
+    SC_KILL_RECV, SC_KILL_SEND, SC_MALFORMED, SC_MISMATCH, SC_STAGED,
 } scenario_t;
 
 static const char *sc_name[] = {
     "exact", "layer before grant", "nack", "expired grant", "abort from prefill",
     "abort from decode", "receiver killed", "sender killed", "malformed messages",
-    "fingerprint mismatch",
+    "fingerprint mismatch", "staged through host buffers",
 };
+
+/* Host memory standing in for device memory: the staging copy is memcpy. */
+static duet_status_t stage_copy(void *arg, void *dst, const void *src, size_t len)
+{
+    (void)arg;
+    memcpy(dst, src, len);
+    return DUET_OK;
+}
 
 typedef struct {
     scenario_t sc;
@@ -104,6 +112,11 @@ static kvc_t *make(const cfg_t *c, kvc_role_t role, int tp, int rank)
     prm.listen_ip = "127.0.0.1";
     prm.max_inflight = 4096;   /* small, so the in-flight bound is exercised */
     prm.abort_timeout_ms = 3000;
+    if (c->sc == SC_STAGED && role == KVC_ROLE_PREFILL) {
+        prm.stage_force = 1;
+        prm.stage_copy = stage_copy;
+        prm.stage_bytes = 1000;   /* smaller than a run: runs are split */
+    }
     if (kvc_create(&prm, &k) != DUET_OK)
         return NULL;
     return k;
@@ -344,7 +357,7 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
 
 typedef struct {
     int      status[NREQ];
-    uint64_t rejected, nacks;
+    uint64_t rejected, nacks, staged;
     int      errors;
 } pre_result_t;
 
@@ -537,6 +550,7 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
         kvc_stats(k[r], &st);
         res->rejected += st.rejected;
         res->nacks += st.nacks;
+        res->staged += st.staged;
         kvc_destroy(k[r]);
     }
 }
@@ -642,6 +656,9 @@ static void run(const cfg_t *c)
     }
     if (c->sc == SC_NACK)
         ok(pr.nacks >= 1, "nack: prefill counted it");
+    if (c->sc == SC_STAGED)
+        ok(pr.staged > 0, "staged: %llu bytes went through the host buffers",
+           (unsigned long long)pr.staged);
     if (c->sc == SC_EXPIRED)
         ok(dr.expired >= 1, "expired: decode counted it");
     if (c->sc == SC_MALFORMED) {
@@ -672,7 +689,7 @@ int main(int argc, char **argv)
         run(&c);
         diag("%.2f s", (double)(clock_now_ns() - t) * 1e-9);
     }
-    for (int sc = SC_LATE_GRANT; sc <= SC_MISMATCH; sc++) {
+    for (int sc = SC_LATE_GRANT; sc <= SC_STAGED; sc++) {
         cfg_t c = {(scenario_t)sc, 6, 2, 3, 50 + (unsigned)sc};
         uint64_t t = clock_now_ns();
 
