@@ -342,6 +342,7 @@ static void conn_close(kvc_t *kvc, kvc_conn_t *c)
     prm.flags = UCP_EP_CLOSE_FLAG_FORCE;
     wait_req(kvc, ucp_ep_close_nbx(c->ep, &prm), clock_now_ns() + 1000000000ull);
     c->ep = NULL;
+    c->state = KVC_CONN_DEAD;   /* nothing is sent on it any more */
 }
 
 static kvc_conn_t *conn_by_ep(kvc_t *kvc, ucp_ep_h ep)
