@@ -592,7 +592,10 @@ static void run(const cfg_t *c)
         }
         got = read(resp[0], &dr, sizeof(dr)) == sizeof(dr);
         waitpid(pre_pid, NULL, 0);
-        waitpid(dec_pid, NULL, 0);
+        waitpid(dec_pid, &wst, 0);
+        if (!got)
+            diag("decode process: %s %d", WIFEXITED(wst) ? "exit" : "signal",
+                 WIFEXITED(wst) ? WEXITSTATUS(wst) : WTERMSIG(wst));
         close(resp[0]);
         close(to_pre[0]);
         close(to_pre[1]);
