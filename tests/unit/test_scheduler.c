@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/flags.h"
 #include "engine/engine.h"
 #include "tests/unit/engine_testutil.h"
 
@@ -358,6 +359,43 @@ static void test_bad_params_and_abort(void)
     engine_destroy(e);
 }
 
+/* The engine's options as node flags, and engine_create's refusals. */
+static void test_opts(void)
+{
+    engine_opts_t o;
+    flag_t flags[16];
+    char a0[] = "t", a1[] = "--max-running", a2[] = "8", a3[] = "--max-step-tokens",
+         a4[] = "128", a5[] = "--no-prefix-caching", a6[] = "--kv-watermark", a7[] = "0.1",
+         a8[] = "--no-chunked-prefill", a9[] = "--kv-blocks", a10[] = "100";
+    char *argv[] = { a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10 };
+    const flags_usage_t u = { "t", NULL, "t" };
+    char bad0[] = "t", bad1[] = "--max-running", bad2[] = "0";
+    char *bad[] = { bad0, bad1, bad2 };
+    char err[256] = "";
+    engine_t *e = NULL;
+    int n;
+
+    engine_opts_default(&o);
+    n = engine_opts_flags(&o, flags, 16);
+    is_int(n, 9, "nine engine flags");
+    is_int(flags_parse(&u, flags, n, 11, argv, NULL, 0, NULL), DUET_OK, "flags parse");
+    ok(o.max_running == 8 && o.max_step_tokens == 128 && !o.prefix_caching &&
+       o.watermark == 0.1 && !o.chunked_prefill && o.kv_blocks == 100,
+       "flags land in the options");
+    is_int(flags_parse(&u, flags, n, 3, bad, NULL, 0, NULL), DUET_ERR_INVALID,
+           "--max-running 0 refused by the flag bounds");
+
+    engine_opts_default(&o);
+    o.kv_blocks = 1;
+    is_int(engine_create(model.g, &model.cfg, &o, &e, err, sizeof(err)), DUET_ERR_INVALID,
+           "a 1-block pool is refused");
+    ok(e == NULL && strstr(err, "KV pool") != NULL, "message: %s", err);
+    engine_opts_default(&o);
+    o.max_step_tokens = 0;
+    is_int(engine_create(model.g, &model.cfg, &o, &e, err, sizeof(err)), DUET_ERR_INVALID,
+           "a zero step budget is refused");
+}
+
 int main(void)
 {
     if (tmodel_open(&model, "sched",
@@ -371,6 +409,7 @@ int main(void)
     test_seeded();
     test_disaggregated();
     test_bad_params_and_abort();
+    test_opts();
     tmodel_close(&model);
 
     /* Quantized weights take the matmul paths that quantize activations:
