@@ -359,6 +359,42 @@ static void test_bad_params_and_abort(void)
     engine_destroy(e);
 }
 
+/* A stop id ends the request at its first occurrence, reported with the
+ * token and finish "stop"; max_tokens ends it with "length". */
+static void test_stop_and_length(void)
+{
+    touts_t a = { 0 }, b = { 0 };
+    engine_req_params_t p;
+    engine_opts_t o;
+    engine_t *e;
+    int32_t toks[20], stop, first, i;
+
+    for (i = 0; i < 20; i++)
+        toks[i] = (i * 37) % model.cfg.vocab;
+    opts_for(&o, 64, 2048, true);
+    e = tengine(&model, &o);
+    engine_req_params_default(&p);
+    p.max_tokens = 12;
+    engine_add(e, 1, toks, 20, &p, NULL, 0);
+    trun(e, &a, 16, 100);
+    is_int(a.n[0], 12, "12 tokens");
+    is_int(a.finish[0], ENGINE_FINISH_LENGTH, "finish: length");
+    stop = a.toks[0][5];
+    for (first = 0; a.toks[0][first] != stop; first++)
+        ;
+    p.sampling.n_stop = 1;
+    p.sampling.stop_ids[0] = stop;
+    engine_add(e, 2, toks, 20, &p, NULL, 0);
+    trun(e, &b, 16, 100);
+    ok(b.n[1] == first + 1 && memcmp(a.toks[0], b.toks[1], sizeof(int32_t) * (size_t)(first + 1)) == 0,
+       "stop id %d ends the request at its first occurrence (%d tokens)", stop, b.n[1]);
+    is_int(b.finish[1], ENGINE_FINISH_STOP, "finish: stop");
+    ok(tengine_whole(e), "pool whole");
+    engine_destroy(e);
+    touts_free(&a);
+    touts_free(&b);
+}
+
 /* The engine's options as node flags, and engine_create's refusals. */
 static void test_opts(void)
 {
@@ -409,6 +445,7 @@ int main(void)
     test_seeded();
     test_disaggregated();
     test_bad_params_and_abort();
+    test_stop_and_length();
     test_opts();
     tmodel_close(&model);
 
