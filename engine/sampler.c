@@ -419,19 +419,31 @@ static void heap_down(cand_t *h, int32_t n)
     }
 }
 
-/* First index of the largest logit; NaN counts as -inf. */
+/* First index of the largest logit; NaN counts as -inf; 0 when nothing is
+ * above -inf. Two passes: the maximum over 8 independent lanes (no branch,
+ * vectorisable), then its first position. */
 static int32_t argmax(const float *logits, int32_t vocab)
 {
-    float best_l = -INFINITY;
-    int32_t best = 0, i;
+    float lane[8], best_l = -INFINITY;
+    int32_t i, j;
 
-    for (i = 0; i < vocab; i++) {
-        if (logits[i] > best_l) {
-            best_l = logits[i];
-            best = i;
-        }
+    for (j = 0; j < 8; j++)
+        lane[j] = -INFINITY;
+    for (i = 0; i + 8 <= vocab; i += 8) {
+        for (j = 0; j < 8; j++)
+            lane[j] = logits[i + j] > lane[j] ? logits[i + j] : lane[j];
     }
-    return best;
+    for (; i < vocab; i++)
+        lane[0] = logits[i] > lane[0] ? logits[i] : lane[0];
+    for (j = 0; j < 8; j++)
+        best_l = lane[j] > best_l ? lane[j] : best_l;
+    if (best_l == -INFINITY)
+        return 0;
+    for (i = 0; i < vocab; i++) {
+        if (logits[i] == best_l)
+            return i;
+    }
+    return 0;
 }
 
 int32_t sampler_sample(sampler_t *s, sampler_ws_t *ws, float *logits)
