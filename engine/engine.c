@@ -447,10 +447,6 @@ duet_status_t engine_step(engine_t *e, const engine_out_t **outs_p, int *n_out_p
     int n_items = 0, i, k = 0;
 
     e->n_out = 0;
-    for (i = 0; i < e->n_pending; i++)
-        emit(e, e->pending[i].req_id, e->pending[i].token, e->pending[i].finish);
-    e->n_pending = 0;
-
     sched_schedule(e->sched, e->items, &n_items);
     for (i = 0; i < n_items; i++) {
         const sched_item_t *it = &e->items[i];
@@ -466,10 +462,15 @@ duet_status_t engine_step(engine_t *e, const engine_out_t **outs_p, int *n_out_p
     if (n_items > 0) {
         status = fwd_run(e->fwd, e->seqs, n_items, e->logits);
         if (status != DUET_OK) {
+            /* Nothing advanced: the same plan can run again next step. */
             log_error("forward pass failed: %s", duet_status_str(status));
             return status;
         }
     }
+    /* Finishes from engine_add_prefilled, reported once a step succeeds. */
+    for (i = 0; i < e->n_pending; i++)
+        emit(e, e->pending[i].req_id, e->pending[i].token, e->pending[i].finish);
+    e->n_pending = 0;
 
     for (i = 0; i < n_items; i++) {
         const sched_item_t *it = &e->items[i];
