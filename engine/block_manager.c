@@ -349,7 +349,8 @@ duet_status_t bm_match_prefix(bm_t *bm, bm_seq_t *seq, const int32_t *tokens,
 
     if (seq->n != 0)
         return DUET_ERR_INVALID;
-    bm_seq_init(seq);
+    seq->n_hashed = 0;              /* keeps the table's memory, if any */
+    seq->last_hash = BM_HASH_ROOT;
     if (!bm->opts.prefix_caching || n_tokens <= 1) {
         *n_cached_p = 0;
         return DUET_OK;

@@ -17,7 +17,7 @@
 struct engine {
     engine_opts_t         opts;
     const model_config_t *cfg;
-    int32_t               vocab, eos, max_model_len;
+    int32_t               vocab, eos, eot, max_model_len;
     bm_t                 *bm;
     sched_t              *sched;
     fwd_t                *fwd;
@@ -128,8 +128,12 @@ duet_status_t engine_create(const gguf_t *g, const model_config_t *cfg,
     e->opts = *opts;
     e->cfg = cfg;
     e->vocab = cfg->vocab;
+    /* End of generation: EOS, and end-of-turn where the file names one
+     * (llama 3 style chat models end a reply with it). */
     e->eos = gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &eos) == DUET_OK &&
              eos < (uint32_t)cfg->vocab ? (int32_t)eos : -1;
+    e->eot = gguf_get_u32(g, "tokenizer.ggml.eot_token_id", &eos) == DUET_OK &&
+             eos < (uint32_t)cfg->vocab && (int32_t)eos != e->eos ? (int32_t)eos : -1;
 
     layout = (kv_layout_t){
         .n_layers = cfg->n_layers,
@@ -377,7 +381,8 @@ static duet_status_t push_pending(engine_t *e, uint64_t id, engine_finish_t f)
 /* Finish reason after token was appended to r. */
 static engine_finish_t finish_of(const engine_t *e, const sched_req_t *r, int32_t token)
 {
-    if (sampler_is_stop(r->user, token, e->eos))
+    if (sampler_is_stop(r->user, token, e->eos) ||
+        (e->eot >= 0 && sampler_is_stop(r->user, token, e->eot)))
         return ENGINE_FINISH_STOP;
     if (r->n_tokens - r->n_prompt >= r->max_tokens || r->n_tokens >= e->max_model_len)
         return ENGINE_FINISH_LENGTH;
@@ -442,10 +447,6 @@ duet_status_t engine_step(engine_t *e, const engine_out_t **outs_p, int *n_out_p
     int n_items = 0, i, k = 0;
 
     e->n_out = 0;
-    for (i = 0; i < e->n_pending; i++)
-        emit(e, e->pending[i].req_id, e->pending[i].token, e->pending[i].finish);
-    e->n_pending = 0;
-
     sched_schedule(e->sched, e->items, &n_items);
     for (i = 0; i < n_items; i++) {
         const sched_item_t *it = &e->items[i];
@@ -461,10 +462,15 @@ duet_status_t engine_step(engine_t *e, const engine_out_t **outs_p, int *n_out_p
     if (n_items > 0) {
         status = fwd_run(e->fwd, e->seqs, n_items, e->logits);
         if (status != DUET_OK) {
+            /* Nothing advanced: the same plan can run again next step. */
             log_error("forward pass failed: %s", duet_status_str(status));
             return status;
         }
     }
+    /* Finishes from engine_add_prefilled, reported once a step succeeds. */
+    for (i = 0; i < e->n_pending; i++)
+        emit(e, e->pending[i].req_id, e->pending[i].token, e->pending[i].finish);
+    e->n_pending = 0;
 
     for (i = 0; i < n_items; i++) {
         const sched_item_t *it = &e->items[i];

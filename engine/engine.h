@@ -27,7 +27,8 @@
 
 typedef enum {
     ENGINE_FINISH_NONE = 0,    /* still generating */
-    ENGINE_FINISH_STOP,        /* a stop id or EOS */
+    ENGINE_FINISH_STOP,        /* a stop id, EOS or end-of-turn (unless
+                                  ignore_eos: then only stop ids) */
     ENGINE_FINISH_LENGTH,      /* max_tokens or the context length */
     ENGINE_FINISH_PREFILLED,   /* prefill-only: first token out, KV handed over */
 } engine_finish_t;

@@ -387,19 +387,63 @@ static int32_t cand_select_mass(cand_t *c, int32_t n, double need)
     return hi > 0 ? hi : 1;
 }
 
-/* First index of the largest logit; NaN counts as -inf. */
+/* Heap of candidates with the worst (last in cand_before order) at the
+ * root, for top-k with small k. */
+#define SAMPLER_HEAP_K 1024
+
+static void heap_up(cand_t *h, int32_t i)
+{
+    while (i > 0) {
+        int32_t parent = (i - 1) / 2;
+        if (!cand_before(&h[parent], &h[i]))
+            break;
+        cand_swap(&h[parent], &h[i]);
+        i = parent;
+    }
+}
+
+static void heap_down(cand_t *h, int32_t n)
+{
+    int32_t i = 0;
+
+    for (;;) {
+        int32_t l = 2 * i + 1, r = l + 1, worst = i;
+        if (l < n && cand_before(&h[worst], &h[l]))
+            worst = l;
+        if (r < n && cand_before(&h[worst], &h[r]))
+            worst = r;
+        if (worst == i)
+            return;
+        cand_swap(&h[i], &h[worst]);
+        i = worst;
+    }
+}
+
+/* First index of the largest logit; NaN counts as -inf; 0 when nothing is
+ * above -inf. Two passes: the maximum over 8 independent lanes (no branch,
+ * vectorisable), then its first position. */
 static int32_t argmax(const float *logits, int32_t vocab)
 {
-    float best_l = -INFINITY;
-    int32_t best = 0, i;
+    float lane[8], best_l = -INFINITY;
+    int32_t i, j;
 
-    for (i = 0; i < vocab; i++) {
-        if (logits[i] > best_l) {
-            best_l = logits[i];
-            best = i;
-        }
+    for (j = 0; j < 8; j++)
+        lane[j] = -INFINITY;
+    for (i = 0; i + 8 <= vocab; i += 8) {
+        for (j = 0; j < 8; j++)
+            lane[j] = logits[i + j] > lane[j] ? logits[i + j] : lane[j];
     }
-    return best;
+    for (; i < vocab; i++)
+        lane[0] = logits[i] > lane[0] ? logits[i] : lane[0];
+    for (j = 0; j < 8; j++)
+        best_l = lane[j] > best_l ? lane[j] : best_l;
+    if (best_l == -INFINITY)
+        return 0;
+    for (i = 0; i < vocab; i++) {
+        if (logits[i] == best_l)
+            return i;
+    }
+    return 0;
 }
 
 int32_t sampler_sample(sampler_t *s, sampler_ws_t *ws, float *logits)
@@ -422,27 +466,57 @@ int32_t sampler_sample(sampler_t *s, sampler_ws_t *ws, float *logits)
     inv_t = 1.0f / p->temperature;
     /* min-p: keep p >= min_p * p_max, i.e. (l - max) / T >= log(min_p). */
     min_l = p->min_p > 0.0f ? logf(p->min_p) : -INFINITY;
-    for (i = 0; i < vocab; i++) {
-        float l = (logits[i] - max) * inv_t;
-        if (!(l >= min_l))          /* also drops NaN and -inf */
-            continue;
-        c[n].p = l;
-        c[n].id = i;
-        n++;
+    if (p->top_k > 0 && p->top_k <= SAMPLER_HEAP_K && p->top_k < vocab) {
+        /* Small k: one pass with a heap of the k best; most tokens are
+         * turned away by one comparison with the heap's worst. */
+        for (i = 0; i < vocab; i++) {
+            cand_t x = { .p = (logits[i] - max) * inv_t, .id = i };
+            if (!(x.p >= min_l))    /* also drops NaN and -inf */
+                continue;
+            if (n < p->top_k) {
+                c[n] = x;
+                heap_up(c, n++);
+            } else if (cand_before(&x, &c[0])) {
+                c[0] = x;
+                heap_down(c, n);
+            }
+        }
+    } else {
+        for (i = 0; i < vocab; i++) {
+            float l = (logits[i] - max) * inv_t;
+            if (!(l >= min_l))      /* also drops NaN and -inf */
+                continue;
+            c[n].p = l;
+            c[n].id = i;
+            n++;
+        }
+        if (p->top_k > 0 && p->top_k < n) {
+            cand_select_k(c, n, p->top_k);
+            n = p->top_k;
+        }
     }
     if (n == 0)
         return argmax(logits, vocab);
 
-    if (p->top_k > 0 && p->top_k < n) {
-        cand_select_k(c, n, p->top_k);
-        n = p->top_k;
-    }
     total = 0.0;
     for (i = 0; i < n; i++) {
         c[i].p = expf(c[i].p);
         total += c[i].p;
     }
     if (p->top_p < 1.0f) {
+        /* Every token below (1 - top_p) * total / n lies in the dropped
+         * tail: all of them together weigh less than 1 - top_p, and they are
+         * the lowest. Dropping them first leaves the partitions little to do
+         * on peaked (real) distributions. The 0.999 keeps rounding on the
+         * safe side. */
+        float floor_p = (float)((1.0 - (double)p->top_p) * total / n * 0.999);
+        int32_t m = 0;
+
+        for (i = 0; i < n; i++) {
+            if (c[i].p >= floor_p)
+                c[m++] = c[i];
+        }
+        n = m;
         n = cand_select_mass(c, n, (double)p->top_p * total);
         total = 0.0;
         for (i = 0; i < n; i++)

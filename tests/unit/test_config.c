@@ -85,7 +85,7 @@ static duet_status_t write_tiny(const char *path, const tiny_opts_t *o, char *er
     }
     if (s == DUET_OK && o->tokenizer) {
         gguf_str_t toks[32];
-        char bufs[32][4];
+        char bufs[32][16];
 
         for (int i = 0; i < 32; i++) {
             snprintf(bufs[i], sizeof(bufs[i]), "t%d", i);

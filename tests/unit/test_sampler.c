@@ -162,7 +162,8 @@ static void test_masks_exact(void)
 
             sampler_params_default(&p);
             p.temperature = 0.5f + 0.25f * (float)(trial % 4);
-            p.top_k = (trial % 3 == 0) ? 0 : 1 + trial * 3;
+            /* small k: heap path; k over 1024: quickselect path */
+            p.top_k = (trial % 3 == 0) ? 0 : (trial % 3 == 1) ? 1 + trial * 3 : 1500 + trial * 40;
             p.top_p = (trial % 2 == 0) ? 1.0f : 0.3f + 0.1f * (float)(trial % 6);
             p.min_p = (trial % 5 == 0) ? 0.05f : 0.0f;
             p.seed = (uint64_t)trial;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/flags.h"
 #include "engine/engine.h"
 #include "tests/unit/engine_testutil.h"
 
@@ -358,6 +359,79 @@ static void test_bad_params_and_abort(void)
     engine_destroy(e);
 }
 
+/* A stop id ends the request at its first occurrence, reported with the
+ * token and finish "stop"; max_tokens ends it with "length". */
+static void test_stop_and_length(void)
+{
+    touts_t a = { 0 }, b = { 0 };
+    engine_req_params_t p;
+    engine_opts_t o;
+    engine_t *e;
+    int32_t toks[20], stop, first, i;
+
+    for (i = 0; i < 20; i++)
+        toks[i] = (i * 37) % model.cfg.vocab;
+    opts_for(&o, 64, 2048, true);
+    e = tengine(&model, &o);
+    engine_req_params_default(&p);
+    p.max_tokens = 12;
+    engine_add(e, 1, toks, 20, &p, NULL, 0);
+    trun(e, &a, 16, 100);
+    is_int(a.n[0], 12, "12 tokens");
+    is_int(a.finish[0], ENGINE_FINISH_LENGTH, "finish: length");
+    stop = a.toks[0][5];
+    for (first = 0; a.toks[0][first] != stop; first++)
+        ;
+    p.sampling.n_stop = 1;
+    p.sampling.stop_ids[0] = stop;
+    engine_add(e, 2, toks, 20, &p, NULL, 0);
+    trun(e, &b, 16, 100);
+    ok(b.n[1] == first + 1 && memcmp(a.toks[0], b.toks[1], sizeof(int32_t) * (size_t)(first + 1)) == 0,
+       "stop id %d ends the request at its first occurrence (%d tokens)", stop, b.n[1]);
+    is_int(b.finish[1], ENGINE_FINISH_STOP, "finish: stop");
+    ok(tengine_whole(e), "pool whole");
+    engine_destroy(e);
+    touts_free(&a);
+    touts_free(&b);
+}
+
+/* The engine's options as node flags, and engine_create's refusals. */
+static void test_opts(void)
+{
+    engine_opts_t o;
+    flag_t flags[16];
+    char a0[] = "t", a1[] = "--max-running", a2[] = "8", a3[] = "--max-step-tokens",
+         a4[] = "128", a5[] = "--no-prefix-caching", a6[] = "--kv-watermark", a7[] = "0.1",
+         a8[] = "--no-chunked-prefill", a9[] = "--kv-blocks", a10[] = "100";
+    char *argv[] = { a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10 };
+    const flags_usage_t u = { "t", NULL, "t" };
+    char bad0[] = "t", bad1[] = "--max-running", bad2[] = "0";
+    char *bad[] = { bad0, bad1, bad2 };
+    char err[256] = "";
+    engine_t *e = NULL;
+    int n;
+
+    engine_opts_default(&o);
+    n = engine_opts_flags(&o, flags, 16);
+    is_int(n, 9, "nine engine flags");
+    is_int(flags_parse(&u, flags, n, 11, argv, NULL, 0, NULL), DUET_OK, "flags parse");
+    ok(o.max_running == 8 && o.max_step_tokens == 128 && !o.prefix_caching &&
+       o.watermark == 0.1 && !o.chunked_prefill && o.kv_blocks == 100,
+       "flags land in the options");
+    is_int(flags_parse(&u, flags, n, 3, bad, NULL, 0, NULL), DUET_ERR_INVALID,
+           "--max-running 0 refused by the flag bounds");
+
+    engine_opts_default(&o);
+    o.kv_blocks = 1;
+    is_int(engine_create(model.g, &model.cfg, &o, &e, err, sizeof(err)), DUET_ERR_INVALID,
+           "a 1-block pool is refused");
+    ok(e == NULL && strstr(err, "KV pool") != NULL, "message: %s", err);
+    engine_opts_default(&o);
+    o.max_step_tokens = 0;
+    is_int(engine_create(model.g, &model.cfg, &o, &e, err, sizeof(err)), DUET_ERR_INVALID,
+           "a zero step budget is refused");
+}
+
 int main(void)
 {
     if (tmodel_open(&model, "sched",
@@ -371,6 +445,8 @@ int main(void)
     test_seeded();
     test_disaggregated();
     test_bad_params_and_abort();
+    test_stop_and_length();
+    test_opts();
     tmodel_close(&model);
 
     /* Quantized weights take the matmul paths that quantize activations:
