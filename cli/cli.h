@@ -19,6 +19,7 @@ extern const cli_cmd_t cli_cmd_detokenize;
 extern const cli_cmd_t cli_cmd_generate;
 extern const cli_cmd_t cli_cmd_router;
 extern const cli_cmd_t cli_cmd_decode;
+extern const cli_cmd_t cli_cmd_prefill;
 
 /* Benchmarks, dispatched by cli_cmd_bench (cmd_bench.c). */
 extern const cli_cmd_t cli_bench_engine;
