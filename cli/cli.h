@@ -20,6 +20,7 @@ extern const cli_cmd_t cli_cmd_generate;
 extern const cli_cmd_t cli_cmd_router;
 extern const cli_cmd_t cli_cmd_decode;
 extern const cli_cmd_t cli_cmd_prefill;
+extern const cli_cmd_t cli_cmd_serve;
 
 /* Benchmarks, dispatched by cli_cmd_bench (cmd_bench.c). */
 extern const cli_cmd_t cli_bench_engine;
