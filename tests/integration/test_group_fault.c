@@ -156,7 +156,8 @@ static void test_hang(void)
     s = loop(g, 2);
     ok(s == DUET_ERR_TIMEOUT || s == DUET_ERR_PEER,
        "rank 2 stops arriving: rank 0 gets %s", duet_status_str(s));
-    ok((double)(clock_now_ns() - t0) * 1e-9 < 4.0, "within the 1 s timeout (plus setup)");
+    ok((double)(clock_now_ns() - t0) * 1e-9 < 10.0,
+       "it returned (1 s timeout; the bound allows for a loaded machine)");
     group_destroy(g);
     procgroup_stop(pg, 10);
     st1 = procgroup_wait_status(pg, 1);
