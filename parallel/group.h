@@ -114,7 +114,9 @@ duet_status_t group_barrier(group_t *g);
  * without one). Build the input there (e.g. as a matmul's output) and pass
  * it as src to the next all_reduce, all_gather, reduce_scatter or broadcast
  * (root): the copy into shared memory is skipped. Valid until that next
- * collective, which clobbers it; ask again before each one. */
+ * collective, which clobbers it; ask again before each one. It may also be
+ * the all_reduce's dst (in place); the result there then stays valid until
+ * the following collective. */
 void *group_input_buffer(group_t *g, size_t bytes);
 
 /* NCCL: wait until the ops enqueued so far on the group's stream completed
