@@ -249,9 +249,9 @@ static int allreduce_run(int argc, char **argv)
             double bus = alg * 2.0 * (n - 1) / n;
 
             if (json)
-                printf("%s\n  {\"ranks\": %d, \"bytes\": %zu, \"iters\": %d, \"lat_us\": %.3f, \"cpu_us\": %.3f, "
-                       "\"algbw_gbps\": %.3f, \"busbw_gbps\": %.3f, \"memcpy_gbps\": %.3f, "
-                       "\"ratio\": %.3f}", first ? "" : ",", n, p->sizes[k], p->iters[k],
+                printf("%s\n  {\"ranks\": %d, \"bytes\": %zu, \"iters\": %d, \"lat_us\": %.6g, "
+                       "\"cpu_us\": %.6g, \"algbw_gbps\": %.6g, \"busbw_gbps\": %.6g, \"memcpy_gbps\": %.6g, "
+                       "\"ratio\": %.6g}", first ? "" : ",", n, p->sizes[k], p->iters[k],
                        p->lat_us[k], p->cpu_us[k], alg, bus, mc[k], mc[k] > 0 ? alg / mc[k] : 0);
             else
                 printf("  %5d %11zu %8d %11.2f %9.2f %10.2f %10.2f %11.2f %6.2f\n", n, p->sizes[k],
