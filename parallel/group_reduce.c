@@ -10,7 +10,6 @@
 
 #define TILE 512                /* f32 accumulator elements */
 
-/* out1 and out2 (optional) (cnt) = sum_{j<n} srcs[j] (cnt), in order j. */
 /* n = 2..4 straight into the outputs, same order: ((x0 + x1) + x2) + x3 */
 static void reduce_f32_direct(float *out1, float *out2, uint8_t *const *srcs, int n,
                               size_t cnt)
