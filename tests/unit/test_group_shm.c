@@ -27,7 +27,8 @@ typedef struct {
 } run_t;
 
 static const size_t sizes[] = {1, 2, 3, 7, 16, 17, 31, 100, 1023, 4097, 65537,
-                               262147, 1048579};
+                               262147, 1048579, 16777217};
+static bool slow;       /* --slow: every dtype and op up to 16M+1 elements */
 
 /* Run one collective on this rank and check its output against the serial
  * reference. Returns 1 when right, 0 when wrong, negative status on error. */
@@ -128,7 +129,7 @@ static int sweep(group_t *g, const run_t *rt, bool tap)
                 if (sizes[k] > rt->max_count)
                     continue;
                 /* the largest size once per op, in f32 and bf16 */
-                if (sizes[k] > 300000 && dt != GROUP_F32 && dt != GROUP_BF16)
+                if (sizes[k] > 300000 && dt != GROUP_F32 && dt != GROUP_BF16 && !slow)
                     continue;
                 got = one_case(g, op, (group_dtype_t)dt, sizes[k], salt++);
                 s = gather_int(g, got, oks);
@@ -375,7 +376,7 @@ static void local_checks(void)
     group_destroy(NULL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     run_t r2 = {.n = 2, .max_count = 1048579, .huge = true, .extras = true};
     run_t r3 = {.n = 3, .max_count = 1048579, .extras = true};
@@ -384,6 +385,12 @@ int main(void)
     run_t again = {.n = 3, .det_only = true};
     uint64_t h3;
 
+    if (argc > 1 && strcmp(argv[1], "--slow") == 0) {
+        /* suite 'slow': the whole matrix up to 16M+1 elements */
+        slow = true;
+        r2.max_count = r3.max_count = r4.max_count = 16777217;
+        r2.huge = false;
+    }
     local_checks();
     run(&r2);
     h3 = run(&r3);
