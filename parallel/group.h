@@ -5,12 +5,14 @@
  *         Deterministic: sums run in rank order 0..n-1 (in f32 for f16/bf16),
  *         and every rank copies the same reduced bytes, so results are
  *         bit-identical from run to run and across ranks.
- *   nccl  GPU ranks (built when CUDA is found), device pointers; the NCCL
- *         unique id travels from rank 0 through a small shm group.
+ *   nccl  GPU ranks (built when CUDA is found), device pointers; ops are
+ *         enqueued on a CUDA stream and group_sync() waits for them. The
+ *         NCCL unique id travels from rank 0 through a small shm group.
  *
  * Every collective is called by every rank of the group, in the same order,
- * with the same count, dtype (and root). A rank that calls a different
- * collective or count gets DUET_ERR_MISMATCH, on every rank. A peer that dies
+ * with the same count, dtype (and root). shm: a rank that calls a different
+ * collective or count gets DUET_ERR_MISMATCH, on every rank (NCCL does not
+ * check; a mismatch there ends in the timeout). A peer that dies
  * (detected within ~50 ms) or does not arrive within the timeout makes the
  * collective fail on every rank with DUET_ERR_PEER / DUET_ERR_TIMEOUT; the
  * group is then broken and every later call returns DUET_ERR_PEER. The caller
