@@ -169,6 +169,42 @@ static void test_hang(void)
     procgroup_destroy(pg);
 }
 
+/* rank 1 leaves the group (group_destroy) but lives on */
+static int leave_worker(procgroup_t *pg, void *arg)
+{
+    fault_t f = {.n = 2, .timeout_s = 30, .hang_rank = -1};
+    group_t *g = NULL;
+
+    if (join(pg, &f, &g) != DUET_OK)
+        return 2;
+    group_destroy(g);
+    sleep(2);
+    return 0;
+}
+
+static void test_leave(void)
+{
+    fault_t f = {.n = 2, .timeout_s = 30, .hang_rank = -1};
+    procgroup_opts_t o = {.world_size = 2, .worker_main = leave_worker};
+    procgroup_t *pg = NULL;
+    group_t *g = NULL;
+    uint64_t t0;
+    duet_status_t s;
+
+    if (!ok(procgroup_start(&o, &pg) == DUET_OK, "leave: start 2 ranks"))
+        return;
+    if (join(pg, &f, &g) == DUET_OK) {
+        t0 = clock_now_ns();
+        s = group_barrier(g);
+        ok(s == DUET_ERR_PEER && (double)(clock_now_ns() - t0) * 1e-9 < 1.5,
+           "a peer that left the group (still alive) fails the barrier at once, not "
+           "after the 30 s timeout (%s)", duet_status_str(s));
+    }
+    group_destroy(g);
+    ok(procgroup_stop(pg, 10) == DUET_OK, "leave: the worker exited cleanly");
+    procgroup_destroy(pg);
+}
+
 /* ---- driver death --------------------------------------------------------- */
 
 enum { IDLE_IN_RECV, IN_COLLECTIVE };
@@ -299,6 +335,7 @@ int main(void)
         log_set_level(LOG_LEVEL_OFF);
     test_kill_worker();
     test_hang();
+    test_leave();
     test_driver_death(IDLE_IN_RECV, 0, "death signal, idle", -SIGKILL);
     test_driver_death(IDLE_IN_RECV, -1, "pipe only, idle in plan_recv", 7);
     test_driver_death(IN_COLLECTIVE, -1, "pipe only, inside a collective", 9);
