@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "parallel/group.h"
 #include "parallel/procgroup.h"
@@ -23,6 +25,7 @@ typedef struct {
     bool   huge;            /* also 16M+1 f32 all_reduce */
     bool   extras;          /* bad arguments, TP/PP */
     bool   det_only;        /* determinism case only */
+    bool   stress;          /* random ops, sizes and delays only */
     uint64_t det_hash;      /* out (rank 0) */
 } run_t;
 
@@ -280,6 +283,39 @@ static void tp_pp(procgroup_t *pg, int r, bool tap)
     parallel_destroy(par);
 }
 
+/* Random collectives (the same sequence on every rank, from a shared seed),
+ * sizes of up to a few slots, and random per-rank delays before and inside
+ * the sequence: any interleaving of fast and slow ranks gives right results. */
+static void stress(group_t *g, bool tap)
+{
+    int n = group_size(g), r = group_rank(g), bad = 0, nops = 400;
+    uint32_t shared = 12345, own = 777u + (uint32_t)r * 7919u;
+    int32_t oks[64];
+
+    for (int k = 0; k < nops; k++) {
+        int op, got;
+        group_dtype_t dt;
+        size_t count;
+
+        shared = gt_hash(shared + 1);
+        op = (int)(shared % NOPS);
+        dt = (group_dtype_t)((shared >> 8) % GROUP_DTYPE_COUNT);
+        count = (shared >> 12) % 3000 + ((shared >> 20) & 1);
+        own = gt_hash(own + 1);
+        if (own % 4 == 0)
+            usleep(own % 300);
+        else if (own % 4 == 1)
+            sched_yield();
+        got = one_case(g, op, dt, count, shared);
+        bad += got != 1;
+    }
+    if (gather_int(g, bad, oks) != DUET_OK)
+        oks[0] = -1;
+    if (tap)
+        ok(all_equal(oks, n, 0), "n=%d slot=4096: %d random collectives with random delays",
+           n, nops);
+}
+
 /* Body of every rank; rank 0 (tap) prints. Returns failures seen here. */
 static int rank_body(procgroup_t *pg, run_t *rt, bool tap)
 {
@@ -300,6 +336,8 @@ static int rank_body(procgroup_t *pg, run_t *rt, bool tap)
         return 1;
     if (rt->det_only) {
         rt->det_hash = determinism(g, tap);
+    } else if (rt->stress) {
+        stress(g, tap);
     } else {
         fails += sweep(g, rt, tap);
         rt->det_hash = determinism(g, tap);
@@ -383,6 +421,7 @@ int main(int argc, char **argv)
     run_t r4 = {.n = 4, .max_count = 262147, .extras = true};
     run_t small = {.n = 3, .slot = 4096, .max_count = 65537};
     run_t again = {.n = 3, .det_only = true};
+    run_t mixed = {.n = 4, .slot = 4096, .stress = true};
     uint64_t h3;
 
     if (argc > 1 && strcmp(argv[1], "--slow") == 0) {
@@ -396,6 +435,7 @@ int main(int argc, char **argv)
     h3 = run(&r3);
     run(&r4);
     run(&small);
+    run(&mixed);
     ok(h3 != 0 && run(&again) == h3, "n=3: a second run gives the same bits (%016llx)",
        (unsigned long long)h3);
     return tap_done();
