@@ -288,7 +288,7 @@ static void tp_pp(procgroup_t *pg, int r, bool tap)
  * the sequence: any interleaving of fast and slow ranks gives right results. */
 static void stress(group_t *g, bool tap)
 {
-    int n = group_size(g), r = group_rank(g), bad = 0, nops = 400;
+    int n = group_size(g), r = group_rank(g), bad = 0, nops = 200;
     uint32_t shared = 12345, own = 777u + (uint32_t)r * 7919u;
     int32_t oks[64];
 
