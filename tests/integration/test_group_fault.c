@@ -130,7 +130,8 @@ static void test_kill_worker(void)
     procgroup_stop(pg, 5);
     st1 = procgroup_wait_status(pg, 1);
     st2 = procgroup_wait_status(pg, 2);
-    ok(WIFEXITED(st1) && WEXITSTATUS(st1) == 3, "rank 1 reported the peer failure (status 0x%x)", st1);
+    ok(WIFEXITED(st1) && WEXITSTATUS(st1) == 3, "rank 1 reported the peer failure (status 0x%x)",
+       st1);
     ok(WIFSIGNALED(st2) && WTERMSIG(st2) == SIGKILL, "rank 2 died of SIGKILL");
     procgroup_destroy(pg);
     ok(gone(p1) && gone(p2), "no process left behind");

@@ -398,7 +398,8 @@ static void local_checks(void)
     cfg.slot_bytes = 0;
     cfg.backend = (group_backend_t)7;
     is_int(group_create(&cfg, &g), DUET_ERR_INVALID, "unknown backend is invalid");
-    is_int(group_unique_name("x", nm, sizeof(nm)), DUET_ERR_TOO_BIG, "unique name: too small a buffer");
+    is_int(group_unique_name("x", nm, sizeof(nm)), DUET_ERR_TOO_BIG,
+           "unique name: too small a buffer");
 
     cfg.backend = GROUP_BACKEND_SHM;
     cfg.world_size = 1;
