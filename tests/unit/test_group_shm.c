@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -401,6 +402,24 @@ static void local_checks(void)
     is_int(group_unique_name("x", nm, sizeof(nm)), DUET_ERR_TOO_BIG,
            "unique name: too small a buffer");
 
+    {
+        /* a segment larger than /dev/shm: a clear error at creation, not a
+         * SIGBUS later (the pages are reserved up front) */
+        struct statvfs vfs;
+        char big[64];
+
+        if (statvfs("/dev/shm", &vfs) == 0 && vfs.f_blocks > 0) {
+            cfg.backend = GROUP_BACKEND_SHM;
+            cfg.world_size = 2;
+            cfg.rank = 0;
+            cfg.slot_bytes = (size_t)vfs.f_blocks * vfs.f_frsize;
+            group_unique_name("big", big, sizeof(big));
+            cfg.name = big;
+            is_int(group_create(&cfg, &g), DUET_ERR_NOMEM,
+                   "a segment larger than /dev/shm is refused");
+            cfg.slot_bytes = 0;
+        }
+    }
     cfg.backend = GROUP_BACKEND_SHM;
     cfg.world_size = 1;
     cfg.name = NULL;
