@@ -130,9 +130,10 @@ duet_status_t group_sync(group_t *g);
  *
  * World rank w = pp_rank * tp_size + tp_rank (TP innermost, as in vLLM).
  * The TP group of a pipeline stage holds its tp_size consecutive ranks; the
- * PP group holds the ranks with the same tp_rank. Groups of size 1 are
- * created too (every collective is then a local copy), so callers never
- * special-case TP=1. Segment names derive from prefix. */
+ * PP group holds the ranks with the same tp_rank. Groups of size 1 exist
+ * too (every collective is then a local copy), so callers never
+ * special-case TP=1. When TP (or PP) spans the whole world, it is the world
+ * group's handle (one segment, not two). Segment names derive from prefix. */
 typedef struct {
     group_backend_t backend;
     int         world_rank;

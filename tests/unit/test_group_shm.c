@@ -284,6 +284,29 @@ static void tp_pp(procgroup_t *pg, int r, bool tap)
     parallel_destroy(par);
 }
 
+/* TP only (pp = 1): the TP group is the world group; PP groups are local. */
+static void tp_only(procgroup_t *pg, int r, int n, bool tap)
+{
+    char prefix[160];
+    parallel_t *par = NULL;
+    parallel_config_t pc = {.backend = GROUP_BACKEND_SHM, .world_rank = r, .tp_size = n,
+                            .pp_size = 1, .prefix = prefix, .timeout_s = 10};
+    int32_t v = r + 1;
+    duet_status_t s;
+
+    snprintf(prefix, sizeof(prefix), "%s.tponly", procgroup_id(pg));
+    s = parallel_create(&pc, &par);
+    if (s == DUET_OK)
+        s = group_all_reduce(parallel_tp(par), &v, &v, 1, GROUP_I32);
+    if (tap)
+        ok(s == DUET_OK && parallel_tp(par) == parallel_world(par) &&
+           group_size(parallel_pp(par)) == 1 && parallel_tp_rank(par) == r &&
+           parallel_tp_size(par) == n && parallel_pp_rank(par) == 0 &&
+           parallel_pp_size(par) == 1 && v == n * (n + 1) / 2,
+           "tp=%d pp=1: the TP group is the world, PP is local, all-reduce works", n);
+    parallel_destroy(par);
+}
+
 /* Random collectives (the same sequence on every rank, from a shared seed),
  * sizes of up to a few slots, and random per-rank delays before and inside
  * the sequence: any interleaving of fast and slow ranks gives right results. */
@@ -346,6 +369,8 @@ static int rank_body(procgroup_t *pg, run_t *rt, bool tap)
             bad_calls(g, tap);
             if (rt->n == 4)
                 tp_pp(pg, cfg.rank, tap);
+            else
+                tp_only(pg, cfg.rank, rt->n, tap);
         }
     }
     group_destroy(g);
