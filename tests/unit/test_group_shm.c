@@ -462,7 +462,7 @@ static void local_checks(void)
 int main(int argc, char **argv)
 {
     run_t r2 = {.n = 2, .max_count = 1048579, .huge = true, .extras = true};
-    run_t r3 = {.n = 3, .max_count = 1048579, .extras = true};
+    run_t r3 = {.n = 3, .max_count = 262147, .extras = true};
     run_t r4 = {.n = 4, .max_count = 262147, .extras = true};
     run_t small = {.n = 3, .slot = 4096, .max_count = 65537};
     run_t again = {.n = 3, .det_only = true};
