@@ -467,6 +467,7 @@ int main(int argc, char **argv)
     run_t small = {.n = 3, .slot = 4096, .max_count = 65537};
     run_t again = {.n = 3, .det_only = true};
     run_t mixed = {.n = 4, .slot = 4096, .stress = true};
+    run_t five = {.n = 5, .max_count = 65537};    /* the generic (tiled) f32 sum */
     uint64_t h3;
 
     if (argc > 1 && strcmp(argv[1], "--slow") == 0) {
@@ -481,6 +482,7 @@ int main(int argc, char **argv)
     run(&r4);
     run(&small);
     run(&mixed);
+    run(&five);
     ok(h3 != 0 && run(&again) == h3, "n=3: a second run gives the same bits (%016llx)",
        (unsigned long long)h3);
     return tap_done();
