@@ -8,6 +8,7 @@
 #include "cli/cli.h"
 
 static const cli_cmd_t *const benches[] = {
+    &cli_bench_engine,
     NULL,   /* keep last */
 };
 

@@ -1,0 +1,572 @@
+/* x86 SIMD kernels. This one file is compiled three times, each time into
+ * its own static library with its own flags (kernels/meson.build):
+ *   -mavx2 -mfma -mf16c                          -> cpu_kern_avx2
+ *   ... -mavx512f -mavx512bw -mavx512vl          -> cpu_kern_avx512
+ *   ... -mavx512vnni                             -> cpu_kern_avx512_vnni
+ * Float kernels use 512-bit vectors under AVX-512 (VF_* macros below);
+ * quantized dot products use 256-bit integer vectors everywhere (one
+ * 32-element block per register), with vpdpbusd under VNNI and
+ * vpmaddubsw + vpmaddwd otherwise. backend.c picks one table from cpuid. */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu_int.h"
+
+#ifndef KERN_NAME
+#error "KERN_NAME must name the kernel table"
+#endif
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* --- float vectors: 16 lanes under AVX-512, 8 under AVX2 ---------------- */
+#ifdef __AVX512F__
+#define VW 16
+typedef __m512 vf_t;
+typedef __m512i vi_t;
+#define vf_load(p)        _mm512_loadu_ps(p)
+#define vf_store(p, v)    _mm512_storeu_ps((p), (v))
+#define vf_set1(x)        _mm512_set1_ps(x)
+#define vf_zero()         _mm512_setzero_ps()
+#define vf_add(a, b)      _mm512_add_ps((a), (b))
+#define vf_sub(a, b)      _mm512_sub_ps((a), (b))
+#define vf_mul(a, b)      _mm512_mul_ps((a), (b))
+#define vf_div(a, b)      _mm512_div_ps((a), (b))
+#define vf_max(a, b)      _mm512_max_ps((a), (b))
+#define vf_min(a, b)      _mm512_min_ps((a), (b))
+#define vf_fma(a, b, c)   _mm512_fmadd_ps((a), (b), (c))
+#define vf_fnma(a, b, c)  _mm512_fnmadd_ps((a), (b), (c))
+#define vf_hsum(v)        _mm512_reduce_add_ps(v)
+#define vf_hmax(v)        _mm512_reduce_max_ps(v)
+#define vf_round(v)       _mm512_roundscale_ps((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vf_to_i(v)        _mm512_cvtps_epi32(v)
+#define vi_add(a, b)      _mm512_add_epi32((a), (b))
+#define vi_set1(x)        _mm512_set1_epi32(x)
+#define vi_slli(a, n)     _mm512_slli_epi32((a), (n))
+#define vi_as_f(a)        _mm512_castsi512_ps(a)
+/* 16 halves / bfloat16s at p to floats */
+#define vf_load_f16(p)    _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p)))
+#define vf_load_bf16(p)   _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32( \
+                              _mm256_loadu_si256((const __m256i *)(const void *)(p))), 16))
+#else
+#define VW 8
+typedef __m256 vf_t;
+typedef __m256i vi_t;
+#define vf_load(p)        _mm256_loadu_ps(p)
+#define vf_store(p, v)    _mm256_storeu_ps((p), (v))
+#define vf_set1(x)        _mm256_set1_ps(x)
+#define vf_zero()         _mm256_setzero_ps()
+#define vf_add(a, b)      _mm256_add_ps((a), (b))
+#define vf_sub(a, b)      _mm256_sub_ps((a), (b))
+#define vf_mul(a, b)      _mm256_mul_ps((a), (b))
+#define vf_div(a, b)      _mm256_div_ps((a), (b))
+#define vf_max(a, b)      _mm256_max_ps((a), (b))
+#define vf_min(a, b)      _mm256_min_ps((a), (b))
+#define vf_fma(a, b, c)   _mm256_fmadd_ps((a), (b), (c))
+#define vf_fnma(a, b, c)  _mm256_fnmadd_ps((a), (b), (c))
+#define vf_hsum(v)        hsum256(v)
+#define vf_hmax(v)        hmax256(v)
+#define vf_round(v)       _mm256_round_ps((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vf_to_i(v)        _mm256_cvtps_epi32(v)
+#define vi_add(a, b)      _mm256_add_epi32((a), (b))
+#define vi_set1(x)        _mm256_set1_epi32(x)
+#define vi_slli(a, n)     _mm256_slli_epi32((a), (n))
+#define vi_as_f(a)        _mm256_castsi256_ps(a)
+#define vf_load_f16(p)    _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define vf_load_bf16(p)   _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32( \
+                              _mm_loadu_si128((const __m128i *)(const void *)(p))), 16))
+#endif
+
+ALWAYS_INLINE float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ALWAYS_INLINE float hmax256(__m256 v)
+{
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ALWAYS_INLINE float f16(uint16_t h)
+{
+    return _cvtsh_ss(h);
+}
+
+/* exp(x) to about 2 ulp (Cephes expf): exp(x) = 2^n exp(r), |r| <= ln2/2.
+ * Inputs are clamped to [-87.3, 88.3], so tiny results are ~1e-38 instead of
+ * denormals or 0, and huge ones stay finite. */
+ALWAYS_INLINE vf_t vf_exp(vf_t x)
+{
+    vf_t n, r, p;
+
+    x = vf_min(vf_max(x, vf_set1(-87.3f)), vf_set1(88.3f));
+    n = vf_round(vf_mul(x, vf_set1(1.44269504088896341f)));
+    r = vf_fnma(n, vf_set1(0.693359375f), x);
+    r = vf_fnma(n, vf_set1(-2.12194440e-4f), r);
+    p = vf_set1(1.9875691500e-4f);
+    p = vf_fma(p, r, vf_set1(1.3981999507e-3f));
+    p = vf_fma(p, r, vf_set1(8.3334519073e-3f));
+    p = vf_fma(p, r, vf_set1(4.1665795894e-2f));
+    p = vf_fma(p, r, vf_set1(1.6666665459e-1f));
+    p = vf_fma(p, r, vf_set1(5.0000001201e-1f));
+    p = vf_fma(p, vf_mul(r, r), vf_add(r, vf_set1(1.0f)));
+    return vf_mul(p, vi_as_f(vi_slli(vi_add(vf_to_i(n), vi_set1(127)), 23)));
+}
+
+/* --- activation conversion ------------------------------------------------ */
+
+static void x86_quantize_q8a(block_q8a_t *y, const float *x, int64_t n)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+
+    for (int64_t b = 0; b < n / QK; b++) {
+        const float *xb = x + b * QK;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0),
+                                                _mm256_andnot_ps(sign, v1)),
+                                  _mm256_max_ps(_mm256_andnot_ps(sign, v2),
+                                                _mm256_andnot_ps(sign, v3)));
+        float amax = hmax256(mx);
+        float d = amax / 127.0f;              /* as cpu_ref_quantize_block */
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        /* cvtps rounds to nearest even, as nearbyintf in the reference */
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        __m256i p16a = _mm256_packs_epi32(i0, i1), p16b = _mm256_packs_epi32(i2, i3);
+        __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+
+        s4 = _mm_hadd_epi32(s4, s4);
+        s4 = _mm_hadd_epi32(s4, s4);
+        _mm256_storeu_si256((__m256i *)(void *)y[b].qs, _mm256_permutevar8x32_epi32(p8, perm));
+        y[b].d = d;
+        y[b].ds = d * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+
+static void x86_to_f16(uint16_t *y, const float *x, int64_t n)
+{
+    int64_t i = 0;
+
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(void *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        y[i] = fp32_to_fp16(x[i]);
+}
+
+static void x86_to_bf16(uint16_t *y, const float *x, int64_t n)
+{
+    const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+    int64_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256i u = _mm256_castps_si256(v);
+        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(bias,
+                        _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        /* NaN keeps its bits and turns quiet, as fp32_to_bf16 */
+        __m256i nan = _mm256_or_si256(u, _mm256_set1_epi32(0x400000));
+        __m256 isnan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+        __m256i h;
+
+        r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r),
+                                                 _mm256_castsi256_ps(nan), isnan));
+        h = _mm256_srli_epi32(r, 16);
+        h = _mm256_packus_epi32(h, h);   /* lanes: 0-3 4-7 | 0-3 4-7 per 128 */
+        h = _mm256_permute4x64_epi64(h, 0x08);
+        _mm_storeu_si128((__m128i *)(void *)(y + i), _mm256_castsi256_si128(h));
+    }
+    for (; i < n; i++)
+        y[i] = fp32_to_bf16(x[i]);
+}
+
+/* --- float dot tiles ------------------------------------------------------- */
+
+#define ROW(p, i, stride) ((const void *)((const char *)(p) + (size_t)(i) * (stride)))
+
+/* One weight row against T activation rows, two accumulators per row so
+ * that even T = 1 keeps two FMA chains in flight. */
+#define FLOAT_DOT(name, wtype, LOADW, LOADX, CVT1)                              \
+    ALWAYS_INLINE void name##_row(int64_t n, const wtype *w, const void *x,   \
+                                  size_t xs, float *out, size_t os, const int T) \
+    {                                                                          \
+        vf_t a0[CPU_TILE], a1[CPU_TILE];                                        \
+        const wtype *xr[CPU_TILE];                                              \
+        int64_t i = 0;                                                         \
+                                                                               \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                          \
+            a0[t] = vf_zero();                                                 \
+            a1[t] = vf_zero();                                                 \
+            xr[t] = ROW(x, t, xs);                                             \
+        }                                                                      \
+        for (; i + 2 * VW <= n; i += 2 * VW) {                                 \
+            vf_t w0 = LOADW(w + i), w1 = LOADW(w + i + VW);                    \
+            _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                      \
+                a0[t] = vf_fma(w0, LOADX(xr[t] + i), a0[t]);                   \
+                a1[t] = vf_fma(w1, LOADX(xr[t] + i + VW), a1[t]);              \
+            }                                                                  \
+        }                                                                      \
+        for (; i + VW <= n; i += VW) {                                         \
+            vf_t w0 = LOADW(w + i);                                            \
+            _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)                                        \
+                a0[t] = vf_fma(w0, LOADX(xr[t] + i), a0[t]);                   \
+        }                                                                      \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                          \
+            float s = vf_hsum(vf_add(a0[t], a1[t]));                           \
+            for (int64_t j = i; j < n; j++)                                    \
+                s += CVT1(w[j]) * CVT1(xr[t][j]);                              \
+            out[(size_t)t * os] = s;                                           \
+        }                                                                      \
+    }                                                                          \
+    static void name(int64_t n, const void *w, size_t ws, int nr, const void *x, \
+                     size_t xs, int nx, float *out, size_t os)                 \
+    {                                                                          \
+        for (int r = 0; r < nr; r++) {                                         \
+            const wtype *wr = ROW(w, r, ws);                                   \
+            switch (nx) {                                                      \
+            case 4: name##_row(n, wr, x, xs, out + r, os, 4); break;           \
+            case 3: name##_row(n, wr, x, xs, out + r, os, 3); break;           \
+            case 2: name##_row(n, wr, x, xs, out + r, os, 2); break;           \
+            default: name##_row(n, wr, x, xs, out + r, os, 1); break;          \
+            }                                                                  \
+        }                                                                      \
+    }
+
+#define ID1(v) (v)
+FLOAT_DOT(x86_dot_f32, float, vf_load, vf_load, ID1)
+FLOAT_DOT(x86_dot_f16, uint16_t, vf_load_f16, vf_load_f16, fp16_to_fp32)
+FLOAT_DOT(x86_dot_bf16, uint16_t, vf_load_bf16, vf_load_bf16, bf16_to_fp32)
+
+/* --- quantized dot tiles ---------------------------------------------------- */
+
+/* sum over groups of 4 of u8(a) * s8(b) into 8 int32 lanes */
+ALWAYS_INLINE __m256i dot_u8s8(__m256i a, __m256i b)
+{
+#ifdef __AVX512VNNI__
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+
+/* 16 bytes of nibbles to 32 bytes: low nibbles first (elements 0..15), then
+ * high nibbles (16..31), the order of dtype.h. */
+ALWAYS_INLINE __m256i unpack_nibbles(const uint8_t *qs)
+{
+    __m128i q = _mm_loadu_si128((const __m128i *)(const void *)qs);
+    __m256i both = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
+
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+/* Q4_1: sum_b d_w d_x isum_b + m ds_x; Q4_0: sum_b d_w d_x isum_b - 8 d_w ds_x. */
+#define Q4_DOT(name, btype, MIN_TERM)                                           \
+    ALWAYS_INLINE void name##_row(int64_t nb, const btype *w, const void *x,   \
+                                  size_t xs, float *out, size_t os, const int T) \
+    {                                                                          \
+        __m256 acc[CPU_TILE];                                                  \
+        float summ[CPU_TILE];                                                  \
+        const block_q8a_t *xr[CPU_TILE];                                       \
+                                                                               \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                          \
+            acc[t] = _mm256_setzero_ps();                                      \
+            summ[t] = 0.0f;                                                    \
+            xr[t] = ROW(x, t, xs);                                             \
+        }                                                                      \
+        for (int64_t b = 0; b < nb; b++) {                                     \
+            __m256i q = unpack_nibbles(w[b].qs);                               \
+            __m256 dw = _mm256_set1_ps(f16(w[b].d));                           \
+            float mw = MIN_TERM;                                               \
+            _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                                      \
+                const block_q8a_t *xb = &xr[t][b];                             \
+                __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)xb->qs); \
+                __m256 p = _mm256_cvtepi32_ps(dot_u8s8(q, y));                 \
+                acc[t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_broadcast_ss(&xb->d)), acc[t]); \
+                summ[t] += mw * xb->ds;                                        \
+            }                                                                  \
+        }                                                                      \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)                                            \
+            out[(size_t)t * os] = hsum256(acc[t]) + summ[t];                   \
+    }                                                                          \
+    static void name(int64_t n, const void *w, size_t ws, int nr, const void *x, \
+                     size_t xs, int nx, float *out, size_t os)                 \
+    {                                                                          \
+        for (int r = 0; r < nr; r++) {                                         \
+            const btype *wr = ROW(w, r, ws);                                   \
+            switch (nx) {                                                      \
+            case 4: name##_row(n / QK, wr, x, xs, out + r, os, 4); break;      \
+            case 3: name##_row(n / QK, wr, x, xs, out + r, os, 3); break;      \
+            case 2: name##_row(n / QK, wr, x, xs, out + r, os, 2); break;      \
+            default: name##_row(n / QK, wr, x, xs, out + r, os, 1); break;     \
+            }                                                                  \
+        }                                                                      \
+    }
+
+Q4_DOT(x86_dot_q4_1, block_q4_1_t, f16(w[b].m))
+Q4_DOT(x86_dot_q4_0, block_q4_0_t, -8.0f * f16(w[b].d))
+
+ALWAYS_INLINE void x86_dot_q8_0_row(int64_t nb, const block_q8_0_t *w, const void *x,
+                                    size_t xs, float *out, size_t os, const int T)
+{
+    __m256 acc[CPU_TILE];
+    const block_q8a_t *xr[CPU_TILE];
+
+    _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_ps();
+        xr[t] = ROW(x, t, xs);
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)w[b].qs);
+        __m256i aq = _mm256_abs_epi8(q);      /* |w| as u8 (128 fits) */
+        __m256 dw = _mm256_set1_ps(f16(w[b].d));
+
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {
+            const block_q8a_t *xb = &xr[t][b];
+            __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)xb->qs);
+            __m256 p = _mm256_cvtepi32_ps(dot_u8s8(aq, _mm256_sign_epi8(y, q)));
+
+            acc[t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_broadcast_ss(&xb->d)), acc[t]);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)
+        out[(size_t)t * os] = hsum256(acc[t]);
+}
+
+static void x86_dot_q8_0(int64_t n, const void *w, size_t ws, int nr, const void *x,
+                         size_t xs, int nx, float *out, size_t os)
+{
+    for (int r = 0; r < nr; r++) {
+        const block_q8_0_t *wr = ROW(w, r, ws);
+
+        switch (nx) {
+        case 4: x86_dot_q8_0_row(n / QK, wr, x, xs, out + r, os, 4); break;
+        case 3: x86_dot_q8_0_row(n / QK, wr, x, xs, out + r, os, 3); break;
+        case 2: x86_dot_q8_0_row(n / QK, wr, x, xs, out + r, os, 2); break;
+        default: x86_dot_q8_0_row(n / QK, wr, x, xs, out + r, os, 1); break;
+        }
+    }
+}
+
+/* --- elementwise ---------------------------------------------------------- */
+
+static float x86_sumsq(const float *x, int64_t n)
+{
+    vf_t a0 = vf_zero(), a1 = vf_zero();
+    int64_t i = 0;
+    float s;
+
+    for (; i + 2 * VW <= n; i += 2 * VW) {
+        vf_t v0 = vf_load(x + i), v1 = vf_load(x + i + VW);
+
+        a0 = vf_fma(v0, v0, a0);
+        a1 = vf_fma(v1, v1, a1);
+    }
+    for (; i + VW <= n; i += VW) {
+        vf_t v0 = vf_load(x + i);
+
+        a0 = vf_fma(v0, v0, a0);
+    }
+    s = vf_hsum(vf_add(a0, a1));
+    for (; i < n; i++)
+        s += x[i] * x[i];
+    return s;
+}
+
+static void x86_scale_mul(float *out, const float *x, float s, const float *w, int64_t n)
+{
+    vf_t vs = vf_set1(s);
+    int64_t i = 0;
+
+    for (; i + VW <= n; i += VW)
+        vf_store(out + i, vf_mul(vf_mul(vf_load(x + i), vs), vf_load(w + i)));
+    for (; i < n; i++)
+        out[i] = x[i] * s * w[i];
+}
+
+static void x86_silu_mul(float *out, const float *g, const float *u, int64_t n)
+{
+    const vf_t one = vf_set1(1.0f), zero = vf_zero();
+    int64_t i = 0;
+
+    for (; i + VW <= n; i += VW) {
+        vf_t vg = vf_load(g + i);
+        vf_t e = vf_exp(vf_sub(zero, vg));
+
+        vf_store(out + i, vf_mul(vf_div(vg, vf_add(one, e)), vf_load(u + i)));
+    }
+    for (; i < n; i++)
+        out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void x86_add(float *out, const float *a, const float *b, int64_t n)
+{
+    int64_t i = 0;
+
+    for (; i + VW <= n; i += VW)
+        vf_store(out + i, vf_add(vf_load(a + i), vf_load(b + i)));
+    for (; i < n; i++)
+        out[i] = a[i] + b[i];
+}
+
+/* --- attention -------------------------------------------------------------- */
+
+/* One K or V row to f32 in dst(hd). */
+ALWAYS_INLINE void kv_row(float *dst, const uint8_t *src, dtype_t t, int32_t hd)
+{
+    int32_t i = 0;
+
+    if (t == DTYPE_F32) {
+        memcpy(dst, src, (size_t)hd * sizeof(float));
+        return;
+    }
+    for (; i + VW <= hd; i += VW)
+        vf_store(dst + i, vf_load_f16(src + 2 * (size_t)i));
+    for (; i < hd; i++) {
+        uint16_t h;
+
+        memcpy(&h, src + 2 * (size_t)i, 2);
+        dst[i] = fp16_to_fp32(h);
+    }
+}
+
+ALWAYS_INLINE float dot_f(const float *a, const float *b, int32_t n)
+{
+    vf_t acc = vf_zero();
+    int32_t i = 0;
+    float s;
+
+    for (; i + VW <= n; i += VW)
+        acc = vf_fma(vf_load(a + i), vf_load(b + i), acc);
+    s = vf_hsum(acc);
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void x86_attn(const cpu_attn_args_t *a)
+{
+    int32_t hd = a->layout->head_dim;
+    dtype_t kt = a->layout->dtype;
+    float *row = a->row;
+    float inv_sum[CPU_ATTN_MAX_Q];
+
+    for (int32_t p = 0; p < a->max_len; p++) {
+        kv_row(row, cpu_attn_kv_row(a, 0, p), kt, hd);
+        for (int i = 0; i < a->n_q; i++)
+            if (p < a->len[i])
+                a->scores[(size_t)i * a->max_len + p] = dot_f(a->q[i], row, hd) * a->scale;
+    }
+    for (int i = 0; i < a->n_q; i++) {
+        float *s = a->scores + (size_t)i * a->max_len;
+        int32_t len = a->len[i], p = 0;
+        vf_t vmax = vf_set1(-INFINITY), vsum = vf_zero();
+        float mx, sum;
+
+        for (; p + VW <= len; p += VW)
+            vmax = vf_max(vmax, vf_load(s + p));
+        mx = vf_hmax(vmax);
+        for (; p < len; p++)
+            mx = fmaxf(mx, s[p]);
+        for (p = 0; p + VW <= len; p += VW) {
+            vf_t e = vf_exp(vf_sub(vf_load(s + p), vf_set1(mx)));
+
+            vf_store(s + p, e);
+            vsum = vf_add(vsum, e);
+        }
+        sum = vf_hsum(vsum);
+        for (; p < len; p++) {
+            s[p] = expf(s[p] - mx);
+            sum += s[p];
+        }
+        inv_sum[i] = 1.0f / sum;
+        memset(a->out[i], 0, (size_t)hd * sizeof(float));
+    }
+    for (int32_t p = 0; p < a->max_len; p++) {
+        kv_row(row, cpu_attn_kv_row(a, 1, p), kt, hd);
+        for (int i = 0; i < a->n_q; i++) {
+            float *o = a->out[i];
+            float w = a->scores[(size_t)i * a->max_len + p];
+            vf_t vw = vf_set1(w);
+            int32_t j = 0;
+
+            if (p >= a->len[i])
+                continue;
+            for (; j + VW <= hd; j += VW)
+                vf_store(o + j, vf_fma(vw, vf_load(row + j), vf_load(o + j)));
+            for (; j < hd; j++)
+                o[j] += w * row[j];
+        }
+    }
+    for (int i = 0; i < a->n_q; i++) {
+        vf_t vs = vf_set1(inv_sum[i]);
+        float *o = a->out[i];
+        int32_t j = 0;
+
+        for (; j + VW <= hd; j += VW)
+            vf_store(o + j, vf_mul(vf_load(o + j), vs));
+        for (; j < hd; j++)
+            o[j] *= inv_sum[i];
+    }
+}
+
+/* --- memory bandwidth probe ---------------------------------------------- */
+
+static uint64_t x86_read_sum(const void *p, size_t bytes)
+{
+    const __m256i *v = p;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    __m256i a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    uint64_t out[4];
+
+    for (size_t i = 0; i < bytes / 32; i += 8) {
+        a0 = _mm256_xor_si256(a0, _mm256_load_si256(v + i));
+        a1 = _mm256_xor_si256(a1, _mm256_load_si256(v + i + 1));
+        a2 = _mm256_xor_si256(a2, _mm256_load_si256(v + i + 2));
+        a3 = _mm256_xor_si256(a3, _mm256_load_si256(v + i + 3));
+        a4 = _mm256_xor_si256(a4, _mm256_load_si256(v + i + 4));
+        a5 = _mm256_xor_si256(a5, _mm256_load_si256(v + i + 5));
+        a6 = _mm256_xor_si256(a6, _mm256_load_si256(v + i + 6));
+        a7 = _mm256_xor_si256(a7, _mm256_load_si256(v + i + 7));
+    }
+    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    a4 = _mm256_xor_si256(_mm256_xor_si256(a4, a5), _mm256_xor_si256(a6, a7));
+    _mm256_storeu_si256((__m256i *)(void *)out, _mm256_xor_si256(a0, a4));
+    return out[0] ^ out[1] ^ out[2] ^ out[3];
+}
+
+#define STR2(x) #x
+#define STR(x) STR2(x)
+
+const cpu_kern_t KERN_NAME = {
+    .name = STR(KERN_LABEL),
+    .quantize_q8a = x86_quantize_q8a,
+    .to_f16 = x86_to_f16,
+    .to_bf16 = x86_to_bf16,
+    .dot_f32 = x86_dot_f32,
+    .dot_f16 = x86_dot_f16,
+    .dot_bf16 = x86_dot_bf16,
+    .dot_q8_0 = x86_dot_q8_0,
+    .dot_q4_0 = x86_dot_q4_0,
+    .dot_q4_1 = x86_dot_q4_1,
+    .sumsq = x86_sumsq,
+    .scale_mul = x86_scale_mul,
+    .silu_mul = x86_silu_mul,
+    .add = x86_add,
+    .attn = x86_attn,
+    .read_sum = x86_read_sum,
+};
