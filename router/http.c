@@ -464,7 +464,7 @@ static void http_cluster(router_t *r, struct evhttp_request *hreq, const char *b
     json_t *nodes = json_array(), *v;
     node_t *n;
     int np = registry_count(r, NODE_PREFILL), nd = registry_count(r, NODE_DECODE);
-    char ratio[32];
+    char ratio[32], fp[24];
 
     TAILQ_FOREACH(n, &r->nodes, link) {
         json_t *ucx = json_array();
@@ -488,7 +488,8 @@ static void http_cluster(router_t *r, struct evhttp_request *hreq, const char *b
             "ucx", ucx));
     }
     snprintf(ratio, sizeof(ratio), "%d:%d", np, nd);
-    v = json_pack("{s:o, s:{s:i, s:i, s:i}, s:s, s:{s:s, s:s}, s:I, s:I, s:s}",
+    snprintf(fp, sizeof(fp), "%016llx", (unsigned long long)r->tok->fingerprint);
+    v = json_pack("{s:o, s:{s:i, s:i, s:i}, s:s, s:{s:s, s:s}, s:I, s:I, s:s, s:s}",
                   "nodes", nodes, "counts", "prefill", np, "decode", nd,
                   "colocated", registry_count(r, NODE_COLOCATED),
                   "prefill_decode_ratio", ratio,
@@ -496,7 +497,7 @@ static void http_cluster(router_t *r, struct evhttp_request *hreq, const char *b
                   "decode", policy_str(r->dpolicy),
                   "requests_running", (json_int_t)r->nrunning,
                   "requests_waiting", (json_int_t)r->nqueued,
-                  "model", r->served_name);
+                  "model", r->served_name, "model_fingerprint", fp);
     http_send_json(hreq, 200, v);
 }
 
