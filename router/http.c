@@ -73,14 +73,6 @@ static void http_send_json(struct evhttp_request *hreq, int status, json_t *v)
     evbuffer_free(buf);
 }
 
-static json_t *http_error_body(int status, const char *param, const char *msg)
-{
-    return json_pack("{s:{s:s, s:s, s:o, s:i}}", "error", "message", msg,
-                     "type", oai_err_type(status),
-                     "param", param && param[0] ? json_string(param) : json_null(),
-                     "code", status);
-}
-
 void http_send_error(struct evhttp_request *hreq, int status, const char *param,
                      const char *fmt, ...)
 {
@@ -93,7 +85,7 @@ void http_send_error(struct evhttp_request *hreq, int status, const char *param,
     /* a message cut inside a UTF-8 sequence would make json_pack fail */
     if (!utf8_valid(msg, strlen(msg)))
         snprintf(msg, sizeof(msg), "invalid request");
-    http_send_json(hreq, status, http_error_body(status, param, msg));
+    http_send_json(hreq, status, oai_error_json(status, param, msg));
 }
 
 static void http_send_oai_err(struct evhttp_request *hreq, const oai_err_t *err)
@@ -128,22 +120,25 @@ static void http_sse_start(rreq_t *req)
     req->headers_sent = true;
 }
 
-/* Write `data: <json>\n\n` (v stolen). */
+static oai_meta_t http_meta(const rreq_t *req)
+{
+    oai_meta_t m = {req->p.kind, req->id, req->created, req->r->served_name};
+
+    return m;
+}
+
+/* Send one SSE event (v stolen). */
 static void http_sse_send(rreq_t *req, json_t *v)
 {
     struct evbuffer *buf = evbuffer_new();
-    char *s = json_dumps(v, JSON_COMPACT);
 
-    json_decref(v);
-    if (buf != NULL && s != NULL) {
-        evbuffer_add(buf, "data: ", 6);
-        evbuffer_add(buf, s, strlen(s));
-        evbuffer_add(buf, "\n\n", 2);
-        evhttp_send_reply_chunk(req->hreq, buf);
+    if (buf == NULL) {
+        json_decref(v);
+        return;
     }
-    free(s);
-    if (buf != NULL)
-        evbuffer_free(buf);
+    if (sse_event(buf, v) == DUET_OK)
+        evhttp_send_reply_chunk(req->hreq, buf);
+    evbuffer_free(buf);
 }
 
 static void http_sse_done(rreq_t *req)
@@ -151,54 +146,25 @@ static void http_sse_done(rreq_t *req)
     struct evbuffer *buf = evbuffer_new();
 
     if (buf != NULL) {
-        evbuffer_add(buf, "data: [DONE]\n\n", 14);
-        evhttp_send_reply_chunk(req->hreq, buf);
+        if (sse_done(buf) == DUET_OK)
+            evhttp_send_reply_chunk(req->hreq, buf);
         evbuffer_free(buf);
     }
     evhttp_send_reply_end(req->hreq);
 }
 
-static json_t *http_usage(const rreq_t *req)
-{
-    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)req->nprompt,
-                     "completion_tokens", (json_int_t)req->ncompletion,
-                     "total_tokens", (json_int_t)(req->nprompt + req->ncompletion));
-}
-
-/* The envelope of every chunk and response; choice is stolen. */
-static json_t *http_envelope(const rreq_t *req, const char *object, json_t *choice)
-{
-    return json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", req->id, "object", object,
-                     "created", (json_int_t)req->created, "model", req->r->served_name,
-                     "choices", choice);
-}
-
+/* One token's chunk (text NULL: the final one). */
 static json_t *http_chunk(rreq_t *req, const char *text, size_t n, const char *finish)
 {
-    json_t *choice, *fin = finish ? json_string(finish) : json_null();
+    oai_meta_t m = http_meta(req);
+    bool role = req->p.kind == OAI_CHAT && !req->role_sent;
 
-    if (req->p.kind == OAI_CHAT) {
-        json_t *delta = json_object();
-
-        if (!req->role_sent) {
-            json_object_set_new(delta, "role", json_string("assistant"));
-            req->role_sent = true;
-        }
-        if (text != NULL)
-            json_object_set_new(delta, "content", json_stringn(text, n));
-        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "delta", delta,
-                           "logprobs", "finish_reason", fin);
-        return http_envelope(req, "chat.completion.chunk", choice);
-    }
-    choice = json_pack("{s:i, s:s%, s:n, s:o}", "index", 0, "text", text ? text : "",
-                       text ? n : 0, "logprobs", "finish_reason", fin);
-    return http_envelope(req, "text_completion", choice);
+    req->role_sent = true;
+    return oai_chunk_json(&m, text, n, finish, role);
 }
 
 void http_emit_token(rreq_t *req, const char *text, size_t n)
 {
-    json_t *v;
-
     if (req->hreq == NULL)
         return;
     if (!req->p.stream) {
@@ -207,56 +173,33 @@ void http_emit_token(rreq_t *req, const char *text, size_t n)
         return;
     }
     http_sse_start(req);
-    v = http_chunk(req, text, n, NULL);
-    if (v != NULL)
-        http_sse_send(req, v);
+    http_sse_send(req, http_chunk(req, text, n, NULL));
 }
 
 void http_emit_finish(rreq_t *req, finish_reason_t reason)
 {
     const char *fin = reason == FINISH_LENGTH ? "length" : "stop";
-    json_t *v, *choice;
+    oai_meta_t m = http_meta(req);
+    struct evhttp_request *hreq = req->hreq;
+    json_t *v;
 
-    if (req->hreq == NULL)
+    if (hreq == NULL)
         return;
     if (req->p.stream) {
         http_sse_start(req);
-        v = http_chunk(req, NULL, 0, fin);
-        if (v != NULL)
-            http_sse_send(req, v);
-        if (req->p.include_usage) {
-            v = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", req->id,
-                          "object", req->p.kind == OAI_CHAT ? "chat.completion.chunk" :
-                          "text_completion", "created", (json_int_t)req->created,
-                          "model", req->r->served_name, "choices", "usage", http_usage(req));
-            if (v != NULL)
-                http_sse_send(req, v);
-        }
+        http_sse_send(req, http_chunk(req, NULL, 0, fin));
+        if (req->p.include_usage)
+            http_sse_send(req, oai_usage_chunk_json(&m, req->nprompt, req->ncompletion));
         http_sse_done(req);
         http_detach(req);
         return;
     }
-    if (req->p.kind == OAI_CHAT)
-        choice = json_pack("{s:i, s:{s:s, s:s%}, s:n, s:s}", "index", 0, "message", "role",
-                           "assistant", "content", req->text.p ? req->text.p : "", req->text.n,
-                           "logprobs", "finish_reason", fin);
+    v = oai_response_json(&m, req->text.p, req->text.n, fin, req->nprompt, req->ncompletion);
+    http_detach(req);
+    if (v == NULL)
+        http_send_error(hreq, 500, NULL, "cannot encode the response");
     else
-        choice = json_pack("{s:i, s:s%, s:n, s:s}", "index", 0, "text",
-                           req->text.p ? req->text.p : "", req->text.n, "logprobs",
-                           "finish_reason", fin);
-    v = http_envelope(req, req->p.kind == OAI_CHAT ? "chat.completion" : "text_completion",
-                      choice);
-    if (v != NULL)
-        json_object_set_new(v, "usage", http_usage(req));
-    {
-        struct evhttp_request *hreq = req->hreq;
-
-        http_detach(req);
-        if (v == NULL)
-            http_send_error(hreq, 500, NULL, "cannot encode the response");
-        else
-            http_send_json(hreq, 200, v);
-    }
+        http_send_json(hreq, 200, v);
 }
 
 void http_emit_failure(rreq_t *req, int status, const char *msg)
@@ -270,7 +213,7 @@ void http_emit_failure(rreq_t *req, int status, const char *msg)
         http_send_error(hreq, status, NULL, "%s", msg);
         return;
     }
-    http_sse_send(req, http_error_body(status, NULL, msg));
+    http_sse_send(req, oai_error_json(status, NULL, msg));
     http_sse_done(req);
     http_detach(req);
 }

@@ -102,4 +102,36 @@ duet_status_t oai_get_ids(json_t *arr, const char *param, int32_t vocab,
 /* Collect "messages" into req->msgs (shared with /tokenize). */
 duet_status_t oai_parse_messages(json_t *root, oai_req_t *req, oai_err_t *err);
 
+/* --- responses (oai_out.c) ---------------------------------------------- */
+
+struct evbuffer;
+
+/* What every response and chunk of one request repeats. */
+typedef struct {
+    oai_kind_t  kind;
+    const char *id;            /* "chatcmpl-..." / "cmpl-..." */
+    int64_t     created;       /* Unix seconds */
+    const char *model;
+} oai_meta_t;
+
+/* {"error": {"message", "type", "param", "code"}}; code is the status. */
+json_t *oai_error_json(int status, const char *param, const char *msg);
+json_t *oai_usage_json(size_t prompt, size_t completion);
+/* One streaming chunk: text (UTF-8, n bytes; NULL in the final chunk),
+ * finish ("stop" / "length", or NULL), with_role (chat: add
+ * delta.role = "assistant", for the first chunk). */
+json_t *oai_chunk_json(const oai_meta_t *m, const char *text, size_t n, const char *finish,
+                       bool with_role);
+/* The final usage chunk of a stream: empty choices and usage. */
+json_t *oai_usage_chunk_json(const oai_meta_t *m, size_t prompt, size_t completion);
+/* A whole non-streaming response. */
+json_t *oai_response_json(const oai_meta_t *m, const char *text, size_t n, const char *finish,
+                          size_t prompt, size_t completion);
+
+/* Append the SSE event `data: <v as compact JSON>\n\n` to out; takes v
+ * (also on failure; NULL is DUET_ERR_NOMEM). */
+duet_status_t sse_event(struct evbuffer *out, json_t *v);
+/* Append `data: [DONE]\n\n`. */
+duet_status_t sse_done(struct evbuffer *out);
+
 #endif

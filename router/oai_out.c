@@ -1,0 +1,100 @@
+/* OpenAI response bodies and SSE events (pure; no connection state). */
+#include "oai.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+json_t *oai_error_json(int status, const char *param, const char *msg)
+{
+    return json_pack("{s:{s:s, s:s, s:o, s:i}}", "error", "message", msg,
+                     "type", oai_err_type(status),
+                     "param", param && param[0] ? json_string(param) : json_null(),
+                     "code", status);
+}
+
+json_t *oai_usage_json(size_t prompt, size_t completion)
+{
+    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)prompt,
+                     "completion_tokens", (json_int_t)completion,
+                     "total_tokens", (json_int_t)(prompt + completion));
+}
+
+static json_t *oai_envelope(const oai_meta_t *m, const char *object, json_t *choices)
+{
+    return json_pack("{s:s, s:s, s:I, s:s, s:o}", "id", m->id, "object", object,
+                     "created", (json_int_t)m->created, "model", m->model, "choices", choices);
+}
+
+json_t *oai_chunk_json(const oai_meta_t *m, const char *text, size_t n, const char *finish,
+                       bool with_role)
+{
+    json_t *choice, *fin = finish ? json_string(finish) : json_null();
+
+    if (m->kind == OAI_CHAT) {
+        json_t *delta = json_object();
+
+        if (with_role)
+            json_object_set_new(delta, "role", json_string("assistant"));
+        if (text != NULL)
+            json_object_set_new(delta, "content", json_stringn(text, n));
+        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "delta", delta,
+                           "logprobs", "finish_reason", fin);
+        return oai_envelope(m, "chat.completion.chunk", json_pack("[o]", choice));
+    }
+    choice = json_pack("{s:i, s:s%, s:n, s:o}", "index", 0, "text", text ? text : "",
+                       text ? n : 0, "logprobs", "finish_reason", fin);
+    return oai_envelope(m, "text_completion", json_pack("[o]", choice));
+}
+
+json_t *oai_usage_chunk_json(const oai_meta_t *m, size_t prompt, size_t completion)
+{
+    json_t *v = oai_envelope(m, m->kind == OAI_CHAT ? "chat.completion.chunk" :
+                             "text_completion", json_array());
+
+    if (v != NULL)
+        json_object_set_new(v, "usage", oai_usage_json(prompt, completion));
+    return v;
+}
+
+json_t *oai_response_json(const oai_meta_t *m, const char *text, size_t n, const char *finish,
+                          size_t prompt, size_t completion)
+{
+    json_t *choice, *v;
+
+    if (m->kind == OAI_CHAT)
+        choice = json_pack("{s:i, s:{s:s, s:s%}, s:n, s:s}", "index", 0, "message", "role",
+                           "assistant", "content", text ? text : "", text ? n : 0,
+                           "logprobs", "finish_reason", finish);
+    else
+        choice = json_pack("{s:i, s:s%, s:n, s:s}", "index", 0, "text", text ? text : "",
+                           text ? n : 0, "logprobs", "finish_reason", finish);
+    v = oai_envelope(m, m->kind == OAI_CHAT ? "chat.completion" : "text_completion",
+                     json_pack("[o]", choice));
+    if (v != NULL)
+        json_object_set_new(v, "usage", oai_usage_json(prompt, completion));
+    return v;
+}
+
+duet_status_t sse_event(struct evbuffer *out, json_t *v)
+{
+    char *s;
+    int rc;
+
+    if (v == NULL)
+        return DUET_ERR_NOMEM;
+    s = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    if (s == NULL)
+        return DUET_ERR_NOMEM;
+    rc = evbuffer_add(out, "data: ", 6) | evbuffer_add(out, s, strlen(s)) |
+         evbuffer_add(out, "\n\n", 2);
+    free(s);
+    return rc == 0 ? DUET_OK : DUET_ERR_NOMEM;
+}
+
+duet_status_t sse_done(struct evbuffer *out)
+{
+    return evbuffer_add(out, "data: [DONE]\n\n", 14) == 0 ? DUET_OK : DUET_ERR_NOMEM;
+}
