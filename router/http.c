@@ -95,40 +95,40 @@ static void http_send_oai_err(struct evhttp_request *hreq, const oai_err_t *err)
 
 /* --- streaming output ---------------------------------------------------- */
 
-static void http_detach(rreq_t *req)
+void http_detach(rjob_t *job)
 {
-    if (req->hup != NULL) {
-        event_free(req->hup);
-        req->hup = NULL;
+    if (job->hup != NULL) {
+        event_free(job->hup);
+        job->hup = NULL;
     }
-    if (req->hconn != NULL)
-        evhttp_connection_set_closecb(req->hconn, NULL, NULL);
-    req->hconn = NULL;
-    req->hreq = NULL;
+    if (job->hconn != NULL)
+        evhttp_connection_set_closecb(job->hconn, NULL, NULL);
+    job->hconn = NULL;
+    job->hreq = NULL;
 }
 
-static void http_sse_start(rreq_t *req)
+static void http_sse_start(rjob_t *job)
 {
     struct evkeyvalq *h;
 
-    if (req->headers_sent)
+    if (job->headers_sent)
         return;
-    h = evhttp_request_get_output_headers(req->hreq);
+    h = evhttp_request_get_output_headers(job->hreq);
     evhttp_add_header(h, "Content-Type", "text/event-stream");
     evhttp_add_header(h, "Cache-Control", "no-cache");
-    evhttp_send_reply_start(req->hreq, 200, "OK");
-    req->headers_sent = true;
+    evhttp_send_reply_start(job->hreq, 200, "OK");
+    job->headers_sent = true;
 }
 
-static oai_meta_t http_meta(const rreq_t *req)
+static oai_meta_t http_meta(const rjob_t *job)
 {
-    oai_meta_t m = {req->p.kind, req->id, req->created, req->r->served_name};
+    oai_meta_t m = {job->p.kind, job->id, job->created, job->r->served_name};
 
     return m;
 }
 
 /* Send one SSE event (v stolen). */
-static void http_sse_send(rreq_t *req, json_t *v)
+static void http_sse_send(rjob_t *job, json_t *v)
 {
     struct evbuffer *buf = evbuffer_new();
 
@@ -137,103 +137,131 @@ static void http_sse_send(rreq_t *req, json_t *v)
         return;
     }
     if (sse_event(buf, v) == DUET_OK)
-        evhttp_send_reply_chunk(req->hreq, buf);
+        evhttp_send_reply_chunk(job->hreq, buf);
     evbuffer_free(buf);
 }
 
-static void http_sse_done(rreq_t *req)
+static void http_sse_done(rjob_t *job)
 {
     struct evbuffer *buf = evbuffer_new();
 
     if (buf != NULL) {
         if (sse_done(buf) == DUET_OK)
-            evhttp_send_reply_chunk(req->hreq, buf);
+            evhttp_send_reply_chunk(job->hreq, buf);
         evbuffer_free(buf);
     }
-    evhttp_send_reply_end(req->hreq);
+    evhttp_send_reply_end(job->hreq);
 }
 
-/* One token's chunk (text NULL: the final one). */
-static json_t *http_chunk(rreq_t *req, const char *text, size_t n, const char *finish)
+/* One chunk of a sequence (text NULL: its final one). */
+static json_t *http_chunk(rreq_t *seq, const char *text, size_t n, const char *finish)
 {
-    oai_meta_t m = http_meta(req);
-    bool role = req->p.kind == OAI_CHAT && !req->role_sent;
+    oai_meta_t m = http_meta(seq->job);
+    bool role = seq->job->p.kind == OAI_CHAT && !seq->role_sent;
 
-    req->role_sent = true;
-    return oai_chunk_json(&m, text, n, finish, role);
+    seq->role_sent = true;
+    return oai_chunk_json(&m, seq->index, text, n, finish, role);
 }
 
-void http_emit_token(rreq_t *req, const char *text, size_t n)
+static const char *http_finish_str(finish_reason_t reason)
 {
-    if (req->hreq == NULL)
+    return reason == FINISH_LENGTH ? "length" : "stop";
+}
+
+void http_emit_token(rreq_t *seq, const char *text, size_t n)
+{
+    rjob_t *job = seq->job;
+
+    if (job->hreq == NULL)
         return;
-    if (!req->p.stream) {
-        if (sbuf_add(&req->text, text, n) != DUET_OK)
-            log_error("out of memory collecting the output of %s", req->id);
+    if (!job->p.stream) {
+        if (sbuf_add(&seq->text, text, n) != DUET_OK)
+            log_error("out of memory collecting the output of %s", job->id);
         return;
     }
-    http_sse_start(req);
-    http_sse_send(req, http_chunk(req, text, n, NULL));
+    http_sse_start(job);
+    http_sse_send(job, http_chunk(seq, text, n, NULL));
 }
 
-void http_emit_finish(rreq_t *req, finish_reason_t reason)
+void http_emit_seq_finish(rreq_t *seq)
 {
-    const char *fin = reason == FINISH_LENGTH ? "length" : "stop";
-    oai_meta_t m = http_meta(req);
-    struct evhttp_request *hreq = req->hreq;
+    rjob_t *job = seq->job;
+
+    if (job->hreq == NULL || !job->p.stream)
+        return;
+    http_sse_start(job);
+    http_sse_send(job, http_chunk(seq, NULL, 0, http_finish_str(seq->reason)));
+}
+
+void http_emit_job_done(rjob_t *job)
+{
+    oai_meta_t m = http_meta(job);
+    struct evhttp_request *hreq = job->hreq;
+    oai_choice_t *choices;
     json_t *v;
 
     if (hreq == NULL)
         return;
-    if (req->p.stream) {
-        http_sse_start(req);
-        http_sse_send(req, http_chunk(req, NULL, 0, fin));
-        if (req->p.include_usage)
-            http_sse_send(req, oai_usage_chunk_json(&m, req->nprompt, req->ncompletion));
-        http_sse_done(req);
-        http_detach(req);
+    if (job->p.stream) {
+        http_sse_start(job);
+        if (job->p.include_usage)
+            http_sse_send(job, oai_usage_chunk_json(&m, job->prompt_tokens,
+                                                    job->completion_tokens));
+        http_sse_done(job);
+        http_detach(job);
         return;
     }
-    v = oai_response_json(&m, req->text.p, req->text.n, fin, req->nprompt, req->ncompletion);
-    http_detach(req);
+    choices = calloc(job->nseq, sizeof(*choices));
+    v = NULL;
+    if (choices != NULL) {
+        for (uint32_t i = 0; i < job->nseq; i++) {
+            choices[i].text = job->seqs[i]->text.p;
+            choices[i].len = job->seqs[i]->text.n;
+            choices[i].finish = http_finish_str(job->seqs[i]->reason);
+        }
+        v = oai_response_json(&m, choices, job->nseq, job->prompt_tokens,
+                              job->completion_tokens);
+        free(choices);
+    }
+    http_detach(job);
     if (v == NULL)
         http_send_error(hreq, 500, NULL, "cannot encode the response");
     else
         http_send_json(hreq, 200, v);
 }
 
-void http_emit_failure(rreq_t *req, int status, const char *msg)
+void http_emit_failure(rjob_t *job, int status, const char *msg)
 {
-    struct evhttp_request *hreq = req->hreq;
+    struct evhttp_request *hreq = job->hreq;
 
     if (hreq == NULL)
         return;
-    if (!req->headers_sent) {
-        http_detach(req);
+    if (!job->headers_sent) {
+        http_detach(job);
         http_send_error(hreq, status, NULL, "%s", msg);
         return;
     }
-    http_sse_send(req, oai_error_json(status, NULL, msg));
-    http_sse_done(req);
-    http_detach(req);
+    http_sse_send(job, oai_error_json(status, NULL, msg));
+    http_sse_done(job);
+    http_detach(job);
 }
 
 /* The client closed the connection while its request was in progress. */
 static void http_close_cb(struct evhttp_connection *conn, void *arg)
 {
-    rreq_t *req = arg;
-    struct evhttp_request *hreq = req->hreq;
+    rjob_t *job = arg;
+    struct evhttp_request *hreq = job->hreq;
 
-    req->hconn = NULL;
-    if (req->hup != NULL) {
-        event_free(req->hup);
-        req->hup = NULL;
+    job->hconn = NULL;
+    if (job->hup != NULL) {
+        event_free(job->hup);
+        job->hup = NULL;
     }
     /* evhttp detached an unfinished request from the dying connection and
      * left it to us; one still attached is freed with the connection */
     if (hreq != NULL && evhttp_request_get_connection(hreq) == NULL)
         evhttp_request_free(hreq);
-    rreq_client_gone(req);
+    rjob_client_gone(job);
 }
 
 /* The client's socket reported EOF or an error while its request was in
@@ -242,23 +270,23 @@ static void http_close_cb(struct evhttp_connection *conn, void *arg)
  * blocks busy until the end. Freeing the connection runs http_close_cb. */
 static void http_hup_cb(evutil_socket_t fd, short what, void *arg)
 {
-    rreq_t *req = arg;
+    rjob_t *job = arg;
 
-    if (req->hconn != NULL)
-        evhttp_connection_free(req->hconn);
+    if (job->hconn != NULL)
+        evhttp_connection_free(job->hconn);
 }
 
-static void http_watch_client(router_t *r, rreq_t *req)
+static void http_watch_client(router_t *r, rjob_t *job)
 {
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(req->hconn);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(job->hconn);
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
 
     if (fd < 0 || !(event_base_get_features(r->base) & EV_FEATURE_EARLY_CLOSE))
         return;
-    req->hup = event_new(r->base, fd, EV_CLOSED, http_hup_cb, req);
-    if (req->hup != NULL && event_add(req->hup, NULL) != 0) {
-        event_free(req->hup);
-        req->hup = NULL;
+    job->hup = event_new(r->base, fd, EV_CLOSED, http_hup_cb, job);
+    if (job->hup != NULL && event_add(job->hup, NULL) != 0) {
+        event_free(job->hup);
+        job->hup = NULL;
     }
 }
 
@@ -272,95 +300,159 @@ static bool http_model_ok(router_t *r, struct evhttp_request *hreq, const char *
     return false;
 }
 
-static void http_generate(router_t *r, struct evhttp_request *hreq, const char *body,
-                          size_t len, oai_kind_t kind)
+/* Tokenize prompt i of the job (chat: the rendered conversation) into
+ * *ids_p / *n_p and check it against the context. Sends the HTTP error and
+ * returns false on failure. */
+static bool http_prompt_ids(router_t *r, struct evhttp_request *hreq, rjob_t *job, size_t i,
+                            int32_t **ids_p, size_t *n_p, uint32_t *max_tokens_p)
 {
-    rreq_t *req = calloc(1, sizeof(*req));
-    oai_err_t err;
-    char *text = NULL;
+    const char *param = job->p.kind == OAI_CHAT ? "messages" : "prompt";
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char *text = NULL, terr[256] = "";
     duet_status_t s;
-    char terr[256] = "";
 
-    if (req == NULL) {
-        http_send_error(hreq, 500, NULL, "out of memory");
-        return;
-    }
-    req->r = r;
-    req->t_arrive = clock_now_ns();
-    sbuf_init(&req->text);
-    sbuf_init(&req->delta);
-    if (oai_parse(kind, body, len, r->tok->vocab, &req->p, &err) != DUET_OK) {
-        http_send_oai_err(hreq, &err);
-        free(req);
-        return;
-    }
-    detok_init(&req->dt, r->tok, req->p.skip_special_tokens, req->p.stop, req->p.nstop);
-    if (!http_model_ok(r, hreq, req->p.model))
-        goto err_free;
-    if (kind == OAI_CHAT) {
-        s = rtok_apply_chat(r->tok, req->p.msgs, req->p.nmsgs, req->p.add_generation_prompt,
+    if (job->p.kind == OAI_CHAT) {
+        s = rtok_apply_chat(r->tok, job->p.msgs, job->p.nmsgs, job->p.add_generation_prompt,
                             &text, terr, sizeof(terr));
         if (s == DUET_ERR_INVALID) {
             http_send_error(hreq, 400, "messages", "%s", terr[0] ? terr : "invalid conversation");
-            goto err_free;
+            return false;
         }
         if (s == DUET_OK)
-            s = rtok_encode(r->tok, text, strlen(text), true, &req->prompt, &req->nprompt);
+            s = rtok_encode(r->tok, text, strlen(text), true, &ids, &n);
         free(text);
-    } else if (req->p.prompt_ids != NULL) {
-        req->prompt = req->p.prompt_ids;
-        req->nprompt = req->p.nprompt_ids;
-        req->p.prompt_ids = NULL;
-        s = DUET_OK;
+    } else if (job->p.prompts[i].ids != NULL) {
+        n = job->p.prompts[i].nids;
+        ids = malloc(n * sizeof(*ids));
+        s = ids != NULL ? DUET_OK : DUET_ERR_NOMEM;
+        if (ids != NULL)
+            memcpy(ids, job->p.prompts[i].ids, n * sizeof(*ids));
     } else {
-        s = rtok_encode(r->tok, req->p.prompt_text, req->p.prompt_len, true, &req->prompt,
-                        &req->nprompt);
+        s = rtok_encode(r->tok, job->p.prompts[i].text, job->p.prompts[i].len, true, &ids, &n);
     }
     if (s != DUET_OK) {
         http_send_error(hreq, 500, NULL, "tokenization failed: %s", duet_status_str(s));
-        goto err_free;
+        return false;
     }
-    if (req->nprompt == 0) {
-        http_send_error(hreq, 400, kind == OAI_CHAT ? "messages" : "prompt",
-                        "the prompt is empty after tokenization");
-        goto err_free;
+    if (n == 0) {
+        free(ids);
+        http_send_error(hreq, 400, param, "the prompt is empty after tokenization");
+        return false;
     }
-    if (req->nprompt >= (size_t)r->tok->max_model_len) {
-        http_send_error(hreq, 400, kind == OAI_CHAT ? "messages" : "prompt",
+    if (n >= (size_t)r->tok->max_model_len) {
+        free(ids);
+        http_send_error(hreq, 400, param,
                         "This model's maximum context length is %d tokens. However, your "
                         "request has %zu input tokens. Please reduce the length of the input.",
-                        r->tok->max_model_len, req->nprompt);
-        goto err_free;
+                        r->tok->max_model_len, n);
+        return false;
     }
-    if (req->p.max_tokens < 0) {
-        req->max_tokens = (uint32_t)((size_t)r->tok->max_model_len - req->nprompt);
-    } else if ((uint64_t)req->p.max_tokens + req->nprompt > (uint64_t)r->tok->max_model_len) {
+    if (job->p.max_tokens < 0) {
+        *max_tokens_p = (uint32_t)((size_t)r->tok->max_model_len - n);
+    } else if ((uint64_t)job->p.max_tokens + n > (uint64_t)r->tok->max_model_len) {
+        free(ids);
         http_send_error(hreq, 400, "max_tokens",
                         "This model's maximum context length is %d tokens. However, you "
                         "requested %llu tokens (%zu in the input, %lld in the completion). "
                         "Please reduce the length of the input or the completion.",
-                        r->tok->max_model_len,
-                        (unsigned long long)req->p.max_tokens + req->nprompt, req->nprompt,
-                        (long long)req->p.max_tokens);
-        goto err_free;
+                        r->tok->max_model_len, (unsigned long long)job->p.max_tokens + n, n,
+                        (long long)job->p.max_tokens);
+        return false;
     } else {
-        req->max_tokens = (uint32_t)req->p.max_tokens;
+        *max_tokens_p = (uint32_t)job->p.max_tokens;
     }
-    snprintf(req->id, sizeof(req->id), "%s-%016llx", kind == OAI_CHAT ? "chatcmpl" : "cmpl",
+    *ids_p = ids;
+    *n_p = n;
+    return true;
+}
+
+static rreq_t *http_seq_new(router_t *r, rjob_t *job, int index)
+{
+    rreq_t *seq = calloc(1, sizeof(*seq));
+
+    if (seq == NULL)
+        return NULL;
+    seq->r = r;
+    seq->job = job;
+    seq->index = index;
+    sbuf_init(&seq->text);
+    sbuf_init(&seq->delta);
+    detok_init(&seq->dt, r->tok, job->p.skip_special_tokens, job->p.stop, job->p.nstop);
+    /* n samples of one prompt must differ: seed, seed + 1, ... */
+    seq->seed = job->p.seed + (int64_t)(index % job->p.n);
+    return seq;
+}
+
+static void http_generate(router_t *r, struct evhttp_request *hreq, const char *body,
+                          size_t len, oai_kind_t kind)
+{
+    rjob_t *job = calloc(1, sizeof(*job));
+    oai_err_t err;
+    size_t nprompts;
+
+    if (job == NULL) {
+        http_send_error(hreq, 500, NULL, "out of memory");
+        return;
+    }
+    job->r = r;
+    job->t_arrive = clock_now_ns();
+    if (oai_parse(kind, body, len, r->tok->vocab, &job->p, &err) != DUET_OK) {
+        http_send_oai_err(hreq, &err);
+        free(job);
+        return;
+    }
+    if (!http_model_ok(r, hreq, job->p.model))
+        goto err_free;
+    nprompts = kind == OAI_CHAT ? 1 : job->p.nprompts;
+    job->seqs = calloc(nprompts * (size_t)job->p.n, sizeof(*job->seqs));
+    if (job->seqs == NULL) {
+        http_send_error(hreq, 500, NULL, "out of memory");
+        goto err_free;
+    }
+    for (size_t i = 0; i < nprompts; i++) {
+        int32_t *ids;
+        size_t n;
+        uint32_t max_tokens;
+
+        if (!http_prompt_ids(r, hreq, job, i, &ids, &n, &max_tokens))
+            goto err_free;
+        job->prompt_tokens += n;
+        for (int j = 0; j < job->p.n; j++) {
+            rreq_t *seq = http_seq_new(r, job, (int)(i * (size_t)job->p.n) + j);
+
+            if (seq != NULL) {
+                seq->prompt = j == job->p.n - 1 ? ids : malloc(n * sizeof(*ids));
+                if (seq->prompt != NULL && seq->prompt != ids)
+                    memcpy(seq->prompt, ids, n * sizeof(*ids));
+            }
+            if (seq == NULL || seq->prompt == NULL) {
+                if (seq != NULL)
+                    job->seqs[job->nseq++] = seq;
+                if (seq == NULL || seq->prompt != ids)
+                    free(ids);
+                http_send_error(hreq, 500, NULL, "out of memory");
+                goto err_free;
+            }
+            seq->nprompt = n;
+            seq->max_tokens = max_tokens;
+            job->seqs[job->nseq++] = seq;
+        }
+    }
+    snprintf(job->id, sizeof(job->id), "%s-%016llx", kind == OAI_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)(++r->next_http_id * 0x9e3779b97f4a7c15ull));
-    req->created = clock_wall_s();
-    req->hreq = hreq;
-    req->hconn = evhttp_request_get_connection(hreq);
-    if (req->hconn != NULL) {
-        evhttp_connection_set_closecb(req->hconn, http_close_cb, req);
-        http_watch_client(r, req);
+    job->created = clock_wall_s();
+    job->hreq = hreq;
+    job->hconn = evhttp_request_get_connection(hreq);
+    if (job->hconn != NULL) {
+        evhttp_connection_set_closecb(job->hconn, http_close_cb, job);
+        http_watch_client(r, job);
     }
-    r->m.prompt_tokens += req->nprompt;
-    rreq_admit(r, req);
+    rjob_admit(r, job);
     return;
 
 err_free:
-    rreq_free(req);
+    rjob_free(job);
 }
 
 static void http_chat(router_t *r, struct evhttp_request *hreq, const char *body, size_t len)

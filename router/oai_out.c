@@ -27,8 +27,8 @@ static json_t *oai_envelope(const oai_meta_t *m, const char *object, json_t *cho
                      "created", (json_int_t)m->created, "model", m->model, "choices", choices);
 }
 
-json_t *oai_chunk_json(const oai_meta_t *m, const char *text, size_t n, const char *finish,
-                       bool with_role)
+json_t *oai_chunk_json(const oai_meta_t *m, int index, const char *text, size_t n,
+                       const char *finish, bool with_role)
 {
     json_t *choice, *fin = finish ? json_string(finish) : json_null();
 
@@ -39,11 +39,11 @@ json_t *oai_chunk_json(const oai_meta_t *m, const char *text, size_t n, const ch
             json_object_set_new(delta, "role", json_string("assistant"));
         if (text != NULL)
             json_object_set_new(delta, "content", json_stringn(text, n));
-        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "delta", delta,
+        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", index, "delta", delta,
                            "logprobs", "finish_reason", fin);
         return oai_envelope(m, "chat.completion.chunk", json_pack("[o]", choice));
     }
-    choice = json_pack("{s:i, s:s%, s:n, s:o}", "index", 0, "text", text ? text : "",
+    choice = json_pack("{s:i, s:s%, s:n, s:o}", "index", index, "text", text ? text : "",
                        text ? n : 0, "logprobs", "finish_reason", fin);
     return oai_envelope(m, "text_completion", json_pack("[o]", choice));
 }
@@ -58,20 +58,32 @@ json_t *oai_usage_chunk_json(const oai_meta_t *m, size_t prompt, size_t completi
     return v;
 }
 
-json_t *oai_response_json(const oai_meta_t *m, const char *text, size_t n, const char *finish,
+json_t *oai_response_json(const oai_meta_t *m, const oai_choice_t *choices, size_t nchoices,
                           size_t prompt, size_t completion)
 {
-    json_t *choice, *v;
+    json_t *arr = json_array(), *v;
 
-    if (m->kind == OAI_CHAT)
-        choice = json_pack("{s:i, s:{s:s, s:s%}, s:n, s:s}", "index", 0, "message", "role",
-                           "assistant", "content", text ? text : "", text ? n : 0,
-                           "logprobs", "finish_reason", finish);
-    else
-        choice = json_pack("{s:i, s:s%, s:n, s:s}", "index", 0, "text", text ? text : "",
-                           text ? n : 0, "logprobs", "finish_reason", finish);
-    v = oai_envelope(m, m->kind == OAI_CHAT ? "chat.completion" : "text_completion",
-                     json_pack("[o]", choice));
+    if (arr == NULL)
+        return NULL;
+    for (size_t i = 0; i < nchoices; i++) {
+        const oai_choice_t *c = &choices[i];
+        const char *text = c->text ? c->text : "";
+        size_t len = c->text ? c->len : 0;
+        json_t *choice;
+
+        if (m->kind == OAI_CHAT)
+            choice = json_pack("{s:I, s:{s:s, s:s%}, s:n, s:s}", "index", (json_int_t)i,
+                               "message", "role", "assistant", "content", text, len,
+                               "logprobs", "finish_reason", c->finish);
+        else
+            choice = json_pack("{s:I, s:s%, s:n, s:s}", "index", (json_int_t)i, "text", text,
+                               len, "logprobs", "finish_reason", c->finish);
+        if (choice == NULL || json_array_append_new(arr, choice) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    v = oai_envelope(m, m->kind == OAI_CHAT ? "chat.completion" : "text_completion", arr);
     if (v != NULL)
         json_object_set_new(v, "usage", oai_usage_json(prompt, completion));
     return v;

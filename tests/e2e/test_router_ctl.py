@@ -181,6 +181,44 @@ def test_lifecycle_disaggregated_openai_client(router):
     d.close()
 
 
+def test_n_and_batched_prompts(router):
+    """n > 1 and a list of prompts fan out into one sequence per choice;
+    choices come back indexed prompt-major (prompt i, sample j -> i*n + j)."""
+    def reply(prompt):
+        return "re:" + bytes(t for t in prompt if t < 256).decode()
+
+    cluster = {}
+    p = ProtocolTestPeer(router, "prefill", "p0", cluster=cluster, script=reply)
+    d = ProtocolTestPeer(router, "decode", "d0", cluster=cluster, script=reply)
+    c = client(router)
+    r = c.completions.create(model="duet-byte", prompt=["ab", "cd", "ef"], n=2, max_tokens=20,
+                             seed=7)
+    assert [ch.index for ch in r.choices] == list(range(6))
+    assert [ch.text for ch in r.choices] == ["re:ab", "re:ab", "re:cd", "re:cd", "re:ef", "re:ef"]
+    assert r.usage.prompt_tokens == 6                      # each prompt counted once
+    assert r.usage.completion_tokens == 6 * 6              # 5 characters + EOS each
+    seeds = sorted(f["seed"] for f in p.frames_of(PREFILL)[-6:])
+    assert seeds == [7, 7, 7, 8, 8, 8]                     # samples of a prompt differ
+    # streaming chat with n = 3: every choice streamed and finished
+    texts, finished = {}, set()
+    for ch in c.chat.completions.create(model="duet-byte", n=3, stream=True, max_tokens=4,
+                                        messages=[{"role": "user", "content": "q"}]):
+        for choice in ch.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished.add((choice.index, choice.finish_reason))
+    assert finished == {(0, "length"), (1, "length"), (2, "length")}
+    assert all(len(t.encode()) == 4 for t in texts.values()) and len(texts) == 3
+    # one failing sequence fails the whole request and aborts its siblings
+    p.fail_prefill = True
+    with pytest.raises(openai.APIStatusError) as e:
+        c.completions.create(model="duet-byte", prompt=["ab", "cd"], max_tokens=5)
+    assert e.value.status_code == 503
+    assert wait_for(lambda: router.get_json("/v1/cluster")[1]["requests_running"] == 0)
+    p.close()
+    d.close()
+
+
 def test_raw_sse_framing(router):
     import urllib.request
     ProtocolTestPeer(router, "colocated", "c0", script="ab")

@@ -41,7 +41,7 @@ int main(void)
     json_t *v, *c;
 
     /* chat chunk with role, awkward text */
-    ok(sse_event(buf, oai_chunk_json(&chat, awkward, sizeof(awkward) - 1, NULL, true)) == DUET_OK,
+    ok(sse_event(buf, oai_chunk_json(&chat, 0, awkward, sizeof(awkward) - 1, NULL, true)) == DUET_OK,
        "chat chunk encoded");
     v = parse_event(drain(buf));
     ok(v != NULL, "event is data: <json>\\n\\n");
@@ -64,15 +64,16 @@ int main(void)
     json_decref(v);
 
     /* final chat chunk: empty delta, finish reason */
-    sse_event(buf, oai_chunk_json(&chat, NULL, 0, "length", false));
+    sse_event(buf, oai_chunk_json(&chat, 3, NULL, 0, "length", false));
     v = parse_event(drain(buf));
     c = json_array_get(json_object_get(v, "choices"), 0);
     ok(json_object_size(json_object_get(c, "delta")) == 0, "final delta is empty");
     ok(strcmp(json_string_value(json_object_get(c, "finish_reason")), "length") == 0, "length");
+    is_int(json_integer_value(json_object_get(c, "index")), 3, "choice index");
     json_decref(v);
 
     /* completion chunk */
-    sse_event(buf, oai_chunk_json(&comp, "hi", 2, NULL, false));
+    sse_event(buf, oai_chunk_json(&comp, 0, "hi", 2, NULL, false));
     v = parse_event(drain(buf));
     c = json_array_get(json_object_get(v, "choices"), 0);
     ok(strcmp(json_string_value(json_object_get(v, "object")), "text_completion") == 0 &&
@@ -92,7 +93,7 @@ int main(void)
     ok(strcmp(drain(buf), "data: [DONE]\n\n") == 0, "[DONE] event");
 
     /* whole responses */
-    v = oai_response_json(&chat, "ok", 2, "stop", 5, 2);
+    v = oai_response_json(&chat, (oai_choice_t[]){{"ok", 2, "stop"}}, 1, 5, 2);
     c = json_array_get(json_object_get(v, "choices"), 0);
     ok(strcmp(json_string_value(json_object_get(v, "object")), "chat.completion") == 0 &&
        strcmp(json_string_value(json_object_get(json_object_get(c, "message"), "content")),
@@ -102,11 +103,15 @@ int main(void)
     is_int(json_integer_value(json_object_get(json_object_get(v, "usage"), "completion_tokens")),
            2, "usage in the response");
     json_decref(v);
-    v = oai_response_json(&comp, NULL, 0, "length", 5, 0);
+    v = oai_response_json(&comp, (oai_choice_t[]){{NULL, 0, "length"}, {"x", 1, "stop"}}, 2,
+                          5, 0);
     c = json_array_get(json_object_get(v, "choices"), 0);
     ok(strcmp(json_string_value(json_object_get(c, "text")), "") == 0 &&
        strcmp(json_string_value(json_object_get(c, "finish_reason")), "length") == 0,
-       "empty completion response");
+       "empty completion choice");
+    c = json_array_get(json_object_get(v, "choices"), 1);
+    ok(strcmp(json_string_value(json_object_get(c, "text")), "x") == 0 &&
+       json_integer_value(json_object_get(c, "index")) == 1, "second choice");
     json_decref(v);
 
     /* error shape */
