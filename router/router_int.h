@@ -224,6 +224,21 @@ duet_status_t http_listen(router_t *r);
 /* Send {"error": ...} with the status. Ends the HTTP request. */
 void http_send_error(struct evhttp_request *hreq, int status, const char *param,
                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Send a JSON value (taken) with a status. */
+void http_send_json(struct evhttp_request *hreq, int status, json_t *v);
+void http_send_oai_err(struct evhttp_request *hreq, const oai_err_t *err);
+/* true when model is NULL or the served name; else sends 404. */
+bool http_model_ok(router_t *r, struct evhttp_request *hreq, const char *model);
+
+/* --- http_info.c: handlers(r, hreq, body, len) --------------------------- */
+
+void http_models(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_health(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_cluster(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_metrics(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_tokenize(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_detokenize(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+
 /* Output of one sequence: the text of one token (may be empty). */
 void http_emit_token(rreq_t *seq, const char *text, size_t n);
 /* One sequence finished (seq->reason): its final stream chunk. */
