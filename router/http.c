@@ -130,37 +130,35 @@ static oai_meta_t http_meta(const rjob_t *job)
 /* Send one SSE event (v stolen). */
 static void http_sse_send(rjob_t *job, json_t *v)
 {
-    struct evbuffer *buf = evbuffer_new();
+    struct evbuffer *buf = job->r->scratch;
 
-    if (buf == NULL) {
-        json_decref(v);
-        return;
-    }
     if (sse_event(buf, v) == DUET_OK)
         evhttp_send_reply_chunk(job->hreq, buf);
-    evbuffer_free(buf);
+    evbuffer_drain(buf, evbuffer_get_length(buf));
 }
 
 static void http_sse_done(rjob_t *job)
 {
-    struct evbuffer *buf = evbuffer_new();
+    struct evbuffer *buf = job->r->scratch;
 
-    if (buf != NULL) {
-        if (sse_done(buf) == DUET_OK)
-            evhttp_send_reply_chunk(job->hreq, buf);
-        evbuffer_free(buf);
-    }
+    if (sse_done(buf) == DUET_OK)
+        evhttp_send_reply_chunk(job->hreq, buf);
+    evbuffer_drain(buf, evbuffer_get_length(buf));
     evhttp_send_reply_end(job->hreq);
 }
 
-/* One chunk of a sequence (text NULL: its final one). */
-static json_t *http_chunk(rreq_t *seq, const char *text, size_t n, const char *finish)
+/* Send one chunk of a sequence (text NULL: its final one). */
+static void http_sse_chunk(rreq_t *seq, const char *text, size_t n, const char *finish)
 {
-    oai_meta_t m = http_meta(seq->job);
-    bool role = seq->job->p.kind == OAI_CHAT && !seq->role_sent;
+    rjob_t *job = seq->job;
+    oai_meta_t m = http_meta(job);
+    bool role = job->p.kind == OAI_CHAT && !seq->role_sent;
+    struct evbuffer *buf = job->r->scratch;
 
     seq->role_sent = true;
-    return oai_chunk_json(&m, seq->index, text, n, finish, role);
+    if (sse_chunk(buf, &m, seq->index, text, n, finish, role) == DUET_OK)
+        evhttp_send_reply_chunk(job->hreq, buf);
+    evbuffer_drain(buf, evbuffer_get_length(buf));
 }
 
 static const char *http_finish_str(finish_reason_t reason)
@@ -180,7 +178,7 @@ void http_emit_token(rreq_t *seq, const char *text, size_t n)
         return;
     }
     http_sse_start(job);
-    http_sse_send(job, http_chunk(seq, text, n, NULL));
+    http_sse_chunk(seq, text, n, NULL);
 }
 
 void http_emit_seq_finish(rreq_t *seq)
@@ -190,7 +188,7 @@ void http_emit_seq_finish(rreq_t *seq)
     if (job->hreq == NULL || !job->p.stream)
         return;
     http_sse_start(job);
-    http_sse_send(job, http_chunk(seq, NULL, 0, http_finish_str(seq->reason)));
+    http_sse_chunk(seq, NULL, 0, http_finish_str(seq->reason));
 }
 
 void http_emit_job_done(rjob_t *job)

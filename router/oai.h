@@ -149,6 +149,15 @@ json_t *oai_response_json(const oai_meta_t *m, const oai_choice_t *choices, size
 /* Append the SSE event `data: <v as compact JSON>\n\n` to out; takes v
  * (also on failure; NULL is DUET_ERR_NOMEM). */
 duet_status_t sse_event(struct evbuffer *out, json_t *v);
+/* The hot path of streaming: append the SSE event of one chunk (the same
+ * JSON as oai_chunk_json) to out without building a JSON tree. text must be
+ * valid UTF-8. */
+duet_status_t sse_chunk(struct evbuffer *out, const oai_meta_t *m, int index,
+                        const char *text, size_t n, const char *finish, bool with_role);
+
+/* Append s (n bytes of UTF-8) as a JSON string literal with its quotes. */
+duet_status_t json_escape_append(struct evbuffer *out, const char *s, size_t n);
+
 /* Append `data: [DONE]\n\n`. */
 duet_status_t sse_done(struct evbuffer *out);
 

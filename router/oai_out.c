@@ -6,6 +6,8 @@
 
 #include <event2/buffer.h>
 
+#define ADD_LIT(out, lit) evbuffer_add((out), (lit), sizeof(lit) - 1)
+
 json_t *oai_error_json(int status, const char *param, const char *msg)
 {
     return json_pack("{s:{s:s, s:s, s:o, s:i}}", "error", "message", msg,
@@ -109,4 +111,84 @@ duet_status_t sse_event(struct evbuffer *out, json_t *v)
 duet_status_t sse_done(struct evbuffer *out)
 {
     return evbuffer_add(out, "data: [DONE]\n\n", 14) == 0 ? DUET_OK : DUET_ERR_NOMEM;
+}
+
+duet_status_t json_escape_append(struct evbuffer *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char buf[512];
+    size_t k = 0;
+    int rc = 0;
+
+    buf[k++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (k > sizeof(buf) - 8) {
+            rc |= evbuffer_add(out, buf, k);
+            k = 0;
+        }
+        if (c == '"' || c == '\\') {
+            buf[k++] = '\\';
+            buf[k++] = (char)c;
+        } else if (c >= 0x20) {
+            buf[k++] = (char)c;
+        } else {
+            buf[k++] = '\\';
+            switch (c) {
+            case '\b': buf[k++] = 'b'; break;
+            case '\f': buf[k++] = 'f'; break;
+            case '\n': buf[k++] = 'n'; break;
+            case '\r': buf[k++] = 'r'; break;
+            case '\t': buf[k++] = 't'; break;
+            default:
+                buf[k++] = 'u';
+                buf[k++] = '0';
+                buf[k++] = '0';
+                buf[k++] = hex[c >> 4];
+                buf[k++] = hex[c & 15];
+            }
+        }
+    }
+    buf[k++] = '"';
+    rc |= evbuffer_add(out, buf, k);
+    return rc == 0 ? DUET_OK : DUET_ERR_NOMEM;
+}
+
+duet_status_t sse_chunk(struct evbuffer *out, const oai_meta_t *m, int index,
+                        const char *text, size_t n, const char *finish, bool with_role)
+{
+    bool chat = m->kind == OAI_CHAT;
+    int rc = 0;
+
+    rc |= ADD_LIT(out, "data: {\"id\":");
+    rc |= json_escape_append(out, m->id, strlen(m->id));
+    rc |= evbuffer_add_printf(out, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
+                              chat ? "chat.completion.chunk" : "text_completion",
+                              (long long)m->created) < 0;
+    rc |= json_escape_append(out, m->model, strlen(m->model));
+    rc |= evbuffer_add_printf(out, ",\"choices\":[{\"index\":%d,", index) < 0;
+    if (chat) {
+        rc |= ADD_LIT(out, "\"delta\":{");
+        if (with_role)
+            rc |= ADD_LIT(out, "\"role\":\"assistant\"");
+        if (text != NULL) {
+            if (with_role)
+                rc |= ADD_LIT(out, ",");
+            rc |= ADD_LIT(out, "\"content\":");
+            rc |= json_escape_append(out, text, n);
+        }
+        rc |= ADD_LIT(out, "},");
+    } else {
+        rc |= ADD_LIT(out, "\"text\":");
+        rc |= json_escape_append(out, text ? text : "", text ? n : 0);
+        rc |= ADD_LIT(out, ",");
+    }
+    rc |= ADD_LIT(out, "\"logprobs\":null,\"finish_reason\":");
+    if (finish != NULL)
+        rc |= json_escape_append(out, finish, strlen(finish));
+    else
+        rc |= ADD_LIT(out, "null");
+    rc |= ADD_LIT(out, "}]}\n\n");
+    return rc == 0 ? DUET_OK : DUET_ERR_NOMEM;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -55,6 +56,11 @@ duet_status_t router_create(struct event_base *base, const router_config_t *cfg,
     TAILQ_INIT(&r->running);
     metrics_init(&r->m);
     frame_writer_init(&r->fw);
+    r->scratch = evbuffer_new();
+    if (r->scratch == NULL) {
+        status = DUET_ERR_NOMEM;
+        goto err_free;
+    }
     snprintf(r->served_name, sizeof(r->served_name), "%s",
              cfg->served_name && cfg->served_name[0] ? cfg->served_name : tok->name);
     if (policy_parse(cfg->prefill_policy, true, &r->ppolicy) != DUET_OK ||
@@ -120,6 +126,8 @@ void router_destroy(router_t *r)
     if (r->http != NULL)
         evhttp_free(r->http);
     frame_writer_destroy(&r->fw);
+    if (r->scratch != NULL)
+        evbuffer_free(r->scratch);
     rtok_destroy(r->tok);
     free(r);
 }

@@ -22,6 +22,7 @@ struct evhttp_bound_socket;
 struct evhttp_connection;
 struct evhttp_request;
 struct event;
+struct evbuffer;
 
 #define NODE_ID_MAX        64
 #define NODE_MAX_TP        64
@@ -161,6 +162,7 @@ struct router {
     metrics_t                   m;
     int64_t                     created;
     frame_writer_t              fw;
+    struct evbuffer            *scratch;   /* one SSE event at a time */
 };
 
 /* --- registry.c --------------------------------------------------------- */

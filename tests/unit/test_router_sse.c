@@ -126,6 +126,39 @@ int main(void)
     ok(json_is_null(json_object_get(json_object_get(v, "error"), "param")), "null param");
     json_decref(v);
     ok(sse_event(buf, NULL) == DUET_ERR_NOMEM, "NULL value refused");
+
+    /* the hand-formatted hot path says exactly what the jansson path says */
+    {
+        static const char *const texts[] = {"", "plain", "q\"uo\\te", "\x01\x1f\t\n\r\b\f",
+                                            "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "/<>&"};
+        oai_meta_t odd = {OAI_CHAT, "id\"x", 5, "m\\odel\n"};
+        const oai_meta_t *metas[] = {&chat, &comp, &odd};
+        int same = 0, total = 0;
+
+        for (int mi = 0; mi < 3; mi++)
+            for (int ti = -1; ti < 6; ti++)
+                for (int role = 0; role < 2; role++) {
+                    const char *t = ti < 0 ? NULL : texts[ti];
+                    size_t tn = t ? strlen(t) : 0;
+                    const char *fin = ti < 0 ? "stop" : NULL;
+                    json_t *a, *b;
+
+                    sse_event(buf, oai_chunk_json(metas[mi], ti + 1, t, tn, fin, role));
+                    a = parse_event(drain(buf));
+                    sse_chunk(buf, metas[mi], ti + 1, t, tn, fin, role);
+                    b = parse_event(drain(buf));
+                    total++;
+                    same += a != NULL && b != NULL && json_equal(a, b);
+                    json_decref(a);
+                    json_decref(b);
+                }
+        is_int(same, total, "sse_chunk equals the jansson chunk in %d cases", total);
+        sse_chunk(buf, &comp, 0, "a\0b", 3, NULL, false);
+        v = parse_event(drain(buf));
+        c = json_array_get(json_object_get(v, "choices"), 0);
+        ok(json_string_length(json_object_get(c, "text")) == 3, "NUL escaped as \\u0000");
+        json_decref(v);
+    }
     evbuffer_free(buf);
     return tap_done();
 }
