@@ -137,14 +137,19 @@ static void http_sse_send(rjob_t *job, json_t *v)
     evbuffer_drain(buf, evbuffer_get_length(buf));
 }
 
+/* `data: [DONE]`, end the stream, stop watching the client. The close
+ * callback is cleared before evhttp_send_reply_end, which may free the
+ * connection (and run that callback) at once. */
 static void http_sse_done(rjob_t *job)
 {
     struct evbuffer *buf = job->r->scratch;
+    struct evhttp_request *hreq = job->hreq;
 
     if (sse_done(buf) == DUET_OK)
-        evhttp_send_reply_chunk(job->hreq, buf);
+        evhttp_send_reply_chunk(hreq, buf);
     evbuffer_drain(buf, evbuffer_get_length(buf));
-    evhttp_send_reply_end(job->hreq);
+    http_detach(job);
+    evhttp_send_reply_end(hreq);
 }
 
 /* Send one chunk of a sequence (text NULL: its final one). */
@@ -206,7 +211,6 @@ void http_emit_job_done(rjob_t *job)
             http_sse_send(job, oai_usage_chunk_json(&m, job->prompt_tokens,
                                                     job->completion_tokens));
         http_sse_done(job);
-        http_detach(job);
         return;
     }
     choices = calloc(job->nseq, sizeof(*choices));
@@ -241,7 +245,6 @@ void http_emit_failure(rjob_t *job, int status, const char *msg)
     }
     http_sse_send(job, oai_error_json(status, NULL, msg));
     http_sse_done(job);
-    http_detach(job);
 }
 
 /* The client closed the connection while its request was in progress. */

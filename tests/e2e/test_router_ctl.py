@@ -489,3 +489,27 @@ def test_prefill_policies(duet_bin, policy):
     finally:
         code, err = r.stop()
         assert code == 0, err
+
+
+def test_http10_clients(router):
+    """HTTP/1.0 has no chunked encoding: the stream is written raw and the
+    connection closed at the end."""
+    ProtocolTestPeer(router, "colocated", "c0", script="abc")
+    for stream in (True, False):
+        s = socket.create_connection(("127.0.0.1", router.http_port), timeout=5)
+        body = json.dumps({"prompt": "q", "max_tokens": 5, "stream": stream}).encode()
+        s.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head, _, payload = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+        if stream:
+            assert payload.endswith(b"data: [DONE]\n\n") and b'"text":"abc"' not in payload
+        else:
+            assert json.loads(payload)["choices"][0]["text"] == "abc"
