@@ -83,6 +83,17 @@ duet_status_t router_create(struct event_base *base, const router_config_t *cfg,
         status = DUET_ERR_NOMEM;
         goto err_free;
     }
+    if ((cfg->cluster_token == NULL || cfg->cluster_token[0] == '\0') &&
+        strcmp(cfg->host, "127.0.0.1") != 0 && strcmp(cfg->host, "::1") != 0 &&
+        strcmp(cfg->host, "localhost") != 0)
+        log_warn("listening on %s with an empty cluster token: any host that reaches port "
+                 "%d can register as a node (set --cluster-token)", cfg->host, r->ctl_port);
+    if (cfg->api_key == NULL || cfg->api_key[0] == '\0')
+        log_info("no API key: the HTTP API is open to whoever reaches %s:%d", cfg->host,
+                 r->http_port);
+    log_info("policies: prefill %s, decode %s; max %d in flight, %d queued; model %s, "
+             "context %d", policy_str(r->ppolicy), policy_str(r->dpolicy), cfg->max_inflight,
+             cfg->max_queue, r->served_name, tok->max_model_len);
     *router_p = r;
     return DUET_OK;
 

@@ -513,3 +513,30 @@ def test_http10_clients(router):
             assert payload.endswith(b"data: [DONE]\n\n") and b'"text":"abc"' not in payload
         else:
             assert json.loads(payload)["choices"][0]["text"] == "abc"
+
+
+def test_frames_about_other_nodes_requests_are_ignored(router):
+    """A node cannot touch requests routed elsewhere: TOKENS, FINISH, NACK
+    and ERROR for another node's rid change nothing."""
+    from router_peer import FINISH, NACK, TOKENS
+    cluster = {}
+    a = ProtocolTestPeer(router, "colocated", "a", cluster=cluster, script="z" * 40, step_s=0.02)
+    c = client(router)
+    import threading
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault(
+        "r", c.completions.create(model="duet-byte", prompt="q", max_tokens=30)))
+    t.start()
+    assert wait_for(lambda: a.frames_of(PREFILL))
+    rid = a.frames_of(PREFILL)[-1]["rid"]
+    # b registers only now, so the request is certainly a's
+    b = ProtocolTestPeer(router, "decode", "b", cluster={})
+    b.send(frame(TOKENS, items=[[rid, ord("X")]] * 5))
+    b.send(frame(NACK, rid=rid))
+    b.send(frame(FINISH, rid=rid, reason="error"))
+    b.send(frame(ERROR, rid=rid, msg="not mine"))
+    t.join(15)
+    assert res["r"].choices[0].text == "z" * 30
+    assert not b.closed.is_set()          # harmless frames, b stays registered
+    a.close()
+    b.close()
