@@ -59,7 +59,7 @@ class Router:
     def __init__(self, duet_bin, *extra, env=None, model=None):
         src = ["--model", model] if model else ["--tokenizer", "byte", "--max-model-len", "512"]
         args = [duet_bin, "router", *src, "--port", "0", "--ctl-port", "0",
-                "--cluster-token", TOKEN, "--heartbeat-timeout", "2", *extra]
+                "--cluster-token", TOKEN, "--heartbeat-timeout", "3", *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
         line = self.proc.stdout.readline()

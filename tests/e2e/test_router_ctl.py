@@ -121,7 +121,7 @@ def test_health_flips_and_cluster_content(router):
     assert 0.0 <= nodes["d0"]["kv_usage"] <= 1.0
     # heartbeats stop -> the node is dropped; /health goes back to 503
     d.hb_stop.set()
-    assert wait_for(lambda: router.request("GET", "/health")[0] == 503, timeout=6)
+    assert wait_for(lambda: router.request("GET", "/health")[0] == 503, timeout=8)
     assert wait_for(lambda: d.closed.is_set(), timeout=3)
     # a closed connection drops a node at once
     p.close()
