@@ -1,5 +1,8 @@
 /* duet bench engine: llama-bench's pp and tg on the CPU forward pass, and
  * the memory-bandwidth bound of generation measured in the same run.
+ * With --batch B1,B2,...: the engine's batching sweep instead (decode
+ * throughput per batch size and its ratio to batch 1, prefill with and
+ * without chunking; engine/bench_batch.h).
  *
  *   pp N: one sequence of N prompt tokens in one forward call (logits for
  *         the last), tokens/s;
@@ -18,6 +21,7 @@
 #include "common/clock.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "engine/bench_batch.h"
 #include "engine/forward.h"
 #include "kernels/cpu/cpu.h"
 #include "model/config.h"
@@ -59,11 +63,67 @@ static uint64_t weight_bytes_per_token(const gguf_t *g, const model_config_t *cf
     return sum;
 }
 
+/* "1,4,16,64" into o->batches. */
+static int parse_batches(const char *list, bench_batch_opts_t *o)
+{
+    const char *p = list;
+
+    o->n_batches = 0;
+    while (*p != '\0') {
+        char *end;
+        long v = strtol(p, &end, 10);
+
+        if (end == p || v < 1 || v > 4096 || o->n_batches == BENCH_BATCH_MAX)
+            return -1;
+        o->batches[o->n_batches++] = (int32_t)v;
+        p = end;
+        if (*p == ',')
+            p++;
+        else if (*p != '\0')
+            return -1;
+    }
+    return o->n_batches > 0 ? 0 : -1;
+}
+
+static int bench_batch_cmd(const char *model, int64_t threads, const bench_batch_opts_t *bo,
+                           bool json)
+{
+    bench_batch_result_t res;
+    engine_opts_t eo;
+    model_config_t cfg;
+    gguf_t *g = NULL;
+    char err[512] = "";
+    int rc = 1;
+
+    if (gguf_open(model, &g, err, sizeof(err)) != DUET_OK ||
+        model_config_load(g, &cfg, err, sizeof(err)) != DUET_OK) {
+        fprintf(stderr, "duet bench engine: %s\n", err);
+        goto out;
+    }
+    engine_opts_default(&eo);
+    eo.threads = threads > 0 ? threads : cpu_n_cores();
+    if (bench_batch_run(g, &cfg, &eo, bo, &res, err, sizeof(err)) != DUET_OK) {
+        fprintf(stderr, "duet bench engine: --batch: %s\n", err);
+        goto out;
+    }
+    if (!json)
+        printf("model: %s (%s, %lld threads)\n", model, cpu_isa_name(cpu_isa_best()),
+               (long long)eo.threads);
+    bench_batch_print(stdout, &res, json);
+    rc = 0;
+out:
+    gguf_close(g);
+    return rc;
+}
+
 static int bench_engine_run(int argc, char **argv)
 {
     const char *model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
     int64_t threads = 0, pp = 512, tg = 128, reps = 3, membw_mib = 1024;
     bool json = false;
+    const char *batch = NULL;
+    int64_t b_prompt = 32, b_steps = 32, p_reqs = 4, p_len = 512, b_chunk = 256;
+    bench_batch_opts_t bo;
     const flag_t flags[] = {
         {"model", 'm', FLAG_STRING, &model, "GGUF model file", "FILE", 0, 0, 0, 0},
         {"threads", 't', FLAG_INT, &threads, "compute threads (default: all cores)", "N",
@@ -74,6 +134,19 @@ static int bench_engine_run(int argc, char **argv)
         {"membw-mib", 0, FLAG_INT, &membw_mib, "bandwidth probe size in MiB (0: skip)", "N",
          0, 1 << 20, 0, 0},
         {"json", 0, FLAG_BOOL, &json, "print one JSON object", NULL, 0, 0, 0, 0},
+        {"batch", 'b', FLAG_STRING, &batch,
+         "batching sweep instead of pp/tg: decode batch sizes, e.g. 1,4,16,64", "LIST",
+         0, 0, 0, 0},
+        {"batch-prompt", 0, FLAG_INT, &b_prompt, "--batch: prompt tokens per request",
+         "N", 1, 1 << 20, 0, 0},
+        {"batch-steps", 0, FLAG_INT, &b_steps, "--batch: timed decode steps per size",
+         "N", 1, 1 << 20, 0, 0},
+        {"prefill-reqs", 0, FLAG_INT, &p_reqs, "--batch: prompts in the prefill test",
+         "N", 1, 4096, 0, 0},
+        {"prefill-len", 0, FLAG_INT, &p_len, "--batch: their length", "N",
+         1, 1 << 20, 0, 0},
+        {"chunk", 0, FLAG_INT, &b_chunk, "--batch: tokens per step with chunked prefill", "N",
+         1, 1 << 20, 0, 0},
     };
     const flags_usage_t u = {"duet bench engine", NULL,
                              "Prompt (pp) and generation (tg) speed of the CPU forward pass, "
@@ -95,6 +168,20 @@ static int bench_engine_run(int argc, char **argv)
         return 0;
     if (s != DUET_OK)
         return 2;
+    if (batch != NULL) {
+        bench_batch_opts_default(&bo);
+        bo.prompt_len = (int32_t)b_prompt;
+        bo.gen_len = (int32_t)b_steps;
+        bo.prefill_reqs = (int32_t)p_reqs;
+        bo.prefill_len = (int32_t)p_len;
+        bo.chunk = (int32_t)b_chunk;
+        if (parse_batches(batch, &bo) != 0) {
+            fprintf(stderr, "duet bench engine: --batch '%s': expected up to %d sizes in "
+                    "[1, 4096], e.g. 1,4,16,64\n", batch, BENCH_BATCH_MAX);
+            return 2;
+        }
+        return bench_batch_cmd(model, threads, &bo, json);
+    }
     if (membw_mib != 0 && membw_mib < 4) {
         fprintf(stderr, "duet bench engine: --membw-mib must be 0 or at least 4\n");
         return 2;

@@ -75,6 +75,7 @@ static duet_status_t make_engine(const gguf_t *g, const model_config_t *cfg,
     o.prefix_caching = false;
     o.watermark = 0.0;
     o.kv_blocks = per_req * max_running + 4;
+    o.max_model_len = per_req * base->block_size;   /* within the small pool */
     o.prefill_only = false;
     o.on_prefilled = NULL;
     return engine_create(g, cfg, &o, e_p, err, errlen);

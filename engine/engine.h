@@ -65,7 +65,7 @@ typedef struct {
 void engine_opts_default(engine_opts_t *o);
 
 /* Append flag entries for the settable options to flags (room for max);
- * returns how many were written (8). */
+ * returns how many were written (9 when max allows). */
 int engine_opts_flags(engine_opts_t *o, flag_t *flags, int max);
 
 typedef struct {

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "engine/engine.h"
 #include "model/config.h"
 #include "model/gguf.h"
@@ -26,6 +27,7 @@ static inline int tmodel_open(tmodel_t *m, const char *tag, const char *mkmodel_
     const char *bin = getenv("DUET_BIN");
     char cmd[1024], err[256];
 
+    log_set_level(LOG_LEVEL_WARN);
     if (bin == NULL || access(bin, X_OK) != 0)
         tap_plan_skip("DUET_BIN (the duet binary, for mkmodel) is not set");
     snprintf(m->path, sizeof(m->path), "/tmp/duet_test_%s_%d.gguf", tag, (int)getpid());

@@ -72,7 +72,9 @@ int main(void)
             if (engine_add(e, next_id++, toks, len, &p, NULL, 0) == DUET_OK)
                 n_added++;
         } else if (op < 5 && next_id > 100) {
-            if (engine_abort(e, 100 + rnd((uint32_t)(next_id - 100))) == DUET_OK)
+            /* Mostly recent ids (likely live), sometimes long gone ones. */
+            uint64_t back = 1 + rnd(op == 3 ? 12 : (uint32_t)(next_id - 100));
+            if (engine_abort(e, next_id - back) == DUET_OK)
                 n_aborted++;
         }
         if (engine_step(e, &outs, &n) != DUET_OK) {
