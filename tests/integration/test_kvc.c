@@ -509,7 +509,7 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
                 kvc_abort(k[r], req_id(0));
         }
         if (c->sc == SC_KILL_SEND && kill_fd >= 0 && sent >= 3 &&
-            now - last_send > 10000000ull) {
+            now - last_send > 15000000ull) {
             /* a quiet moment (no put in flight): see docs/kvconnector.md on
              * why not in the middle of a put over TCP with UCX 1.13 */
             wline(kill_fd, "idle\n");
