@@ -225,7 +225,8 @@ static int allreduce_run(int argc, char **argv)
     else
         printf("# all-reduce (%s, shm, one process per rank%s) on %ld CPUs; memcpy: one thread,"
                " same size\n# %5s %11s %8s %11s %9s %10s %10s %11s %6s\n",
-               group_dtype_name(p->dt), staged ? ", staged input" : "", ncpu, "ranks", "bytes", "iters", "lat_us", "cpu_us",
+               group_dtype_name(p->dt), staged ? ", staged input" : "", ncpu, "ranks",
+               "bytes", "iters", "lat_us", "cpu_us",
                "algbw_GB/s", "busbw_GB/s", "memcpy_GB/s", "ratio");
     for (int n = (int)min_ranks; n <= max_ranks; n++) {
         procgroup_opts_t o = {.world_size = n, .worker_main = ar_worker, .worker_arg = p,
@@ -249,13 +250,15 @@ static int allreduce_run(int argc, char **argv)
             double bus = alg * 2.0 * (n - 1) / n;
 
             if (json)
-                printf("%s\n  {\"ranks\": %d, \"bytes\": %zu, \"iters\": %d, \"lat_us\": %.3f, \"cpu_us\": %.3f, "
-                       "\"algbw_gbps\": %.3f, \"busbw_gbps\": %.3f, \"memcpy_gbps\": %.3f, "
-                       "\"ratio\": %.3f}", first ? "" : ",", n, p->sizes[k], p->iters[k],
+                printf("%s\n  {\"ranks\": %d, \"bytes\": %zu, \"iters\": %d, \"lat_us\": %.6g, "
+                       "\"cpu_us\": %.6g, \"algbw_gbps\": %.6g, \"busbw_gbps\": %.6g, "
+                       "\"memcpy_gbps\": %.6g, "
+                       "\"ratio\": %.6g}", first ? "" : ",", n, p->sizes[k], p->iters[k],
                        p->lat_us[k], p->cpu_us[k], alg, bus, mc[k], mc[k] > 0 ? alg / mc[k] : 0);
             else
                 printf("  %5d %11zu %8d %11.2f %9.2f %10.2f %10.2f %11.2f %6.2f\n", n, p->sizes[k],
-                       p->iters[k], p->lat_us[k], p->cpu_us[k], alg, bus, mc[k], mc[k] > 0 ? alg / mc[k] : 0);
+                       p->iters[k], p->lat_us[k], p->cpu_us[k], alg, bus, mc[k],
+                       mc[k] > 0 ? alg / mc[k] : 0);
             first = false;
         }
     }

@@ -329,15 +329,25 @@ duet_status_t parallel_create(const parallel_config_t *cfg, parallel_t **par_p)
     p->pp_size = cfg->pp_size;
     p->tp_rank = cfg->world_rank % cfg->tp_size;
     p->pp_rank = cfg->world_rank / cfg->tp_size;
-    /* Created in the same order on every rank: world, TP, PP. */
+    /* Created in the same order on every rank: world, TP, PP. A TP or PP
+     * group with the world's members is the world group itself. */
     CHECK_GOTO(make_group(cfg, "world", -1, cfg->world_rank, world, &p->world), s, err_free);
-    CHECK_GOTO(make_group(cfg, "tp", p->pp_rank, p->tp_rank, p->tp_size, &p->tp), s, err_world);
-    CHECK_GOTO(make_group(cfg, "pp", p->tp_rank, p->pp_rank, p->pp_size, &p->pp), s, err_tp);
+    if (p->pp_size == 1)
+        p->tp = p->world;
+    else
+        CHECK_GOTO(make_group(cfg, "tp", p->pp_rank, p->tp_rank, p->tp_size, &p->tp), s,
+                   err_world);
+    if (p->tp_size == 1)
+        p->pp = p->world;
+    else
+        CHECK_GOTO(make_group(cfg, "pp", p->tp_rank, p->pp_rank, p->pp_size, &p->pp), s,
+                   err_tp);
     *par_p = p;
     return DUET_OK;
 
 err_tp:
-    group_destroy(p->tp);
+    if (p->tp != p->world)
+        group_destroy(p->tp);
 err_world:
     group_destroy(p->world);
 err_free:
@@ -349,8 +359,10 @@ void parallel_destroy(parallel_t *par)
 {
     if (par == NULL)
         return;
-    group_destroy(par->pp);
-    group_destroy(par->tp);
+    if (par->pp != par->world)
+        group_destroy(par->pp);
+    if (par->tp != par->world)
+        group_destroy(par->tp);
     group_destroy(par->world);
     free(par);
 }

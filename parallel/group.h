@@ -5,12 +5,14 @@
  *         Deterministic: sums run in rank order 0..n-1 (in f32 for f16/bf16),
  *         and every rank copies the same reduced bytes, so results are
  *         bit-identical from run to run and across ranks.
- *   nccl  GPU ranks (built when CUDA is found), device pointers; the NCCL
- *         unique id travels from rank 0 through a small shm group.
+ *   nccl  GPU ranks (built when CUDA is found), device pointers; ops are
+ *         enqueued on a CUDA stream and group_sync() waits for them. The
+ *         NCCL unique id travels from rank 0 through a small shm group.
  *
  * Every collective is called by every rank of the group, in the same order,
- * with the same count, dtype (and root). A rank that calls a different
- * collective or count gets DUET_ERR_MISMATCH, on every rank. A peer that dies
+ * with the same count, dtype (and root). shm: a rank that calls a different
+ * collective or count gets DUET_ERR_MISMATCH, on every rank (NCCL does not
+ * check; a mismatch there ends in the timeout). A peer that dies
  * (detected within ~50 ms) or does not arrive within the timeout makes the
  * collective fail on every rank with DUET_ERR_PEER / DUET_ERR_TIMEOUT; the
  * group is then broken and every later call returns DUET_ERR_PEER. The caller
@@ -114,7 +116,9 @@ duet_status_t group_barrier(group_t *g);
  * without one). Build the input there (e.g. as a matmul's output) and pass
  * it as src to the next all_reduce, all_gather, reduce_scatter or broadcast
  * (root): the copy into shared memory is skipped. Valid until that next
- * collective, which clobbers it; ask again before each one. */
+ * collective, which clobbers it; ask again before each one. It may also be
+ * the all_reduce's dst (in place); the result there then stays valid until
+ * the following collective. */
 void *group_input_buffer(group_t *g, size_t bytes);
 
 /* NCCL: wait until the ops enqueued so far on the group's stream completed
@@ -126,9 +130,10 @@ duet_status_t group_sync(group_t *g);
  *
  * World rank w = pp_rank * tp_size + tp_rank (TP innermost, as in vLLM).
  * The TP group of a pipeline stage holds its tp_size consecutive ranks; the
- * PP group holds the ranks with the same tp_rank. Groups of size 1 are
- * created too (every collective is then a local copy), so callers never
- * special-case TP=1. Segment names derive from prefix. */
+ * PP group holds the ranks with the same tp_rank. Groups of size 1 exist
+ * too (every collective is then a local copy), so callers never
+ * special-case TP=1. When TP (or PP) spans the whole world, it is the world
+ * group's handle (one segment, not two). Segment names derive from prefix. */
 typedef struct {
     group_backend_t backend;
     int         world_rank;

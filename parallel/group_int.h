@@ -50,6 +50,14 @@ duet_status_t group_nccl_create(const group_config_t *cfg, void **ctx_p);
 extern const group_ops_t group_nccl_ops;
 #endif
 
+#define SHM_MAX_RANKS 64        /* ranks of one shm group */
+
+/* out1 and out2 (optional) (cnt) = sum over j < n of srcs[j] (cnt), in rank
+ * order, accumulated in f32 for f16/bf16 (group_reduce.c). Each output may
+ * be one of the sources (in place), element for element. */
+void group_reduce(group_dtype_t dt, void *out1, void *out2, uint8_t *const *srcs,
+                  int n, size_t cnt);
+
 /* ---- shared helpers (pshm_*) ------------------------------------------- */
 
 /* Wait until *word reaches target (wrapping compare) for a word that its

@@ -211,13 +211,15 @@ static void nccl_destroy(void *ctx)
     if (c == NULL)
         return;
     if (c->comm != NULL) {
-        /* finalize flushes pending work; abort if that fails or hangs */
-        if (ncclCommFinalize(c->comm) != ncclSuccess && !c->broken)
-            c->broken = true;
-        if (!c->broken && nccl_wait(c, false) == DUET_OK)
+        /* finalize flushes pending work (non-blocking: it may return
+         * ncclInProgress, then we poll); abort if that fails or hangs */
+        ncclResult_t r = c->broken ? ncclInternalError : ncclCommFinalize(c->comm);
+
+        if ((r == ncclSuccess || r == ncclInProgress) && nccl_wait(c, false) == DUET_OK)
             ncclCommDestroy(c->comm);
         else if (c->comm != NULL)
             ncclCommAbort(c->comm);
+        c->comm = NULL;
     }
     if (c->scratch != NULL)
         cudaFree(c->scratch);

@@ -348,6 +348,7 @@ duet_status_t procgroup_start(const procgroup_opts_t *o, procgroup_t **pg_p)
     pid_t self = getpid();
     duet_status_t s;
     double timeout_s;
+    int err;
 
     if (o == NULL || pg_p == NULL || o->world_size < 1 || o->world_size > PG_MAX ||
         o->timeout_s < 0 || (o->world_size > 1 && (o->worker_main == NULL) ==
@@ -368,9 +369,12 @@ duet_status_t procgroup_start(const procgroup_opts_t *o, procgroup_t **pg_p)
     pg->size = PG_HDR_BYTES + ((cap + 4095) & ~(size_t)4095);
 
     pg->memfd = memfd_create("duet-procgroup", MFD_CLOEXEC);
-    if (pg->memfd < 0 || ftruncate(pg->memfd, (off_t)pg->size) != 0) {
-        log_error("procgroup: memfd of %zu bytes: %s", pg->size, strerror(errno));
-        s = duet_status_from_errno(errno);
+    err = pg->memfd < 0 || ftruncate(pg->memfd, (off_t)pg->size) != 0
+              ? errno
+              : posix_fallocate(pg->memfd, 0, (off_t)pg->size);   /* no SIGBUS later */
+    if (err != 0) {
+        log_error("procgroup: shared memory of %zu bytes: %s", pg->size, strerror(err));
+        s = err == ENOSPC ? DUET_ERR_NOMEM : duet_status_from_errno(err);
         goto err_free;
     }
     pg->base = mmap(NULL, pg->size, PROT_READ | PROT_WRITE, MAP_SHARED, pg->memfd, 0);

@@ -205,6 +205,15 @@ duet_status_t pshm_create(const char *name, size_t size, void **addr_p)
         log_error("ftruncate(%s, %zu): %s", path, size, strerror(err));
         goto err_unlink;
     }
+    /* Reserve the pages now: a tmpfs too small for the segment is a clear
+     * error here, not a SIGBUS in the middle of a collective. */
+    err = posix_fallocate(fd, 0, (off_t)size);
+    if (err != 0 && err != EOPNOTSUPP && err != EINVAL) {
+        log_error("cannot reserve %zu bytes of shared memory for %s (is /dev/shm too "
+                  "small?): %s", size, path, strerror(err));
+        err = ENOSPC;
+        goto err_unlink;
+    }
     addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (addr == MAP_FAILED) {
         err = errno;

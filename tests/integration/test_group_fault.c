@@ -130,7 +130,8 @@ static void test_kill_worker(void)
     procgroup_stop(pg, 5);
     st1 = procgroup_wait_status(pg, 1);
     st2 = procgroup_wait_status(pg, 2);
-    ok(WIFEXITED(st1) && WEXITSTATUS(st1) == 3, "rank 1 reported the peer failure (status 0x%x)", st1);
+    ok(WIFEXITED(st1) && WEXITSTATUS(st1) == 3, "rank 1 reported the peer failure (status 0x%x)",
+       st1);
     ok(WIFSIGNALED(st2) && WTERMSIG(st2) == SIGKILL, "rank 2 died of SIGKILL");
     procgroup_destroy(pg);
     ok(gone(p1) && gone(p2), "no process left behind");
@@ -156,7 +157,8 @@ static void test_hang(void)
     s = loop(g, 2);
     ok(s == DUET_ERR_TIMEOUT || s == DUET_ERR_PEER,
        "rank 2 stops arriving: rank 0 gets %s", duet_status_str(s));
-    ok((double)(clock_now_ns() - t0) * 1e-9 < 4.0, "within the 1 s timeout (plus setup)");
+    ok((double)(clock_now_ns() - t0) * 1e-9 < 10.0,
+       "it returned (1 s timeout; the bound allows for a loaded machine)");
     group_destroy(g);
     procgroup_stop(pg, 10);
     st1 = procgroup_wait_status(pg, 1);
@@ -165,6 +167,42 @@ static void test_hang(void)
        "rank 1 failed too (status 0x%x)", st1);
     ok(WIFEXITED(st2) && WEXITSTATUS(st2) == 3,
        "rank 2 finds the group broken when it comes back (status 0x%x)", st2);
+    procgroup_destroy(pg);
+}
+
+/* rank 1 leaves the group (group_destroy) but lives on */
+static int leave_worker(procgroup_t *pg, void *arg)
+{
+    fault_t f = {.n = 2, .timeout_s = 30, .hang_rank = -1};
+    group_t *g = NULL;
+
+    if (join(pg, &f, &g) != DUET_OK)
+        return 2;
+    group_destroy(g);
+    sleep(2);
+    return 0;
+}
+
+static void test_leave(void)
+{
+    fault_t f = {.n = 2, .timeout_s = 30, .hang_rank = -1};
+    procgroup_opts_t o = {.world_size = 2, .worker_main = leave_worker};
+    procgroup_t *pg = NULL;
+    group_t *g = NULL;
+    uint64_t t0;
+    duet_status_t s;
+
+    if (!ok(procgroup_start(&o, &pg) == DUET_OK, "leave: start 2 ranks"))
+        return;
+    if (join(pg, &f, &g) == DUET_OK) {
+        t0 = clock_now_ns();
+        s = group_barrier(g);
+        ok(s == DUET_ERR_PEER && (double)(clock_now_ns() - t0) * 1e-9 < 1.5,
+           "a peer that left the group (still alive) fails the barrier at once, not "
+           "after the 30 s timeout (%s)", duet_status_str(s));
+    }
+    group_destroy(g);
+    ok(procgroup_stop(pg, 10) == DUET_OK, "leave: the worker exited cleanly");
     procgroup_destroy(pg);
 }
 
@@ -298,6 +336,7 @@ int main(void)
         log_set_level(LOG_LEVEL_OFF);
     test_kill_worker();
     test_hang();
+    test_leave();
     test_driver_death(IDLE_IN_RECV, 0, "death signal, idle", -SIGKILL);
     test_driver_death(IDLE_IN_RECV, -1, "pipe only, idle in plan_recv", 7);
     test_driver_death(IN_COLLECTIVE, -1, "pipe only, inside a collective", 9);

@@ -6,7 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "parallel/group.h"
 #include "parallel/procgroup.h"
@@ -23,11 +26,13 @@ typedef struct {
     bool   huge;            /* also 16M+1 f32 all_reduce */
     bool   extras;          /* bad arguments, TP/PP */
     bool   det_only;        /* determinism case only */
+    bool   stress;          /* random ops, sizes and delays only */
     uint64_t det_hash;      /* out (rank 0) */
 } run_t;
 
 static const size_t sizes[] = {1, 2, 3, 7, 16, 17, 31, 100, 1023, 4097, 65537,
-                               262147, 1048579};
+                               262147, 1048579, 16777217};
+static bool slow;       /* --slow: every dtype and op up to 16M+1 elements */
 
 /* Run one collective on this rank and check its output against the serial
  * reference. Returns 1 when right, 0 when wrong, negative status on error. */
@@ -128,7 +133,7 @@ static int sweep(group_t *g, const run_t *rt, bool tap)
                 if (sizes[k] > rt->max_count)
                     continue;
                 /* the largest size once per op, in f32 and bf16 */
-                if (sizes[k] > 300000 && dt != GROUP_F32 && dt != GROUP_BF16)
+                if (sizes[k] > 300000 && dt != GROUP_F32 && dt != GROUP_BF16 && !slow)
                     continue;
                 got = one_case(g, op, (group_dtype_t)dt, sizes[k], salt++);
                 s = gather_int(g, got, oks);
@@ -279,6 +284,62 @@ static void tp_pp(procgroup_t *pg, int r, bool tap)
     parallel_destroy(par);
 }
 
+/* TP only (pp = 1): the TP group is the world group; PP groups are local. */
+static void tp_only(procgroup_t *pg, int r, int n, bool tap)
+{
+    char prefix[160];
+    parallel_t *par = NULL;
+    parallel_config_t pc = {.backend = GROUP_BACKEND_SHM, .world_rank = r, .tp_size = n,
+                            .pp_size = 1, .prefix = prefix, .timeout_s = 10};
+    int32_t v = r + 1;
+    duet_status_t s;
+
+    snprintf(prefix, sizeof(prefix), "%s.tponly", procgroup_id(pg));
+    s = parallel_create(&pc, &par);
+    if (s == DUET_OK)
+        s = group_all_reduce(parallel_tp(par), &v, &v, 1, GROUP_I32);
+    if (tap)
+        ok(s == DUET_OK && parallel_tp(par) == parallel_world(par) &&
+           group_size(parallel_pp(par)) == 1 && parallel_tp_rank(par) == r &&
+           parallel_tp_size(par) == n && parallel_pp_rank(par) == 0 &&
+           parallel_pp_size(par) == 1 && v == n * (n + 1) / 2,
+           "tp=%d pp=1: the TP group is the world, PP is local, all-reduce works", n);
+    parallel_destroy(par);
+}
+
+/* Random collectives (the same sequence on every rank, from a shared seed),
+ * sizes of up to a few slots, and random per-rank delays before and inside
+ * the sequence: any interleaving of fast and slow ranks gives right results. */
+static void stress(group_t *g, bool tap)
+{
+    int n = group_size(g), r = group_rank(g), bad = 0, nops = 200;
+    uint32_t shared = 12345, own = 777u + (uint32_t)r * 7919u;
+    int32_t oks[64];
+
+    for (int k = 0; k < nops; k++) {
+        int op, got;
+        group_dtype_t dt;
+        size_t count;
+
+        shared = gt_hash(shared + 1);
+        op = (int)(shared % NOPS);
+        dt = (group_dtype_t)((shared >> 8) % GROUP_DTYPE_COUNT);
+        count = (shared >> 12) % 3000 + ((shared >> 20) & 1);
+        own = gt_hash(own + 1);
+        if (own % 4 == 0)
+            usleep(own % 300);
+        else if (own % 4 == 1)
+            sched_yield();
+        got = one_case(g, op, dt, count, shared);
+        bad += got != 1;
+    }
+    if (gather_int(g, bad, oks) != DUET_OK)
+        oks[0] = -1;
+    if (tap)
+        ok(all_equal(oks, n, 0), "n=%d slot=4096: %d random collectives with random delays",
+           n, nops);
+}
+
 /* Body of every rank; rank 0 (tap) prints. Returns failures seen here. */
 static int rank_body(procgroup_t *pg, run_t *rt, bool tap)
 {
@@ -299,6 +360,8 @@ static int rank_body(procgroup_t *pg, run_t *rt, bool tap)
         return 1;
     if (rt->det_only) {
         rt->det_hash = determinism(g, tap);
+    } else if (rt->stress) {
+        stress(g, tap);
     } else {
         fails += sweep(g, rt, tap);
         rt->det_hash = determinism(g, tap);
@@ -306,6 +369,8 @@ static int rank_body(procgroup_t *pg, run_t *rt, bool tap)
             bad_calls(g, tap);
             if (rt->n == 4)
                 tp_pp(pg, cfg.rank, tap);
+            else
+                tp_only(pg, cfg.rank, rt->n, tap);
         }
     }
     group_destroy(g);
@@ -359,8 +424,27 @@ static void local_checks(void)
     cfg.slot_bytes = 0;
     cfg.backend = (group_backend_t)7;
     is_int(group_create(&cfg, &g), DUET_ERR_INVALID, "unknown backend is invalid");
-    is_int(group_unique_name("x", nm, sizeof(nm)), DUET_ERR_TOO_BIG, "unique name: too small a buffer");
+    is_int(group_unique_name("x", nm, sizeof(nm)), DUET_ERR_TOO_BIG,
+           "unique name: too small a buffer");
 
+    {
+        /* a segment larger than /dev/shm: a clear error at creation, not a
+         * SIGBUS later (the pages are reserved up front) */
+        struct statvfs vfs;
+        char big[64];
+
+        if (statvfs("/dev/shm", &vfs) == 0 && vfs.f_blocks > 0) {
+            cfg.backend = GROUP_BACKEND_SHM;
+            cfg.world_size = 2;
+            cfg.rank = 0;
+            cfg.slot_bytes = (size_t)vfs.f_blocks * vfs.f_frsize;
+            group_unique_name("big", big, sizeof(big));
+            cfg.name = big;
+            is_int(group_create(&cfg, &g), DUET_ERR_NOMEM,
+                   "a segment larger than /dev/shm is refused");
+            cfg.slot_bytes = 0;
+        }
+    }
     cfg.backend = GROUP_BACKEND_SHM;
     cfg.world_size = 1;
     cfg.name = NULL;
@@ -375,20 +459,30 @@ static void local_checks(void)
     group_destroy(NULL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     run_t r2 = {.n = 2, .max_count = 1048579, .huge = true, .extras = true};
-    run_t r3 = {.n = 3, .max_count = 1048579, .extras = true};
+    run_t r3 = {.n = 3, .max_count = 262147, .extras = true};
     run_t r4 = {.n = 4, .max_count = 262147, .extras = true};
     run_t small = {.n = 3, .slot = 4096, .max_count = 65537};
     run_t again = {.n = 3, .det_only = true};
+    run_t mixed = {.n = 4, .slot = 4096, .stress = true};
+    run_t five = {.n = 5, .max_count = 65537};    /* the generic (tiled) f32 sum */
     uint64_t h3;
 
+    if (argc > 1 && strcmp(argv[1], "--slow") == 0) {
+        /* suite 'slow': the whole matrix up to 16M+1 elements */
+        slow = true;
+        r2.max_count = r3.max_count = r4.max_count = 16777217;
+        r2.huge = false;
+    }
     local_checks();
     run(&r2);
     h3 = run(&r3);
     run(&r4);
     run(&small);
+    run(&mixed);
+    run(&five);
     ok(h3 != 0 && run(&again) == h3, "n=3: a second run gives the same bits (%016llx)",
        (unsigned long long)h3);
     return tap_done();

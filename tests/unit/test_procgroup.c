@@ -2,6 +2,7 @@
  * arrives once, in order, intact), idle waits that burn no CPU (in
  * plan_recv and in a collective), clean stop, bad arguments, and a worker
  * that dies (plan_send fails instead of hanging). */
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,19 @@
 #include "tests/unit/group_testlib.h"
 
 #define NPLANS 2000
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+
+    if (d == NULL)
+        return -1;
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n;
+}
 
 static size_t plan_len(uint32_t k)
 {
@@ -227,12 +241,16 @@ int main(int argc, char **argv)
         procgroup_destroy(pg);
         return rc;
     }
+    int fds;
+
     if (getenv("DUET_TEST_VERBOSE") == NULL)
         log_set_level(LOG_LEVEL_OFF);
+    fds = count_fds();
     test_bad();
     test_plans(NULL, "fork");
     test_plans(exec_argv, "exec");
     test_idle();
     test_crash();
+    is_int(count_fds(), fds, "no descriptor leaked by start/stop/destroy");
     return tap_done();
 }
