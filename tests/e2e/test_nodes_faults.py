@@ -352,3 +352,49 @@ def test_drain_under_load_loses_nothing(duet_bin, small):
         code, err = serve.stop()
     assert code == 0, err[-3000:]
     assert "decode-0 exited with status" not in err and "decode-0 killed" not in err, err
+
+
+def test_decode_reserve_nack_grant_timeout_and_abort(duet_bin, small):
+    """A decode node against a fake router: RESERVE for a prefill node that
+    never connects fails after --grant-wait-ms with ERROR and frees its
+    blocks; a RESERVE with no room is NACKed; ABORT of a reserved request
+    frees it at once; heartbeats show every block back."""
+    fr = FakeRouter()
+    node = subprocess.Popen([duet_bin, "decode", "--model", small, "--router",
+                             f"127.0.0.1:{fr.port}", "--node-id", "d0", "--kv-blocks", "8",
+                             "--kv-watermark", "0", "--grant-wait-ms", "800", "--threads", "1",
+                             "--log-level", "error"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        s, hello = fr.accept_hello()
+        assert hello["role"] == "decode" and hello["blocks"] == 8
+        assert len(hello["ucx"]) == 1 and hello["ucx"][0].startswith("127.0.0.1:")
+        sampling = dict(max_tokens=4, temperature=0.0, ignore_eos=True, eos=[])
+        s.sendall(frame(4, rid=1, prefill="ghost", tokens=list(range(1, 70)), **sampling))
+        s.sendall(frame(4, rid=2, prefill="ghost", tokens=list(range(1, 70)), **sampling))
+        s.sendall(frame(4, rid=3, prefill="ghost", tokens=list(range(1, 10)), **sampling))
+        s.sendall(frame(10, rid=3))
+        s.sendall(frame(4, rid=4, prefill="ghost", tokens=[99999999], **sampling))
+        got, free = {}, []
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            f = fr.recv(s)
+            if f["t"] == 3:
+                free.append(f["free_blocks"])
+                if 1 in got.get(11, []) and free[-1] == 8:
+                    break
+            else:
+                got.setdefault(f["t"], []).append(f.get("rid"))
+        assert got.get(5) == [2], got            # no room for the second one
+        assert sorted(got.get(11, [])) == [1, 4], got   # grant wait; bad token id
+        assert free and free[-1] == 8, free
+        node.send_signal(signal.SIGTERM)
+        assert fr.recv(s)["t"] in (3, 12)        # DRAIN (maybe after a heartbeat)
+        assert node.wait(20) == 0
+        s.close()
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    err = node.stderr.read()
+    assert "runtime error" not in err and "AddressSanitizer" not in err, err
