@@ -138,7 +138,8 @@ static int serve_run(int argc, char **argv)
                *api_key = NULL, *token = getenv("DUET_CLUSTER_TOKEN"), *policy_p = NULL,
                *policy_d = NULL;
     int64_t n_prefill = 1, n_decode = 1, decode_tp = 1, port = 8000, ctl_port = 7100,
-            threads = 0, kv_mem = 256, max_running = 64, timeout_s = -1;
+            threads = 0, kv_mem = 256, max_running = 64, max_step = 512, timeout_s = -1;
+    double hb_timeout = 30.0;
     bool colocated = false, restart = false;
     const flag_t flags[] = {
         {"model", 'm', FLAG_STRING, &model, "GGUF model (default " SERVE_DEFAULT_MODEL ")",
@@ -168,6 +169,12 @@ static int serve_run(int argc, char **argv)
         {"kv-mem", 0, FLAG_INT, &kv_mem, "KV cache MiB per node", "MIB", 1, 1 << 20, 0, 0},
         {"max-running", 0, FLAG_INT, &max_running, "running batch per node", "N", 1, 4096,
          0, 0},
+        {"max-step-tokens", 0, FLAG_INT, &max_step, "token budget of one engine step per "
+         "node (default 512: shorter steps keep heartbeats and decodes flowing)", "N", 1,
+         1 << 20, 0, 0},
+        {"heartbeat-timeout", 0, FLAG_DOUBLE, &hb_timeout, "seconds without a heartbeat "
+         "before the router drops a node (default 30: a node sends none during a step; a "
+         "dead node is noticed at once by its closed connection)", "S", 0, 0, 0.5, 3600},
         {"timeout", 0, FLAG_INT, &timeout_s, "(testing) stop after S seconds", "S", -1,
          1 << 30, 0, 0},
     };
@@ -269,6 +276,7 @@ static int serve_run(int argc, char **argv)
             arg_int(&a, "--threads", per_node);
             arg_int(&a, "--kv-mem", kv_mem);
             arg_int(&a, "--max-running", max_running);
+            arg_int(&a, "--max-step-tokens", max_step);
             arg_str(&a, "--log-level", log_level);
             spec.name = name;
             memcpy(spec.argv, a.argv, sizeof(spec.argv));
@@ -295,6 +303,12 @@ static int serve_run(int argc, char **argv)
             arg_str(&a, "--prefill-policy", policy_p);
         if (policy_d != NULL)
             arg_str(&a, "--decode-policy", policy_d);
+        {
+            char hb[32];
+
+            snprintf(hb, sizeof(hb), "%g", hb_timeout);
+            arg_str(&a, "--heartbeat-timeout", hb);
+        }
         arg_str(&a, "--log-level", log_level);
         memcpy(spec.argv, a.argv, sizeof(spec.argv));
         s = sup_start(sup, &spec);

@@ -398,3 +398,34 @@ def test_decode_reserve_nack_grant_timeout_and_abort(duet_bin, small):
             node.wait()
     err = node.stderr.read()
     assert "runtime error" not in err and "AddressSanitizer" not in err, err
+
+
+def test_restart_and_stop_mid_stream(duet_bin, small):
+    """--restart brings a killed node back; Ctrl-C with streams in flight
+    stops everything with exit 0 and no orphans (checked by Serve.stop)."""
+    serve = Serve(duet_bin, small, "--colocated", "--restart", "--kv-mem", "32")
+    stopped = False
+    try:
+        mid = model_id(serve)
+        old = serve.node_pid("colocated-0")
+        os.kill(old, signal.SIGKILL)
+        assert wait_for(lambda: serve.node_pid("colocated-0") not in (None, old), 15)
+        assert wait_for(lambda: "colocated-0" in serve.nodes(), 15)
+        n, err = stream_all(serve, {"model": mid, "prompt": [5, 6], "max_tokens": 4,
+                                    "temperature": 0, "ignore_eos": True})
+        assert (n, err) == (4, None)
+        conns = []
+        for i in range(4):
+            c = stream_request(serve, {"model": mid, "prompt": [60 + i, 7], "max_tokens": 2000,
+                                       "temperature": 0, "ignore_eos": True})
+            read_events(c.getresponse(), 2)
+            conns.append(c)
+        code, err = serve.stop()
+        stopped = True
+        assert code == 0, err[-3000:]
+        assert "colocated-0 killed by signal 9" in err
+        for c in conns:
+            c.close()
+    finally:
+        if not stopped:
+            serve.stop()
