@@ -182,6 +182,21 @@ static void pn_hand_over(pnode_t *n, const handover_t *h)
         engine_release(n->engine, h->rid);
         return;
     }
+    /* The decode side may have given up while the step ran (lease expiry,
+     * NACK, death): then no token goes out, so the router can still retry. */
+    kvc_progress(n->kvc);
+    s = kvc_send_status(n->kvc, h->rid);
+    if (s != DUET_INPROGRESS && s != DUET_ERR_NOT_FOUND) {
+        snprintf(msg, sizeof(msg), "decode node %s ended the transfer before the prompt was "
+                 "done: %s", r->decode, duet_status_str(s));
+        log_req(LOG_LEVEL_WARN, h->rid, "%s", msg);
+        ctl_client_send_error(n->ctl, h->rid, msg);
+        engine_release(n->engine, h->rid);
+        r->in_engine = false;
+        pn_remove(n, r);
+        return;
+    }
+    s = DUET_OK;
     n->queued_tokens -= (uint64_t)r->n_prompt;
     r->state = PR_SENDING;
     r->deadline = clock_now_s() + n->o->lease_ms / 1000.0;

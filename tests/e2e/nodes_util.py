@@ -168,3 +168,61 @@ def generate_ids(duet_bin, model, prompt_ids, n):
     assert r.returncode == 0, r.stderr
     return [int(t) for t in r.stdout.split()]
 
+
+
+class Cluster:
+    """A router and nodes started one by one (for flags `duet serve` does not
+    pass through). Ports are chosen by the router (port 0)."""
+
+    TOKEN = "nodes-test-token"
+
+    def __init__(self, duet_bin, model):
+        self.duet_bin, self.model = duet_bin, model
+        self.env = {**os.environ, "DUET_CLUSTER_TOKEN": self.TOKEN, "UCX_TLS": "tcp,self",
+                    "UCX_LOG_LEVEL": "fatal"}
+        self.router = subprocess.Popen(
+            [duet_bin, "router", "--model", model, "--port", "0", "--ctl-port", "0",
+             "--log-level", "warn"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=self.env)
+        line = self.router.stdout.readline()
+        m = re.search(r"http [^ ]+:(\d+) control [^ ]+:(\d+)", line)
+        if not m:
+            self.router.kill()
+            raise RuntimeError(f"router did not start: {line!r}")
+        self.port, self.ctl_port = int(m.group(1)), int(m.group(2))
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.nodes_p = {}
+
+    def node(self, role, name, *args):
+        cmd = [self.duet_bin, "decode" if role != "prefill" else "prefill", "--model",
+               self.model, "--router", f"127.0.0.1:{self.ctl_port}", "--node-id", name,
+               "--threads", "1", "--log-level", "warn", *args]
+        if role == "colocated":
+            cmd.append("--colocated")
+        self.nodes_p[name] = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                                              env=self.env)
+
+    def get_json(self, path):
+        with urllib.request.urlopen(self.base + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def nodes(self):
+        return {n["id"]: n for n in self.get_json("/v1/cluster")["nodes"]}
+
+    def stop(self):
+        """SIGTERM everything; returns {name: (exit code, stderr)}."""
+        out = {}
+        procs = {**self.nodes_p, "router": self.router}
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for name, p in procs.items():
+            try:
+                _, err = p.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
+            for mark in SANITIZER_MARKS:
+                assert mark not in err, (name, err[-5000:])
+            out[name] = (p.returncode, err)
+        return out

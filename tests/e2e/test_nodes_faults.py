@@ -429,3 +429,34 @@ def test_restart_and_stop_mid_stream(duet_bin, small):
     finally:
         if not stopped:
             serve.stop()
+
+
+def test_lease_expiry_frees_both_sides(duet_bin, medium):
+    """Grants leased for 50 ms cannot be filled by a prefill of 300 tokens
+    on the slow model: the decode node reclaims the blocks and aborts its
+    engine request, the prefill node stops computing, the router fails the
+    request (after its one retry), and every block is back."""
+    from nodes_util import Cluster
+    c = Cluster(duet_bin, medium)
+    try:
+        c.node("decode", "d0", "--lease-ms", "100", "--kv-mem", "32")
+        c.node("prefill", "p0", "--kv-mem", "32")
+        assert wait_for(lambda: set(c.nodes()) == {"d0", "p0"}, 30)
+        conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=60)
+        prompt = list(range(1000, 1800))
+        conn.request("POST", "/v1/completions",
+                     body=json.dumps({"model": c.get_json("/v1/models")["data"][0]["id"],
+                                      "prompt": prompt, "max_tokens": 4, "temperature": 0}),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status >= 500 and "error" in body, (resp.status, body)
+
+        def clean():
+            n = c.nodes()
+            return all(x["free_blocks"] == x["total_blocks"] and not x["running"] and
+                       not x["waiting"] and not x["queued_prompt_tokens"] for x in n.values())
+        assert wait_for(clean, 15), c.nodes()
+    finally:
+        res = c.stop()
+    assert all(code == 0 for code, _ in res.values()), res
