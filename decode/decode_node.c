@@ -19,7 +19,8 @@
 #include "kvconnector/kvc.h"
 
 #define DEC_MAX_TP        1      /* ranks the driver runs today (see the header) */
-#define DEC_TICK_US       2000   /* KV connector progress period */
+#define DEC_TICK_US       2000   /* KV connector progress period with transfers on */
+#define DEC_IDLE_TICK_US  20000  /* ... and without (accepting connections, keepalive) */
 
 typedef enum {
     DR_WAIT_GRANT = 0,   /* blocks reserved; the prefill node is not connected yet */
@@ -254,16 +255,33 @@ static void dn_poll_kv(dnode_t *n)
     }
 }
 
+/* Progress the connector often while any request waits for KV, rarely when
+ * none does (so an idle node does not keep a core awake). */
+static void dn_arm_tick(dnode_t *n, bool busy)
+{
+    struct timeval tv = {0, 0};
+    dreq_t *r;
+
+    if (n->n_ranks == 0)
+        return;
+    TAILQ_FOREACH(r, &n->reqs, link)
+        if (r->state != DR_RUNNING)
+            busy = true;
+    tv.tv_usec = busy ? DEC_TICK_US : DEC_IDLE_TICK_US;
+    evtimer_add(n->tick_ev, &tv);
+}
+
 static void dn_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     dnode_t *n = arg;
     double now = clock_now_s();
     dreq_t *r, *next;
+    int events = 0;
 
     (void)fd;
     (void)what;
     for (int i = 0; i < n->n_ranks; i++)
-        kvc_progress(n->kvc[i]);
+        events += kvc_progress(n->kvc[i]);
     for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
         next = TAILQ_NEXT(r, link);
         if (r->state != DR_WAIT_GRANT)
@@ -283,6 +301,7 @@ static void dn_tick_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     dn_poll_kv(n);
+    dn_arm_tick(n, events > 0);
 }
 
 /* ---- the step loop -------------------------------------------------------- */
@@ -445,6 +464,7 @@ static void dn_on_reserve(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
         snprintf(err, sizeof(err), "cannot grant KV blocks: %s", duet_status_str(s));
         dn_fail(n, r, err);
     }
+    dn_arm_tick(n, true);
     log_req(LOG_LEVEL_DEBUG, rid, "reserved %d blocks for %d tokens from %s%s", nblocks, ntok,
             pname, s == DUET_OK ? "" : " (prefill not connected yet)");
 out:
@@ -641,7 +661,6 @@ int decode_node_run(const decode_node_opts_t *o, char *err, size_t errlen)
     ctl_hello_t hello = {0};
     ctl_client_cbs_t cbs = {0};
     char addrs[DEC_MAX_TP][256];
-    struct timeval tick = {0, DEC_TICK_US};
     duet_status_t s;
 
     TAILQ_INIT(&n.reqs);
@@ -723,7 +742,7 @@ int decode_node_run(const decode_node_opts_t *o, char *err, size_t errlen)
         hello.kv_dtype = l->dtype == DTYPE_F32 ? "f32" : "f16";
     }
     n.step_ev = evtimer_new(n.base, dn_step_cb, &n);
-    n.tick_ev = event_new(n.base, -1, EV_PERSIST, dn_tick_cb, &n);
+    n.tick_ev = evtimer_new(n.base, dn_tick_cb, &n);
     n.drain_ev = evtimer_new(n.base, dn_drain_timeout_cb, &n);
     n.sigint_ev = evsignal_new(n.base, SIGINT, dn_signal_cb, &n);
     n.sigterm_ev = evsignal_new(n.base, SIGTERM, dn_signal_cb, &n);
@@ -733,8 +752,7 @@ int decode_node_run(const decode_node_opts_t *o, char *err, size_t errlen)
         SET_ERR("cannot set up events");
         goto err_events;
     }
-    if (n.n_ranks > 0)
-        event_add(n.tick_ev, &tick);
+    dn_arm_tick(&n, false);
     cbs = (ctl_client_cbs_t){
         .on_down = dn_on_down, .on_frame = dn_on_frame, .on_fatal = dn_on_fatal,
         .load = dn_load, .arg = &n,

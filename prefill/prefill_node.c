@@ -18,7 +18,8 @@
 #include "common/log.h"
 #include "kvconnector/kvc.h"
 
-#define PF_TICK_US     2000
+#define PF_TICK_US       2000    /* connector progress with requests in flight */
+#define PF_IDLE_TICK_US  20000   /* ... and without */
 #define PF_MAX_PEERS   256
 #define PF_MAX_TP      64
 
@@ -265,16 +266,24 @@ static void pn_step_cb(evutil_socket_t fd, short what, void *arg)
         pn_schedule_step(n);
 }
 
+static void pn_arm_tick(pnode_t *n, bool busy)
+{
+    struct timeval tv = {0, busy || n->n_reqs > 0 ? PF_TICK_US : PF_IDLE_TICK_US};
+
+    evtimer_add(n->tick_ev, &tv);
+}
+
 static void pn_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     pnode_t *n = arg;
     preq_t *r, *next;
     double now = clock_now_s();
     char msg[160];
+    int events;
 
     (void)fd;
     (void)what;
-    kvc_progress(n->kvc);
+    events = kvc_progress(n->kvc);
     for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
         duet_status_t s;
 
@@ -321,6 +330,7 @@ static void pn_tick_cb(evutil_socket_t fd, short what, void *arg)
             break;
         }
     }
+    pn_arm_tick(n, events > 0);
 }
 
 /* ---- decode peers ------------------------------------------------------------ */
@@ -460,6 +470,7 @@ static void pn_on_prefill(pnode_t *n, const frame_msg_t *msg, uint64_t rid)
     TAILQ_INSERT_TAIL(&n->reqs, r, link);
     n->n_reqs++;
     n->queued_tokens += (uint64_t)ntok;
+    pn_arm_tick(n, true);
     pn_schedule_step(n);
 out:
     free(toks);
@@ -607,7 +618,6 @@ int prefill_node_run(const prefill_node_opts_t *o, char *err, size_t errlen)
     engine_opts_t eo = o->engine;
     ctl_hello_t hello = {0};
     ctl_client_cbs_t cbs;
-    struct timeval tick = {0, PF_TICK_US};
     kv_layout_t l = {
         .n_layers = o->cfg->n_layers, .n_blocks = 1, .n_kv_heads = o->cfg->n_kv_heads,
         .block_size = (int32_t)eo.block_size, .head_dim = o->cfg->head_dim,
@@ -663,13 +673,13 @@ int prefill_node_run(const prefill_node_opts_t *o, char *err, size_t errlen)
         .kv_dtype = l.dtype == DTYPE_F32 ? "f32" : "f16",
     };
     n.step_ev = evtimer_new(n.base, pn_step_cb, &n);
-    n.tick_ev = event_new(n.base, -1, EV_PERSIST, pn_tick_cb, &n);
+    n.tick_ev = evtimer_new(n.base, pn_tick_cb, &n);
     n.drain_ev = evtimer_new(n.base, pn_drain_timeout_cb, &n);
     n.sigint_ev = evsignal_new(n.base, SIGINT, pn_signal_cb, &n);
     n.sigterm_ev = evsignal_new(n.base, SIGTERM, pn_signal_cb, &n);
     if (n.step_ev == NULL || n.tick_ev == NULL || n.drain_ev == NULL ||
         n.sigint_ev == NULL || n.sigterm_ev == NULL || evsignal_add(n.sigint_ev, NULL) != 0 ||
-        evsignal_add(n.sigterm_ev, NULL) != 0 || event_add(n.tick_ev, &tick) != 0) {
+        evsignal_add(n.sigterm_ev, NULL) != 0) {
         SET_ERR("cannot set up events");
         goto err_events;
     }
@@ -682,6 +692,7 @@ int prefill_node_run(const prefill_node_opts_t *o, char *err, size_t errlen)
         SET_ERR("cannot start the control-plane client: %s", duet_status_str(s));
         goto err_events;
     }
+    pn_arm_tick(&n, false);
     log_info("prefill node '%s': %d KV blocks of %d tokens, router %s:%u", o->node_id,
              l.n_blocks, l.block_size, o->router_host, o->router_port);
     n.exit_code = 0;
