@@ -305,7 +305,15 @@ def test_node_refuses_malformed_router_frames(duet_bin, small):
         s2.sendall(frame(6, v=2, rid=8, tokens=[1], max_tokens=1))
         assert closed_by_peer(s2)
         s3, _ = fr.accept_hello()
-        node.send_signal(signal.SIGTERM)
+        # DRAIN from the router: the node answers DRAIN, closes, exits 0
+        s3.sendall(frame(12))
+        kinds = []
+        try:
+            while True:
+                kinds.append(fr.recv(s3)["t"])
+        except (ConnectionError, OSError):
+            pass
+        assert 12 in kinds, kinds
         assert node.wait(20) == 0
         s3.close()
     finally:
