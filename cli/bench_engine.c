@@ -90,6 +90,7 @@ static int bench_engine_run(int argc, char **argv)
     uint64_t wbytes;
     char err[512];
     int rc = 1, nth;
+    char backend[32];
 
     if (s == DUET_DONE)
         return 0;
@@ -114,6 +115,10 @@ static int bench_engine_run(int argc, char **argv)
         goto out;
     }
     nth = threads > 0 ? (int)threads : cpu_n_cores();
+    /* the backend fwd_create picks (DUET_CPU_ISA may override the best) */
+    snprintf(backend, sizeof(backend), "%s", cpu_isa_name(cpu_isa_best()));
+    if (getenv("DUET_CPU_ISA") != NULL && *getenv("DUET_CPU_ISA") != '\0')
+        snprintf(backend, sizeof(backend), "cpu-%s", getenv("DUET_CPU_ISA"));
     n_blocks = (max_tok + BENCH_BLOCK - 1) / BENCH_BLOCK + 1;
     fo = (fwd_opts_t){.n_threads = nth, .n_blocks = n_blocks, .block_size = BENCH_BLOCK,
                       .kv_dtype = DTYPE_F16, .tp_rank = 0, .tp_size = 1};
@@ -185,11 +190,10 @@ static int bench_engine_run(int argc, char **argv)
                "\"tg\": %" PRId64 ", \"tg_tps\": %.2f, \"tg_tps_sd\": %.2f, "
                "\"weight_bytes_per_token\": %" PRIu64 ", \"tg_gbps\": %.3f, "
                "\"membw_gbps\": %.3f, \"efficiency\": %.3f, \"reps\": %" PRId64 "}\n",
-               model, cpu_isa_name(cpu_isa_best()), nth, pp, pp_m, pp_sd, tg, tg_m, tg_sd,
+               model, backend, nth, pp, pp_m, pp_sd, tg, tg_m, tg_sd,
                wbytes, gbps, membw, eff, reps);
     } else {
-        printf("model: %s (%s, %d threads, %" PRId64 " reps)\n", model,
-               cpu_isa_name(cpu_isa_best()), nth, reps);
+        printf("model: %s (%s, %d threads, %" PRId64 " reps)\n", model, backend, nth, reps);
         if (pp > 0)
             printf("pp%-6" PRId64 " %10.2f ± %.2f tokens/s\n", pp, pp_m, pp_sd);
         if (tg > 0)

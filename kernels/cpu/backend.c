@@ -626,6 +626,29 @@ static const cpu_kern_t *kern_for(cpu_isa_t isa)
     }
 }
 
+/* DUET_CPU_ISA=ref|avx2|avx512|avx512-vnni overrides the automatic choice
+ * (benchmarks, debugging); unknown or unsupported values are ignored with a
+ * warning. */
+static cpu_isa_t cpu_isa_from_env(void)
+{
+    static const cpu_isa_t all[] = {CPU_ISA_REF, CPU_ISA_AVX2, CPU_ISA_AVX512,
+                                    CPU_ISA_AVX512_VNNI};
+    const char *e = getenv("DUET_CPU_ISA");
+
+    if (e == NULL || *e == '\0')
+        return cpu_isa_best();
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        if (strcmp(e, cpu_isa_name(all[i]) + 4) == 0) {   /* skip "cpu-" */
+            if (cpu_isa_supported(all[i]))
+                return all[i];
+            break;
+        }
+    }
+    log_warn("DUET_CPU_ISA=%s is not available here; using %s", e,
+             cpu_isa_name(cpu_isa_best()));
+    return cpu_isa_best();
+}
+
 duet_status_t cpu_backend_create(const cpu_opts_t *opts, ops_t **ops_p)
 {
     cpu_opts_t o = opts ? *opts : (cpu_opts_t){0};
@@ -635,7 +658,7 @@ duet_status_t cpu_backend_create(const cpu_opts_t *opts, ops_t **ops_p)
     if (o.n_threads < 0)
         return DUET_ERR_INVALID;
     if (o.isa == CPU_ISA_AUTO)
-        o.isa = cpu_isa_best();
+        o.isa = cpu_isa_from_env();
     if (!cpu_isa_supported(o.isa)) {
         log_error("CPU ISA %s is not available on this machine or build", cpu_isa_name(o.isa));
         return DUET_ERR_UNSUPPORTED;
