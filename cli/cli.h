@@ -14,9 +14,13 @@ extern const cli_cmd_t cli_cmd_info;
 extern const cli_cmd_t cli_cmd_mkmodel;
 extern const cli_cmd_t cli_cmd_gguf_dump;
 extern const cli_cmd_t cli_cmd_bench;
+extern const cli_cmd_t cli_cmd_tokenize;
+extern const cli_cmd_t cli_cmd_detokenize;
 extern const cli_cmd_t cli_cmd_generate;
+extern const cli_cmd_t cli_cmd_router;
 
 /* Benchmarks, dispatched by cli_cmd_bench (cmd_bench.c). */
 extern const cli_cmd_t cli_bench_engine;
+extern const cli_cmd_t cli_bench_allreduce;
 
 #endif

@@ -9,6 +9,7 @@
 
 static const cli_cmd_t *const benches[] = {
     &cli_bench_engine,
+    &cli_bench_allreduce,
     NULL,   /* keep last */
 };
 

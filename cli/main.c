@@ -10,7 +10,10 @@ static const cli_cmd_t *const cli_commands[] = {
     &cli_cmd_mkmodel,
     &cli_cmd_gguf_dump,
     &cli_cmd_bench,
+    &cli_cmd_tokenize,
+    &cli_cmd_detokenize,
     &cli_cmd_generate,
+    &cli_cmd_router,
 };
 
 #define NCOMMANDS ((int)(sizeof(cli_commands) / sizeof(cli_commands[0])))

@@ -78,15 +78,25 @@ void gguf_dequantize(float *dst, const void *src, dtype_t t, int64_t n)
     }
 }
 
-/* min(15, trunc(v)) for v >= 0, as ggml's MIN(15, (int8_t)v) and numpy's
- * trunc().astype(uint8).clip(0, 15) compute it for in-range values. */
+/* Float to integer as x86-64 converts it (cvttss2si, what numpy's
+ * astype() and ggml's casts compile to there): truncate to int32, NaN, inf
+ * and out-of-range values becoming INT32_MIN; then keep the low byte.
+ * In-range values are plain truncation; the rest only arise from degenerate
+ * blocks (d subnormal, 1/d infinite) and are matched to the gguf package. */
+static uint8_t low_byte(float v)
+{
+    if (!(fabsf(v) < 2147483648.0f))
+        return 0;
+    return (uint8_t)(uint32_t)(int32_t)v;
+}
+
+/* numpy's trunc(v).astype(uint8).clip(0, 15); for the usual 0 <= v < 16.5
+ * this is ggml's MIN(15, (int8_t)v). */
 static uint8_t nibble(float v)
 {
-    if (!(v > 0.0f))
-        return 0;
-    if (v >= 15.0f)
-        return 15;
-    return (uint8_t)v;
+    uint8_t b = low_byte(v);
+
+    return b > 15 ? 15 : b;
 }
 
 static void quantize_q8_0(block_q8_0_t *y, const float *x)
@@ -99,7 +109,7 @@ static void quantize_q8_0(block_q8_0_t *y, const float *x)
     id = d != 0.0f ? 1.0f / d : 0.0f;
     y->d = fp32_to_fp16(d);
     for (int j = 0; j < QK; j++)
-        y->qs[j] = (int8_t)roundf(x[j] * id);
+        y->qs[j] = (int8_t)low_byte(roundf(x[j] * id));
 }
 
 static void quantize_q4_0(block_q4_0_t *y, const float *x)

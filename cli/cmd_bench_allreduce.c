@@ -1,0 +1,270 @@
+/* duet bench allreduce: latency and bandwidth of the shm group all-reduce
+ * by message size and rank count, next to single-thread memcpy bandwidth
+ * of the same size measured in the same run.
+ *
+ * algbw = bytes / time per all-reduce; busbw = algbw * 2 (n-1) / n (the
+ * bytes each rank must move in a ring, as nccl-tests report it);
+ * ratio = algbw / memcpy bandwidth. Ranks are real processes (procgroup). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "common/clock.h"
+#include "common/flags.h"
+#include "common/log.h"
+#include "parallel/group.h"
+#include "parallel/procgroup.h"
+
+#define MAX_SIZES 32
+
+typedef struct {
+    size_t        sizes[MAX_SIZES];     /* bytes */
+    int           nsizes;
+    double        budget_s;             /* per size and rank count */
+    size_t        slot;
+    group_dtype_t dt;
+    bool          staged;               /* input built in group_input_buffer() */
+    double        lat_us[MAX_SIZES];    /* out, rank 0 */
+    double        cpu_us[MAX_SIZES];    /* rank 0's CPU time per all-reduce */
+    int           iters[MAX_SIZES];
+} ar_plan_t;
+
+static double cpu_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static duet_status_t ar_body(procgroup_t *pg, ar_plan_t *p)
+{
+    char name[224];
+    group_config_t cfg = {.backend = GROUP_BACKEND_SHM, .rank = procgroup_rank(pg),
+                          .world_size = procgroup_size(pg), .name = name,
+                          .timeout_s = 30, .slot_bytes = p->slot};
+    size_t maxb = p->sizes[p->nsizes - 1], esz = group_dtype_size(p->dt);
+    uint8_t *src = NULL, *dst = NULL;
+    group_t *g = NULL;
+    duet_status_t s;
+
+    snprintf(name, sizeof(name), "%s.bench", procgroup_id(pg));
+    CHECK(group_create(&cfg, &g));
+    src = calloc(1, maxb);
+    dst = calloc(1, maxb);
+    if (src == NULL || dst == NULL) {
+        s = DUET_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < maxb; i++)
+        src[i] = (uint8_t)(i * 7);      /* finite values in every dtype */
+    for (int k = 0; k < p->nsizes; k++) {
+        size_t count = p->sizes[k] / esz;
+        int32_t iters = 0;
+        uint64_t t0;
+        double c0;
+
+        /* rank 0 times a few warm-up rounds and picks the count for all */
+        t0 = clock_now_ns();
+        for (int w = 0; w < 3; w++)
+            CHECK_GOTO(group_all_reduce(g, dst, src, count, p->dt), s, out);
+        if (cfg.rank == 0) {
+            double one = (double)(clock_now_ns() - t0) * 1e-9 / 3;
+
+            iters = (int32_t)(p->budget_s / (one > 1e-9 ? one : 1e-9));
+            iters = iters < 5 ? 5 : iters > 200000 ? 200000 : iters;
+        }
+        CHECK_GOTO(group_broadcast(g, &iters, 1, GROUP_I32, 0), s, out);
+        CHECK_GOTO(group_barrier(g), s, out);
+        c0 = cpu_s();
+        t0 = clock_now_ns();
+        for (int32_t i = 0; i < iters; i++) {
+            /* staged: the producer (a matmul) wrote its output straight into
+             * the group's buffer, so there is nothing to copy in */
+            void *in = p->staged ? group_input_buffer(g, count * esz) : NULL;
+
+            CHECK_GOTO(group_all_reduce(g, dst, in ? in : src, count, p->dt), s, out);
+        }
+        CHECK_GOTO(group_barrier(g), s, out);
+        p->lat_us[k] = (double)(clock_now_ns() - t0) * 1e-3 / iters;
+        p->cpu_us[k] = (cpu_s() - c0) * 1e6 / iters;
+        p->iters[k] = iters;
+    }
+    s = DUET_OK;
+out:
+    free(src);
+    free(dst);
+    group_destroy(g);
+    return s;
+}
+
+static int ar_worker(procgroup_t *pg, void *arg)
+{
+    return ar_body(pg, arg) == DUET_OK ? 0 : 1;
+}
+
+/* Single-thread memcpy bandwidth (GB/s) for bytes, over about budget_s. */
+static double memcpy_gbps(size_t bytes, double budget_s)
+{
+    uint8_t *a = malloc(bytes), *b = malloc(bytes);
+    double best = 0;
+    uint64_t t0;
+    int iters;
+
+    if (a == NULL || b == NULL) {
+        free(a);
+        free(b);
+        return 0;
+    }
+    memset(a, 1, bytes);
+    memset(b, 2, bytes);
+    t0 = clock_now_ns();
+    for (int i = 0; i < 3; i++)
+        memcpy(b, a, bytes);
+    iters = (int)(budget_s / ((double)(clock_now_ns() - t0) * 1e-9 / 3 + 1e-9));
+    iters = iters < 3 ? 3 : iters > 1000000 ? 1000000 : iters;
+    /* best of three rounds: the machine is shared */
+    for (int round = 0; round < 3; round++) {
+        double dt;
+
+        t0 = clock_now_ns();
+        for (int i = 0; i < iters / 3 + 1; i++) {
+            memcpy(i & 1 ? a : b, i & 1 ? b : a, bytes);
+            __asm__ __volatile__("" ::: "memory");
+        }
+        dt = (double)(clock_now_ns() - t0) * 1e-9 / (iters / 3 + 1);
+        if ((double)bytes / dt * 1e-9 > best)
+            best = (double)bytes / dt * 1e-9;
+    }
+    free(a);
+    free(b);
+    return best;
+}
+
+static duet_status_t parse_dtype(const char *s, group_dtype_t *dt_p)
+{
+    for (int d = 0; d < GROUP_DTYPE_COUNT; d++) {
+        if (strcmp(s, group_dtype_name((group_dtype_t)d)) == 0) {
+            *dt_p = (group_dtype_t)d;
+            return DUET_OK;
+        }
+    }
+    return DUET_ERR_INVALID;
+}
+
+static int allreduce_run(int argc, char **argv)
+{
+    int64_t min_ranks = 2, max_ranks = 0, min_bytes = 4096, max_bytes = 16 << 20, slot = 0;
+    double budget = 0.2;
+    bool json = false, staged = false;
+    const char *dtype = "f32";
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    const flag_t flags[] = {
+        {"min-ranks", 0, FLAG_INT, &min_ranks, "fewest ranks", "N", 2, 64, 0, 0},
+        {"max-ranks", 0, FLAG_INT, &max_ranks, "most ranks (default: CPUs, at least 2, at most 8)",
+         "N", 0, 64, 0, 0},
+        {"min-bytes", 0, FLAG_INT, &min_bytes, "smallest message", "B", 4, 1ll << 32, 0, 0},
+        {"max-bytes", 0, FLAG_INT, &max_bytes, "largest message (sizes grow by 4x)", "B", 4,
+         1ll << 32, 0, 0},
+        {"time", 0, FLAG_DOUBLE, &budget, "seconds per measurement", "S", 0, 0, 0.001, 60},
+        {"slot", 0, FLAG_INT, &slot, "shm staging bytes per rank (0: default 1 MiB)", "B", 0,
+         1ll << 30, 0, 0},
+        {"dtype", 0, FLAG_STRING, &dtype, "f32, f16, bf16, i32 or u8", "T", 0, 0, 0, 0},
+        {"staged", 0, FLAG_BOOL, &staged, "inputs built in the group's shared buffer "
+         "(group_input_buffer: no copy-in; messages up to the slot size)", NULL, 0, 0, 0, 0},
+        {"json", 0, FLAG_BOOL, &json, "print JSON", NULL, 0, 0, 0, 0},
+    };
+    const flags_usage_t u = {"duet bench allreduce", NULL,
+                             "All-reduce latency and bandwidth (shm group, one process per "
+                             "rank) against memcpy bandwidth measured in the same run."};
+    duet_status_t s = flags_parse(&u, flags, FLAGS_COUNT(flags), argc, argv, NULL, 0, NULL);
+    ar_plan_t *p;
+    double mc[MAX_SIZES];
+    bool first = true;
+    int rc = 0;
+
+    if (s == DUET_DONE)
+        return 0;
+    if (s != DUET_OK)
+        return 2;
+    if (max_ranks == 0)
+        max_ranks = ncpu < 2 ? 2 : ncpu > 8 ? 8 : ncpu;
+    if (max_ranks < min_ranks || max_bytes < min_bytes || (slot != 0 && slot < 4096)) {
+        fprintf(stderr, "duet bench allreduce: need min <= max for ranks and bytes, "
+                        "slot 0 or >= 4096\n");
+        return 2;
+    }
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return 1;
+    if (parse_dtype(dtype, &p->dt) != DUET_OK) {
+        fprintf(stderr, "duet bench allreduce: unknown --dtype '%s'\n", dtype);
+        free(p);
+        return 2;
+    }
+    p->budget_s = budget;
+    p->staged = staged;
+    p->slot = (size_t)slot;
+    for (int64_t b = min_bytes; b <= max_bytes && p->nsizes < MAX_SIZES; b *= 4) {
+        size_t esz = group_dtype_size(p->dt);
+
+        p->sizes[p->nsizes++] = ((size_t)b + esz - 1) / esz * esz;
+    }
+    for (int k = 0; k < p->nsizes; k++)
+        mc[k] = memcpy_gbps(p->sizes[k], budget);
+
+    if (json)
+        printf("{\"bench\": \"allreduce\", \"backend\": \"shm\", \"dtype\": \"%s\", "
+               "\"cpus\": %ld, \"slot_bytes\": %zu, \"staged\": %s, \"results\": [",
+               group_dtype_name(p->dt), ncpu, p->slot ? p->slot : (size_t)1 << 20,
+               staged ? "true" : "false");
+    else
+        printf("# all-reduce (%s, shm, one process per rank%s) on %ld CPUs; memcpy: one thread,"
+               " same size\n# %5s %11s %8s %11s %9s %10s %10s %11s %6s\n",
+               group_dtype_name(p->dt), staged ? ", staged input" : "", ncpu, "ranks", "bytes", "iters", "lat_us", "cpu_us",
+               "algbw_GB/s", "busbw_GB/s", "memcpy_GB/s", "ratio");
+    for (int n = (int)min_ranks; n <= max_ranks; n++) {
+        procgroup_opts_t o = {.world_size = n, .worker_main = ar_worker, .worker_arg = p,
+                              .timeout_s = 30};
+        procgroup_t *pg = NULL;
+
+        fflush(stdout);
+        s = procgroup_start(&o, &pg);
+        if (s == DUET_OK)
+            s = ar_body(pg, p);
+        if (pg != NULL && procgroup_stop(pg, 30) != DUET_OK && s == DUET_OK)
+            s = DUET_ERR_PEER;
+        procgroup_destroy(pg);
+        if (s != DUET_OK) {
+            fprintf(stderr, "duet bench allreduce: %d ranks: %s\n", n, duet_status_str(s));
+            rc = 1;
+            break;
+        }
+        for (int k = 0; k < p->nsizes; k++) {
+            double alg = (double)p->sizes[k] / (p->lat_us[k] * 1e-6) * 1e-9;
+            double bus = alg * 2.0 * (n - 1) / n;
+
+            if (json)
+                printf("%s\n  {\"ranks\": %d, \"bytes\": %zu, \"iters\": %d, \"lat_us\": %.3f, \"cpu_us\": %.3f, "
+                       "\"algbw_gbps\": %.3f, \"busbw_gbps\": %.3f, \"memcpy_gbps\": %.3f, "
+                       "\"ratio\": %.3f}", first ? "" : ",", n, p->sizes[k], p->iters[k],
+                       p->lat_us[k], p->cpu_us[k], alg, bus, mc[k], mc[k] > 0 ? alg / mc[k] : 0);
+            else
+                printf("  %5d %11zu %8d %11.2f %9.2f %10.2f %10.2f %11.2f %6.2f\n", n, p->sizes[k],
+                       p->iters[k], p->lat_us[k], p->cpu_us[k], alg, bus, mc[k], mc[k] > 0 ? alg / mc[k] : 0);
+            first = false;
+        }
+    }
+    if (json)
+        printf("\n]}\n");
+    free(p);
+    return rc;
+}
+
+const cli_cmd_t cli_bench_allreduce = {"allreduce",
+                                       "shm all-reduce latency/bandwidth vs memcpy",
+                                       allreduce_run};
