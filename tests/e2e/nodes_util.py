@@ -171,14 +171,16 @@ def mkmodel(duet_bin, path, smollm2, *extra):
     return str(path)
 
 
-def generate_ids(duet_bin, model, prompt_ids, n):
+def generate_text(duet_bin, model, prompt_ids, n):
+    """`duet generate`'s greedy continuation of prompt_ids, as the text it
+    prints (it detokenizes; ids only for files without a tokenizer)."""
     r = subprocess.run([duet_bin, "generate", "--model", model, "--tokens",
                         ",".join(map(str, prompt_ids)), "-n", str(n), "--ignore-eos",
                         "--threads", "1", "--log-level", "warn"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    return [int(t) for t in r.stdout.split()]
-
+    assert r.stdout.endswith(b"\n") and f"generation: {n} tokens".encode() in r.stderr, r
+    return r.stdout[:-1].decode("utf-8", errors="replace")
 
 
 class Cluster:

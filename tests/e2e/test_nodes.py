@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import run_duet
-from nodes_util import Serve, generate_ids, mkmodel, wait_for
+from nodes_util import Serve, generate_text, mkmodel, wait_for
 
 MAX_TOKENS = 8
 
@@ -62,10 +62,7 @@ def test_greedy_equals_generate(duet_bin, small, topology, request):
     try:
         model_id = serve.get_json("/v1/models")["data"][0]["id"]
         got = complete_all(serve, model_id, prompts)
-        want = []
-        for p in prompts:
-            ids = generate_ids(duet_bin, small, p, MAX_TOKENS)
-            want.append(serve.post_json("/detokenize", {"tokens": ids})["prompt"])
+        want = [generate_text(duet_bin, small, p, MAX_TOKENS) for p in prompts]
         for i, (g, w) in enumerate(zip(got, want)):
             assert g[0] == w, (i, prompts[i], g, w)
             assert g[1] == "length" and g[2] == MAX_TOKENS, g
