@@ -19,6 +19,8 @@ int node_cli_init(node_cli_t *c, flag_t *flags)
     c->lease_ms = 60000;
     c->drain_timeout = 60.0;
     engine_opts_default(&c->engine);
+    /* Heartbeats go out between engine steps: keep steps short by default. */
+    c->engine.max_step_tokens = 512;
     c->threads = 0;
     flags[n++] = (flag_t){"model", 'm', FLAG_STRING, &c->model, "GGUF model file (default "
                           NODE_CLI_DEFAULT_MODEL ")", "FILE", 0, 0, 0, 0};
