@@ -1,0 +1,157 @@
+/* Tensor parallel forward pass through the executor, on small `duet
+ * mkmodel` models (real worker processes, the shm group):
+ *   - 8 heads / 4 KV heads, Q4_1: TP=2 gives TP=1's greedy tokens for
+ *     several prompts, logits within the tolerance (docs/parallel.md,
+ *     "Executor"); the vocabulary (511) leaves the last slice padded;
+ *   - the same shape in F16 (no block constraint on the row-parallel slices);
+ *   - 8 heads / 2 KV heads at TP=4: replicated KV heads;
+ *   - the engine with tp_size 2 gives the tokens of tp_size 1;
+ *   - shapes that cannot be split are refused before any process starts. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "common/log.h"
+#include "engine/engine.h"
+#include "engine/executor.h"
+#include "tests/unit/engine_testutil.h"
+#include "tests/unit/tp_testutil.h"
+
+/* Tolerance of ||l(TP) - l(TP=1)|| / ||l(TP=1) - mean|| per logits row
+ * (see docs/parallel.md, "Executor"): quantized weights (8-bit activation
+ * blocks) and f16 weights (f16 activations). */
+#define TP_TOL_Q8  2e-2
+#define TP_TOL_F16 1e-3
+
+#define N_PROMPTS 3
+
+static const int32_t p0[] = {1, 17, 42, 99, 3, 250, 7};
+static const int32_t p1[] = {500, 2};
+static const int32_t p2[] = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 300, 301, 302, 303, 304,
+                             305, 306, 307, 308};
+static const int32_t *const prompts[N_PROMPTS] = {p0, p1, p2};
+static const int32_t lens[N_PROMPTS] = {7, 2, 21};
+
+static int no_children(void)
+{
+    return waitpid(-1, NULL, WNOHANG) == -1 && errno == ECHILD;
+}
+
+static void check_tp(const tmodel_t *m, int tp, int n_gen, double tol, const char *what)
+{
+    tpt_run_t ref, got;
+    double rel = 0, md = 0;
+
+    memset(&ref, 0, sizeof(ref));
+    memset(&got, 0, sizeof(got));
+    if (tpt_generate(m->g, &m->cfg, 1, prompts, lens, N_PROMPTS, n_gen, &ref) != 0 ||
+        tpt_generate(m->g, &m->cfg, tp, prompts, lens, N_PROMPTS, n_gen, &got) != 0) {
+        ok(0, "%s: TP=%d runs", what, tp);
+        tpt_free(&ref);
+        tpt_free(&got);
+        return;
+    }
+    ok(tpt_compare(&ref, &got, &rel, &md), "%s: TP=%d greedy tokens equal TP=1 (%d prompts, "
+       "%d tokens each)", what, tp, N_PROMPTS, n_gen);
+    diag("%s: max relative logits distance %.3g (max |diff| %.3g)", what, rel, md);
+    ok(rel <= tol, "%s: TP=%d logits within %g of TP=1's", what, tp, tol);
+    ok(no_children(), "%s: every worker reaped", what);
+    tpt_free(&ref);
+    tpt_free(&got);
+}
+
+static void check_refused(const tmodel_t *m, int tp, const char *want)
+{
+    fwd_opts_t fo = {.n_threads = 1, .n_blocks = 4, .block_size = 16, .kv_dtype = DTYPE_F16};
+    exec_opts_t xo = {.tp_size = tp};
+    exec_t *ex = NULL;
+    char err[256] = "";
+    duet_status_t s = exec_create(m->g, &m->cfg, &fo, &xo, &ex, err, sizeof(err));
+
+    ok(s == DUET_ERR_INVALID && ex == NULL && strstr(err, want) != NULL,
+       "TP=%d refused at start: '%s'", tp, err);
+    ok(no_children(), "TP=%d: no process started", tp);
+    exec_destroy(ex);
+}
+
+static void check_engine(const tmodel_t *m)
+{
+    engine_req_params_t p;
+    engine_opts_t o;
+    touts_t ref = {0}, got = {0};
+    engine_t *e;
+    char err[256] = "";
+    int i, okay = 1;
+
+    engine_req_params_default(&p);
+    p.max_tokens = 5;
+    p.sampling.ignore_eos = true;
+    for (int tp = 1; tp <= 2; tp++) {
+        engine_opts_default(&o);
+        o.threads = 1;
+        o.kv_blocks = 32;
+        o.tp_size = tp;
+        e = NULL;
+        if (engine_create(m->g, &m->cfg, &o, &e, err, sizeof(err)) != DUET_OK) {
+            ok(0, "engine tp %d: %s", tp, err);
+            return;
+        }
+        if (tp == 2)
+            ok(exec_tp_size(engine_executor(e)) == 2 && exec_worker_pid(engine_executor(e), 1) > 0,
+               "engine tp 2 runs a worker process");
+        for (i = 0; i < N_PROMPTS && okay; i++)
+            okay = engine_add(e, (uint64_t)i + 1, prompts[i], lens[i], &p, NULL, 0) == DUET_OK;
+        okay = okay && trun(e, tp == 1 ? &ref : &got, 8, 100) >= 0;
+        engine_destroy(e);
+    }
+    ok(okay && touts_equal(&ref, &got, N_PROMPTS), "engine: tp_size 2 gives tp_size 1's tokens");
+    ok(no_children(), "engine: every worker reaped");
+    touts_free(&ref);
+    touts_free(&got);
+}
+
+int main(void)
+{
+    tmodel_t a, f16, rep, odd;
+
+    if (tmodel_open(&a, "tp_a", "--layers 2 --hidden 256 --heads 8 --kv-heads 4 --ffn 512 "
+                                "--vocab 511 --ctx 256 --type q4_1 --seed 11") != 0) {
+        ok(0, "mkmodel");
+        return tap_done();
+    }
+    check_tp(&a, 2, 6, TP_TOL_Q8, "8 heads / 4 KV heads, Q4_1");
+    check_engine(&a);
+    check_refused(&a, 3, "8 query heads cannot be split across 3 ranks");
+    check_refused(&a, 16, "cannot be split across 16 ranks");
+    tmodel_close(&a);
+
+    if (tmodel_open(&f16, "tp_f16", "--layers 2 --hidden 192 --heads 8 --kv-heads 4 --ffn 200 "
+                                    "--vocab 601 --ctx 256 --type f16 --seed 12") == 0) {
+        check_tp(&f16, 2, 5, TP_TOL_F16, "8 heads / 4 KV heads, F16, head dim 24");
+        tmodel_close(&f16);
+    } else {
+        ok(0, "mkmodel f16");
+    }
+
+    if (tmodel_open(&rep, "tp_rep", "--layers 2 --hidden 256 --heads 8 --kv-heads 2 --ffn 512 "
+                                    "--vocab 511 --ctx 256 --type q4_1 --seed 13") == 0) {
+        check_tp(&rep, 4, 5, TP_TOL_Q8, "8 heads / 2 KV heads (replicated at TP=4)");
+        check_refused(&rep, 3, "cannot be split across 3 ranks");
+        tmodel_close(&rep);
+    } else {
+        ok(0, "mkmodel replicated");
+    }
+
+    /* head dim 16: one head's o columns are half a Q4_1 block */
+    if (tmodel_open(&odd, "tp_odd", "--layers 1 --hidden 128 --heads 8 --ffn 256 --vocab 64 "
+                                    "--ctx 64 --type q4_1 --seed 14") == 0) {
+        check_refused(&odd, 8, "not whole 32-element blocks");
+        tmodel_close(&odd);
+    } else {
+        ok(0, "mkmodel odd");
+    }
+    return tap_done();
+}
