@@ -121,6 +121,9 @@ static inline int tpt_compare(const tpt_run_t *a, const tpt_run_t *b, double *ma
             if (fabs(d) > ma)
                 ma = fabs(d);
         }
+        if (getenv("TPT_VERBOSE") != NULL && den > 0)
+            diag("row %zu (step %zu, seq %zu): %.3g", r, r / (size_t)a->n_seqs,
+                 r % (size_t)a->n_seqs, sqrt(num / den));
         if (den > 0 && sqrt(num / den) > mr)
             mr = sqrt(num / den);
     }
