@@ -313,8 +313,12 @@ duet_status_t exec_create(const gguf_t *g, const model_config_t *cfg, const fwd_
     duet_status_t s;
     int tp;
 
-    if (g == NULL || cfg == NULL || fo == NULL || eo == NULL || ex_p == NULL)
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (g == NULL || cfg == NULL || fo == NULL || eo == NULL || ex_p == NULL) {
+        SET_ERR("no model or options");
         return DUET_ERR_INVALID;
+    }
     tp = eo->tp_size;
     if (tp < 1 || tp > 64 || eo->timeout_s < 0 || eo->load_timeout_s < 0) {
         SET_ERR("bad executor options (tensor parallel size %d: 1..64)", tp);
@@ -324,8 +328,10 @@ duet_status_t exec_create(const gguf_t *g, const model_config_t *cfg, const fwd_
     for (int r = 0; r < tp && tp > 1; r++)
         CHECK(fwd_tp_plan(g, cfg, r, tp, &sh, err, errlen));
     ex = calloc(1, sizeof(*ex));
-    if (ex == NULL)
+    if (ex == NULL) {
+        SET_ERR("out of memory");
         return DUET_ERR_NOMEM;
+    }
     ex->g = g;
     ex->cfg = cfg;
     ex->fo = *fo;
@@ -377,6 +383,8 @@ duet_status_t exec_create(const gguf_t *g, const model_config_t *cfg, const fwd_
     return DUET_OK;
 
 err_free:
+    if (err != NULL && errlen > 0 && err[0] == '\0')
+        SET_ERR("%s", duet_status_str(s));
     exec_destroy(ex);
     return s;
 }
