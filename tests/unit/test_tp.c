@@ -6,13 +6,18 @@
  *   - the same shape in F16 (no block constraint on the row-parallel slices);
  *   - 8 heads / 2 KV heads at TP=4: replicated KV heads;
  *   - the engine with tp_size 2 gives the tokens of tp_size 1;
- *   - shapes that cannot be split are refused before any process starts. */
+ *   - shapes that cannot be split are refused before any process starts;
+ *   - the rank hooks (a slab from rank_init, replies, exec_call, rank_step,
+ *     rank_fini) run in every rank's process;
+ *   - every rank's KV heads are those of the KV connector's kvc_tp_heads. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "engine/engine.h"
@@ -113,6 +118,152 @@ static void check_engine(const tmodel_t *m)
     touts_free(&got);
 }
 
+/* ---- rank hooks ------------------------------------------------------------ */
+
+typedef struct {
+    void  *slab;
+    size_t bytes;
+    int    steps;
+} hstate_t;
+
+static duet_status_t h_init(void *arg, int rank, int tp, const kv_layout_t *l, void **slab_p,
+                            void **state_p, char *reply, size_t cap)
+{
+    hstate_t *h = calloc(1, sizeof(*h));
+
+    if (h == NULL)
+        return DUET_ERR_NOMEM;
+    h->bytes = kv_slab_bytes(l);
+    h->slab = mmap(NULL, h->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (h->slab == MAP_FAILED) {
+        free(h);
+        return DUET_ERR_NOMEM;
+    }
+    *slab_p = h->slab;
+    *state_p = h;
+    snprintf(reply, cap, "rank %d/%d pid %d heads %d", rank, tp, (int)getpid(), l->n_kv_heads);
+    return DUET_OK;
+}
+
+static duet_status_t h_call(void *arg, void *state, int rank, const void *msg, size_t len,
+                            char *reply, size_t cap)
+{
+    hstate_t *h = state;
+
+    if (len == 4 && memcmp(msg, "fail", 4) == 0 && rank == 1)
+        return DUET_ERR_NO_RESOURCE;
+    snprintf(reply, cap, "%.*s %d steps %d", (int)len, (const char *)msg, rank, h->steps);
+    return DUET_OK;
+}
+
+static void h_step(void *arg, void *state, int rank)
+{
+    ((hstate_t *)state)->steps++;
+}
+
+static void h_fini(void *arg, void *state, int rank)
+{
+    hstate_t *h = state;
+    char path[300];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s.%d", (const char *)arg, rank);
+    f = fopen(path, "w");
+    if (f != NULL)
+        fclose(f);
+    munmap(h->slab, h->bytes);
+    free(h);
+}
+
+static void check_hooks(const tmodel_t *m, int tp)
+{
+    char marker[256], want[64], err[256] = "";
+    fwd_opts_t fo = {.n_threads = 1, .n_blocks = 4, .block_size = 16, .kv_dtype = DTYPE_F16};
+    exec_opts_t xo = {.tp_size = tp,
+                      .hooks = {h_init, h_call, h_step, h_fini, marker}};
+    int32_t tok = 5, table[4] = {0, 1, 2, 3};
+    fwd_seq_t sq = {.tokens = &tok, .n_new = 1, .n_past = 0, .block_table = table,
+                    .n_blocks = 4, .want_logits = true};
+    float *logits = malloc(sizeof(float) * (size_t)m->cfg.vocab);
+    const char *replies = NULL;
+    exec_t *ex = NULL;
+    int good = 1;
+
+    snprintf(marker, sizeof(marker), "/tmp/duet_test_tp_hooks_%d", (int)getpid());
+    if (exec_create(m->g, &m->cfg, &fo, &xo, &ex, err, sizeof(err)) != DUET_OK) {
+        ok(0, "hooks, TP=%d: exec_create: %s", tp, err);
+        free(logits);
+        return;
+    }
+    for (int r = 0; r < tp; r++) {
+        snprintf(want, sizeof(want), "rank %d/%d pid %d heads %d", r, tp,
+                 r == 0 ? (int)getpid() : (int)exec_worker_pid(ex, r), m->cfg.n_kv_heads / tp);
+        good = good && strcmp(exec_rank_reply(ex, r), want) == 0;
+    }
+    ok(good, "hooks, TP=%d: every rank's rank_init ran in its own process and replied", tp);
+    ok(exec_kv_slab(ex) != NULL && exec_kv_layout(ex)->n_kv_heads == m->cfg.n_kv_heads / tp,
+       "hooks, TP=%d: rank 0's forward pass uses the hook's slab", tp);
+    good = exec_run(ex, &sq, 1, logits) == DUET_OK;
+    tok = 6;
+    sq.n_past = 1;
+    good = good && exec_run(ex, &sq, 1, logits) == DUET_OK;
+    good = good && exec_call(ex, "ping", 4, &replies) == DUET_OK;
+    for (int r = 0; r < tp && good; r++) {
+        snprintf(want, sizeof(want), "ping %d steps 2", r);
+        good = strcmp(replies + (size_t)r * EXEC_REPLY_MAX, want) == 0;
+        if (!good)
+            diag("rank %d replied '%s'", r, replies + (size_t)r * EXEC_REPLY_MAX);
+    }
+    ok(good, "hooks, TP=%d: rank_step before each step, exec_call replies from every rank", tp);
+    if (tp > 1)
+        ok(exec_call(ex, "fail", 4, &replies) == DUET_ERR_NO_RESOURCE && exec_ok(ex),
+           "hooks, TP=%d: a rank's call error comes back; the group stays usable", tp);
+    ok(exec_run(ex, &sq, 1, logits) == DUET_OK, "hooks, TP=%d: steps go on", tp);
+    exec_destroy(ex);
+    good = 1;
+    for (int r = 0; r < tp; r++) {
+        char path[300];
+
+        snprintf(path, sizeof(path), "%s.%d", marker, r);
+        good = good && access(path, F_OK) == 0;
+        unlink(path);
+    }
+    ok(good, "hooks, TP=%d: rank_fini ran on every rank", tp);
+    ok(no_children(), "hooks, TP=%d: every worker reaped", tp);
+    free(logits);
+}
+
+/* The KV connector's rule (kvconnector/kvc_tp.c, kvc_tp_heads): tp <= n:
+ * n / tp consecutive heads per rank; else head rank / (tp / n). */
+static void check_kv_heads(void)
+{
+    int bad = 0, n_cases = 0;
+
+    for (int32_t nkv = 1; nkv <= 12; nkv++) {
+        for (int tp = 1; tp <= 16; tp++) {
+            int valid = tp <= nkv ? nkv % tp == 0 : tp % nkv == 0;
+            tp_dims_t d = {.n_heads = nkv * tp, .n_kv_heads = nkv, .head_dim = 32,
+                           .ffn = 32 * tp, .vocab = 1000, .in_block = 32};
+
+            for (int r = 0; r < tp; r++) {
+                tp_shard_t s;
+                duet_status_t st = tp_shard_plan(&d, r, tp, &s, NULL, 0);
+                int32_t first = tp <= nkv ? r * (nkv / tp) : r / (tp / nkv);
+                int32_t count = tp <= nkv ? nkv / tp : 1;
+
+                n_cases++;
+                if ((st == DUET_OK) != valid ||
+                    (valid && (s.kv_head0 != first || s.n_kv_heads != count))) {
+                    if (bad++ < 3)
+                        diag("%d KV heads, TP=%d, rank %d: shard %d+%d, kvc %d+%d", nkv, tp, r,
+                             s.kv_head0, s.n_kv_heads, first, count);
+                }
+            }
+        }
+    }
+    ok(bad == 0, "KV heads of every rank match kvc_tp_heads (%d cases)", n_cases);
+}
+
 int main(void)
 {
     tmodel_t a, f16, rep, odd;
@@ -124,6 +275,9 @@ int main(void)
     }
     check_tp(&a, 2, 6, TP_TOL_Q8, "8 heads / 4 KV heads, Q4_1");
     check_engine(&a);
+    check_hooks(&a, 1);
+    check_hooks(&a, 2);
+    check_hooks(&a, 4);
     check_refused(&a, 3, "8 query heads cannot be split across 3 ranks");
     check_refused(&a, 16, "cannot be split across 16 ranks");
     tmodel_close(&a);
@@ -153,5 +307,6 @@ int main(void)
     } else {
         ok(0, "mkmodel odd");
     }
+    check_kv_heads();
     return tap_done();
 }
