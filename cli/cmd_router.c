@@ -119,7 +119,6 @@ static int router_run(int argc, char **argv)
         fprintf(stderr, "duet router: unknown --tokenizer '%s' (only 'byte')\n", tokenizer);
         return 2;
     } else if (model != NULL) {
-#if DUET_ROUTER_HAVE_GGUF_TOK
         char err[256] = "";
 
         s = rtok_gguf_create(model, chat_template, &tok, err, sizeof(err));
@@ -127,12 +126,6 @@ static int router_run(int argc, char **argv)
             fprintf(stderr, "duet router: %s\n", err[0] ? err : duet_status_str(s));
             return 1;
         }
-#else
-        (void)chat_template;
-        fprintf(stderr, "duet router: --model needs the GGUF tokenizer (model/tokenizer.h), "
-                "which this build does not have yet; use --tokenizer byte\n");
-        return 2;
-#endif
     } else {
         fprintf(stderr, "duet router: give --model FILE or --tokenizer byte\n");
         return 2;

@@ -137,31 +137,32 @@ static void ctl_flush(router_t *r, node_t *node, const char *what)
 
 static uint32_t ctl_sampling_fields(const rreq_t *req)
 {
-    return 11 + (req->p.has_seed ? 1 : 0);
+    return 11 + (req->job->p.has_seed ? 1 : 0);
 }
 
 /* Sampling fields shared by RESERVE and PREFILL. */
 static void ctl_put_sampling(router_t *r, const rreq_t *req)
 {
+    const oai_req_t *p = &req->job->p;
     uint32_t eos[RTOK_MAX_EOS];
     size_t neos = 0;
 
-    if (!req->p.ignore_eos)
+    if (!p->ignore_eos)
         for (int i = 0; i < r->tok->n_eos; i++)
             eos[neos++] = (uint32_t)r->tok->eos[i];
     frame_put_u64(&r->fw, "max_tokens", req->max_tokens);
-    frame_put_f64(&r->fw, "temperature", req->p.temperature);
-    frame_put_f64(&r->fw, "top_p", req->p.top_p);
-    frame_put_i64(&r->fw, "top_k", req->p.top_k);
-    frame_put_f64(&r->fw, "min_p", req->p.min_p);
-    frame_put_f64(&r->fw, "presence_penalty", req->p.presence_penalty);
-    frame_put_f64(&r->fw, "frequency_penalty", req->p.frequency_penalty);
-    frame_put_f64(&r->fw, "repetition_penalty", req->p.repetition_penalty);
-    frame_put_bool(&r->fw, "ignore_eos", req->p.ignore_eos);
+    frame_put_f64(&r->fw, "temperature", p->temperature);
+    frame_put_f64(&r->fw, "top_p", p->top_p);
+    frame_put_i64(&r->fw, "top_k", p->top_k);
+    frame_put_f64(&r->fw, "min_p", p->min_p);
+    frame_put_f64(&r->fw, "presence_penalty", p->presence_penalty);
+    frame_put_f64(&r->fw, "frequency_penalty", p->frequency_penalty);
+    frame_put_f64(&r->fw, "repetition_penalty", p->repetition_penalty);
+    frame_put_bool(&r->fw, "ignore_eos", p->ignore_eos);
     frame_put_u32_array(&r->fw, "eos", eos, neos);
     frame_put_u64(&r->fw, "prompt_tokens", req->nprompt);
-    if (req->p.has_seed)
-        frame_put_i64(&r->fw, "seed", req->p.seed);
+    if (p->has_seed)
+        frame_put_i64(&r->fw, "seed", req->seed);
 }
 
 static void ctl_put_tokens(router_t *r, const rreq_t *req)

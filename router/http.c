@@ -51,7 +51,7 @@ static const char *http_reason(int status)
 }
 
 /* Send a JSON value (stolen) with a status. */
-static void http_send_json(struct evhttp_request *hreq, int status, json_t *v)
+void http_send_json(struct evhttp_request *hreq, int status, json_t *v)
 {
     struct evbuffer *buf = evbuffer_new();
     char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
@@ -73,14 +73,6 @@ static void http_send_json(struct evhttp_request *hreq, int status, json_t *v)
     evbuffer_free(buf);
 }
 
-static json_t *http_error_body(int status, const char *param, const char *msg)
-{
-    return json_pack("{s:{s:s, s:s, s:o, s:i}}", "error", "message", msg,
-                     "type", oai_err_type(status),
-                     "param", param && param[0] ? json_string(param) : json_null(),
-                     "code", status);
-}
-
 void http_send_error(struct evhttp_request *hreq, int status, const char *param,
                      const char *fmt, ...)
 {
@@ -93,204 +85,184 @@ void http_send_error(struct evhttp_request *hreq, int status, const char *param,
     /* a message cut inside a UTF-8 sequence would make json_pack fail */
     if (!utf8_valid(msg, strlen(msg)))
         snprintf(msg, sizeof(msg), "invalid request");
-    http_send_json(hreq, status, http_error_body(status, param, msg));
+    http_send_json(hreq, status, oai_error_json(status, param, msg));
 }
 
-static void http_send_oai_err(struct evhttp_request *hreq, const oai_err_t *err)
+void http_send_oai_err(struct evhttp_request *hreq, const oai_err_t *err)
 {
     http_send_error(hreq, err->status ? err->status : 400, err->param, "%s", err->message);
 }
 
 /* --- streaming output ---------------------------------------------------- */
 
-static void http_detach(rreq_t *req)
+void http_detach(rjob_t *job)
 {
-    if (req->hup != NULL) {
-        event_free(req->hup);
-        req->hup = NULL;
+    if (job->hup != NULL) {
+        event_free(job->hup);
+        job->hup = NULL;
     }
-    if (req->hconn != NULL)
-        evhttp_connection_set_closecb(req->hconn, NULL, NULL);
-    req->hconn = NULL;
-    req->hreq = NULL;
+    if (job->hconn != NULL)
+        evhttp_connection_set_closecb(job->hconn, NULL, NULL);
+    job->hconn = NULL;
+    job->hreq = NULL;
 }
 
-static void http_sse_start(rreq_t *req)
+static void http_sse_start(rjob_t *job)
 {
     struct evkeyvalq *h;
 
-    if (req->headers_sent)
+    if (job->headers_sent)
         return;
-    h = evhttp_request_get_output_headers(req->hreq);
+    h = evhttp_request_get_output_headers(job->hreq);
     evhttp_add_header(h, "Content-Type", "text/event-stream");
     evhttp_add_header(h, "Cache-Control", "no-cache");
-    evhttp_send_reply_start(req->hreq, 200, "OK");
-    req->headers_sent = true;
+    evhttp_send_reply_start(job->hreq, 200, "OK");
+    job->headers_sent = true;
 }
 
-/* Write `data: <json>\n\n` (v stolen). */
-static void http_sse_send(rreq_t *req, json_t *v)
+static oai_meta_t http_meta(const rjob_t *job)
 {
-    struct evbuffer *buf = evbuffer_new();
-    char *s = json_dumps(v, JSON_COMPACT);
+    oai_meta_t m = {job->p.kind, job->id, job->created, job->r->served_name};
 
-    json_decref(v);
-    if (buf != NULL && s != NULL) {
-        evbuffer_add(buf, "data: ", 6);
-        evbuffer_add(buf, s, strlen(s));
-        evbuffer_add(buf, "\n\n", 2);
-        evhttp_send_reply_chunk(req->hreq, buf);
+    return m;
+}
+
+/* Send one SSE event (v stolen). */
+static void http_sse_send(rjob_t *job, json_t *v)
+{
+    struct evbuffer *buf = job->r->scratch;
+
+    if (sse_event(buf, v) == DUET_OK)
+        evhttp_send_reply_chunk(job->hreq, buf);
+    evbuffer_drain(buf, evbuffer_get_length(buf));
+}
+
+/* `data: [DONE]`, end the stream, stop watching the client. The close
+ * callback is cleared before evhttp_send_reply_end, which may free the
+ * connection (and run that callback) at once. */
+static void http_sse_done(rjob_t *job)
+{
+    struct evbuffer *buf = job->r->scratch;
+    struct evhttp_request *hreq = job->hreq;
+
+    if (sse_done(buf) == DUET_OK)
+        evhttp_send_reply_chunk(hreq, buf);
+    evbuffer_drain(buf, evbuffer_get_length(buf));
+    http_detach(job);
+    evhttp_send_reply_end(hreq);
+}
+
+/* Send one chunk of a sequence (text NULL: its final one). */
+static void http_sse_chunk(rreq_t *seq, const char *text, size_t n, const char *finish)
+{
+    rjob_t *job = seq->job;
+    oai_meta_t m = http_meta(job);
+    bool role = job->p.kind == OAI_CHAT && !seq->role_sent;
+    struct evbuffer *buf = job->r->scratch;
+
+    seq->role_sent = true;
+    if (sse_chunk(buf, &m, seq->index, text, n, finish, role) == DUET_OK)
+        evhttp_send_reply_chunk(job->hreq, buf);
+    evbuffer_drain(buf, evbuffer_get_length(buf));
+}
+
+static const char *http_finish_str(finish_reason_t reason)
+{
+    return reason == FINISH_LENGTH ? "length" : "stop";
+}
+
+void http_emit_token(rreq_t *seq, const char *text, size_t n)
+{
+    rjob_t *job = seq->job;
+
+    if (job->hreq == NULL)
+        return;
+    if (!job->p.stream) {
+        if (sbuf_add(&seq->text, text, n) != DUET_OK)
+            log_error("out of memory collecting the output of %s", job->id);
+        return;
     }
-    free(s);
-    if (buf != NULL)
-        evbuffer_free(buf);
+    http_sse_start(job);
+    http_sse_chunk(seq, text, n, NULL);
 }
 
-static void http_sse_done(rreq_t *req)
+void http_emit_seq_finish(rreq_t *seq)
 {
-    struct evbuffer *buf = evbuffer_new();
+    rjob_t *job = seq->job;
 
-    if (buf != NULL) {
-        evbuffer_add(buf, "data: [DONE]\n\n", 14);
-        evhttp_send_reply_chunk(req->hreq, buf);
-        evbuffer_free(buf);
-    }
-    evhttp_send_reply_end(req->hreq);
+    if (job->hreq == NULL || !job->p.stream)
+        return;
+    http_sse_start(job);
+    http_sse_chunk(seq, NULL, 0, http_finish_str(seq->reason));
 }
 
-static json_t *http_usage(const rreq_t *req)
+void http_emit_job_done(rjob_t *job)
 {
-    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)req->nprompt,
-                     "completion_tokens", (json_int_t)req->ncompletion,
-                     "total_tokens", (json_int_t)(req->nprompt + req->ncompletion));
-}
-
-/* The envelope of every chunk and response; choice is stolen. */
-static json_t *http_envelope(const rreq_t *req, const char *object, json_t *choice)
-{
-    return json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", req->id, "object", object,
-                     "created", (json_int_t)req->created, "model", req->r->served_name,
-                     "choices", choice);
-}
-
-static json_t *http_chunk(rreq_t *req, const char *text, size_t n, const char *finish)
-{
-    json_t *choice, *fin = finish ? json_string(finish) : json_null();
-
-    if (req->p.kind == OAI_CHAT) {
-        json_t *delta = json_object();
-
-        if (!req->role_sent) {
-            json_object_set_new(delta, "role", json_string("assistant"));
-            req->role_sent = true;
-        }
-        if (text != NULL)
-            json_object_set_new(delta, "content", json_stringn(text, n));
-        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "delta", delta,
-                           "logprobs", "finish_reason", fin);
-        return http_envelope(req, "chat.completion.chunk", choice);
-    }
-    choice = json_pack("{s:i, s:s%, s:n, s:o}", "index", 0, "text", text ? text : "",
-                       text ? n : 0, "logprobs", "finish_reason", fin);
-    return http_envelope(req, "text_completion", choice);
-}
-
-void http_emit_token(rreq_t *req, const char *text, size_t n)
-{
+    oai_meta_t m = http_meta(job);
+    struct evhttp_request *hreq = job->hreq;
+    oai_choice_t *choices;
     json_t *v;
-
-    if (req->hreq == NULL)
-        return;
-    if (!req->p.stream) {
-        if (sbuf_add(&req->text, text, n) != DUET_OK)
-            log_error("out of memory collecting the output of %s", req->id);
-        return;
-    }
-    http_sse_start(req);
-    v = http_chunk(req, text, n, NULL);
-    if (v != NULL)
-        http_sse_send(req, v);
-}
-
-void http_emit_finish(rreq_t *req, finish_reason_t reason)
-{
-    const char *fin = reason == FINISH_LENGTH ? "length" : "stop";
-    json_t *v, *choice;
-
-    if (req->hreq == NULL)
-        return;
-    if (req->p.stream) {
-        http_sse_start(req);
-        v = http_chunk(req, NULL, 0, fin);
-        if (v != NULL)
-            http_sse_send(req, v);
-        if (req->p.include_usage) {
-            v = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", req->id,
-                          "object", req->p.kind == OAI_CHAT ? "chat.completion.chunk" :
-                          "text_completion", "created", (json_int_t)req->created,
-                          "model", req->r->served_name, "choices", "usage", http_usage(req));
-            if (v != NULL)
-                http_sse_send(req, v);
-        }
-        http_sse_done(req);
-        http_detach(req);
-        return;
-    }
-    if (req->p.kind == OAI_CHAT)
-        choice = json_pack("{s:i, s:{s:s, s:s%}, s:n, s:s}", "index", 0, "message", "role",
-                           "assistant", "content", req->text.p ? req->text.p : "", req->text.n,
-                           "logprobs", "finish_reason", fin);
-    else
-        choice = json_pack("{s:i, s:s%, s:n, s:s}", "index", 0, "text",
-                           req->text.p ? req->text.p : "", req->text.n, "logprobs",
-                           "finish_reason", fin);
-    v = http_envelope(req, req->p.kind == OAI_CHAT ? "chat.completion" : "text_completion",
-                      choice);
-    if (v != NULL)
-        json_object_set_new(v, "usage", http_usage(req));
-    {
-        struct evhttp_request *hreq = req->hreq;
-
-        http_detach(req);
-        if (v == NULL)
-            http_send_error(hreq, 500, NULL, "cannot encode the response");
-        else
-            http_send_json(hreq, 200, v);
-    }
-}
-
-void http_emit_failure(rreq_t *req, int status, const char *msg)
-{
-    struct evhttp_request *hreq = req->hreq;
 
     if (hreq == NULL)
         return;
-    if (!req->headers_sent) {
-        http_detach(req);
+    if (job->p.stream) {
+        http_sse_start(job);
+        if (job->p.include_usage)
+            http_sse_send(job, oai_usage_chunk_json(&m, job->prompt_tokens,
+                                                    job->completion_tokens));
+        http_sse_done(job);
+        return;
+    }
+    choices = calloc(job->nseq, sizeof(*choices));
+    v = NULL;
+    if (choices != NULL) {
+        for (uint32_t i = 0; i < job->nseq; i++) {
+            choices[i].text = job->seqs[i]->text.p;
+            choices[i].len = job->seqs[i]->text.n;
+            choices[i].finish = http_finish_str(job->seqs[i]->reason);
+        }
+        v = oai_response_json(&m, choices, job->nseq, job->prompt_tokens,
+                              job->completion_tokens);
+        free(choices);
+    }
+    http_detach(job);
+    if (v == NULL)
+        http_send_error(hreq, 500, NULL, "cannot encode the response");
+    else
+        http_send_json(hreq, 200, v);
+}
+
+void http_emit_failure(rjob_t *job, int status, const char *msg)
+{
+    struct evhttp_request *hreq = job->hreq;
+
+    if (hreq == NULL)
+        return;
+    if (!job->headers_sent) {
+        http_detach(job);
         http_send_error(hreq, status, NULL, "%s", msg);
         return;
     }
-    http_sse_send(req, http_error_body(status, NULL, msg));
-    http_sse_done(req);
-    http_detach(req);
+    http_sse_send(job, oai_error_json(status, NULL, msg));
+    http_sse_done(job);
 }
 
 /* The client closed the connection while its request was in progress. */
 static void http_close_cb(struct evhttp_connection *conn, void *arg)
 {
-    rreq_t *req = arg;
-    struct evhttp_request *hreq = req->hreq;
+    rjob_t *job = arg;
+    struct evhttp_request *hreq = job->hreq;
 
-    req->hconn = NULL;
-    if (req->hup != NULL) {
-        event_free(req->hup);
-        req->hup = NULL;
+    job->hconn = NULL;
+    if (job->hup != NULL) {
+        event_free(job->hup);
+        job->hup = NULL;
     }
     /* evhttp detached an unfinished request from the dying connection and
      * left it to us; one still attached is freed with the connection */
     if (hreq != NULL && evhttp_request_get_connection(hreq) == NULL)
         evhttp_request_free(hreq);
-    rreq_client_gone(req);
+    rjob_client_gone(job);
 }
 
 /* The client's socket reported EOF or an error while its request was in
@@ -299,29 +271,29 @@ static void http_close_cb(struct evhttp_connection *conn, void *arg)
  * blocks busy until the end. Freeing the connection runs http_close_cb. */
 static void http_hup_cb(evutil_socket_t fd, short what, void *arg)
 {
-    rreq_t *req = arg;
+    rjob_t *job = arg;
 
-    if (req->hconn != NULL)
-        evhttp_connection_free(req->hconn);
+    if (job->hconn != NULL)
+        evhttp_connection_free(job->hconn);
 }
 
-static void http_watch_client(router_t *r, rreq_t *req)
+static void http_watch_client(router_t *r, rjob_t *job)
 {
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(req->hconn);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(job->hconn);
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
 
     if (fd < 0 || !(event_base_get_features(r->base) & EV_FEATURE_EARLY_CLOSE))
         return;
-    req->hup = event_new(r->base, fd, EV_CLOSED, http_hup_cb, req);
-    if (req->hup != NULL && event_add(req->hup, NULL) != 0) {
-        event_free(req->hup);
-        req->hup = NULL;
+    job->hup = event_new(r->base, fd, EV_CLOSED, http_hup_cb, job);
+    if (job->hup != NULL && event_add(job->hup, NULL) != 0) {
+        event_free(job->hup);
+        job->hup = NULL;
     }
 }
 
 /* --- generation endpoints ----------------------------------------------- */
 
-static bool http_model_ok(router_t *r, struct evhttp_request *hreq, const char *model)
+bool http_model_ok(router_t *r, struct evhttp_request *hreq, const char *model)
 {
     if (model == NULL || strcmp(model, r->served_name) == 0)
         return true;
@@ -329,95 +301,159 @@ static bool http_model_ok(router_t *r, struct evhttp_request *hreq, const char *
     return false;
 }
 
-static void http_generate(router_t *r, struct evhttp_request *hreq, const char *body,
-                          size_t len, oai_kind_t kind)
+/* Tokenize prompt i of the job (chat: the rendered conversation) into
+ * *ids_p / *n_p and check it against the context. Sends the HTTP error and
+ * returns false on failure. */
+static bool http_prompt_ids(router_t *r, struct evhttp_request *hreq, rjob_t *job, size_t i,
+                            int32_t **ids_p, size_t *n_p, uint32_t *max_tokens_p)
 {
-    rreq_t *req = calloc(1, sizeof(*req));
-    oai_err_t err;
-    char *text = NULL;
+    const char *param = job->p.kind == OAI_CHAT ? "messages" : "prompt";
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char *text = NULL, terr[256] = "";
     duet_status_t s;
-    char terr[256] = "";
 
-    if (req == NULL) {
-        http_send_error(hreq, 500, NULL, "out of memory");
-        return;
-    }
-    req->r = r;
-    req->t_arrive = clock_now_ns();
-    sbuf_init(&req->text);
-    sbuf_init(&req->delta);
-    if (oai_parse(kind, body, len, r->tok->vocab, &req->p, &err) != DUET_OK) {
-        http_send_oai_err(hreq, &err);
-        free(req);
-        return;
-    }
-    detok_init(&req->dt, r->tok, req->p.skip_special_tokens, req->p.stop, req->p.nstop);
-    if (!http_model_ok(r, hreq, req->p.model))
-        goto err_free;
-    if (kind == OAI_CHAT) {
-        s = rtok_apply_chat(r->tok, req->p.msgs, req->p.nmsgs, req->p.add_generation_prompt,
+    if (job->p.kind == OAI_CHAT) {
+        s = rtok_apply_chat(r->tok, job->p.msgs, job->p.nmsgs, job->p.add_generation_prompt,
                             &text, terr, sizeof(terr));
         if (s == DUET_ERR_INVALID) {
             http_send_error(hreq, 400, "messages", "%s", terr[0] ? terr : "invalid conversation");
-            goto err_free;
+            return false;
         }
         if (s == DUET_OK)
-            s = rtok_encode(r->tok, text, strlen(text), true, &req->prompt, &req->nprompt);
+            s = rtok_encode(r->tok, text, strlen(text), true, &ids, &n);
         free(text);
-    } else if (req->p.prompt_ids != NULL) {
-        req->prompt = req->p.prompt_ids;
-        req->nprompt = req->p.nprompt_ids;
-        req->p.prompt_ids = NULL;
-        s = DUET_OK;
+    } else if (job->p.prompts[i].ids != NULL) {
+        n = job->p.prompts[i].nids;
+        ids = malloc(n * sizeof(*ids));
+        s = ids != NULL ? DUET_OK : DUET_ERR_NOMEM;
+        if (ids != NULL)
+            memcpy(ids, job->p.prompts[i].ids, n * sizeof(*ids));
     } else {
-        s = rtok_encode(r->tok, req->p.prompt_text, req->p.prompt_len, true, &req->prompt,
-                        &req->nprompt);
+        s = rtok_encode(r->tok, job->p.prompts[i].text, job->p.prompts[i].len, true, &ids, &n);
     }
     if (s != DUET_OK) {
         http_send_error(hreq, 500, NULL, "tokenization failed: %s", duet_status_str(s));
-        goto err_free;
+        return false;
     }
-    if (req->nprompt == 0) {
-        http_send_error(hreq, 400, kind == OAI_CHAT ? "messages" : "prompt",
-                        "the prompt is empty after tokenization");
-        goto err_free;
+    if (n == 0) {
+        free(ids);
+        http_send_error(hreq, 400, param, "the prompt is empty after tokenization");
+        return false;
     }
-    if (req->nprompt >= (size_t)r->tok->max_model_len) {
-        http_send_error(hreq, 400, kind == OAI_CHAT ? "messages" : "prompt",
+    if (n >= (size_t)r->tok->max_model_len) {
+        free(ids);
+        http_send_error(hreq, 400, param,
                         "This model's maximum context length is %d tokens. However, your "
                         "request has %zu input tokens. Please reduce the length of the input.",
-                        r->tok->max_model_len, req->nprompt);
-        goto err_free;
+                        r->tok->max_model_len, n);
+        return false;
     }
-    if (req->p.max_tokens < 0) {
-        req->max_tokens = (uint32_t)((size_t)r->tok->max_model_len - req->nprompt);
-    } else if ((uint64_t)req->p.max_tokens + req->nprompt > (uint64_t)r->tok->max_model_len) {
+    if (job->p.max_tokens < 0) {
+        *max_tokens_p = (uint32_t)((size_t)r->tok->max_model_len - n);
+    } else if ((uint64_t)job->p.max_tokens + n > (uint64_t)r->tok->max_model_len) {
+        free(ids);
         http_send_error(hreq, 400, "max_tokens",
                         "This model's maximum context length is %d tokens. However, you "
                         "requested %llu tokens (%zu in the input, %lld in the completion). "
                         "Please reduce the length of the input or the completion.",
-                        r->tok->max_model_len,
-                        (unsigned long long)req->p.max_tokens + req->nprompt, req->nprompt,
-                        (long long)req->p.max_tokens);
-        goto err_free;
+                        r->tok->max_model_len, (unsigned long long)job->p.max_tokens + n, n,
+                        (long long)job->p.max_tokens);
+        return false;
     } else {
-        req->max_tokens = (uint32_t)req->p.max_tokens;
+        *max_tokens_p = (uint32_t)job->p.max_tokens;
     }
-    snprintf(req->id, sizeof(req->id), "%s-%016llx", kind == OAI_CHAT ? "chatcmpl" : "cmpl",
+    *ids_p = ids;
+    *n_p = n;
+    return true;
+}
+
+static rreq_t *http_seq_new(router_t *r, rjob_t *job, int index)
+{
+    rreq_t *seq = calloc(1, sizeof(*seq));
+
+    if (seq == NULL)
+        return NULL;
+    seq->r = r;
+    seq->job = job;
+    seq->index = index;
+    sbuf_init(&seq->text);
+    sbuf_init(&seq->delta);
+    detok_init(&seq->dt, r->tok, job->p.skip_special_tokens, job->p.stop, job->p.nstop);
+    /* n samples of one prompt must differ: seed, seed + 1, ... */
+    seq->seed = job->p.seed + (int64_t)(index % job->p.n);
+    return seq;
+}
+
+static void http_generate(router_t *r, struct evhttp_request *hreq, const char *body,
+                          size_t len, oai_kind_t kind)
+{
+    rjob_t *job = calloc(1, sizeof(*job));
+    oai_err_t err;
+    size_t nprompts;
+
+    if (job == NULL) {
+        http_send_error(hreq, 500, NULL, "out of memory");
+        return;
+    }
+    job->r = r;
+    job->t_arrive = clock_now_ns();
+    if (oai_parse(kind, body, len, r->tok->vocab, &job->p, &err) != DUET_OK) {
+        http_send_oai_err(hreq, &err);
+        free(job);
+        return;
+    }
+    if (!http_model_ok(r, hreq, job->p.model))
+        goto err_free;
+    nprompts = kind == OAI_CHAT ? 1 : job->p.nprompts;
+    job->seqs = calloc(nprompts * (size_t)job->p.n, sizeof(*job->seqs));
+    if (job->seqs == NULL) {
+        http_send_error(hreq, 500, NULL, "out of memory");
+        goto err_free;
+    }
+    for (size_t i = 0; i < nprompts; i++) {
+        int32_t *ids;
+        size_t n;
+        uint32_t max_tokens;
+
+        if (!http_prompt_ids(r, hreq, job, i, &ids, &n, &max_tokens))
+            goto err_free;
+        job->prompt_tokens += n;
+        for (int j = 0; j < job->p.n; j++) {
+            rreq_t *seq = http_seq_new(r, job, (int)(i * (size_t)job->p.n) + j);
+
+            if (seq != NULL) {
+                seq->prompt = j == job->p.n - 1 ? ids : malloc(n * sizeof(*ids));
+                if (seq->prompt != NULL && seq->prompt != ids)
+                    memcpy(seq->prompt, ids, n * sizeof(*ids));
+            }
+            if (seq == NULL || seq->prompt == NULL) {
+                if (seq != NULL)
+                    job->seqs[job->nseq++] = seq;
+                if (seq == NULL || seq->prompt != ids)
+                    free(ids);
+                http_send_error(hreq, 500, NULL, "out of memory");
+                goto err_free;
+            }
+            seq->nprompt = n;
+            seq->max_tokens = max_tokens;
+            job->seqs[job->nseq++] = seq;
+        }
+    }
+    snprintf(job->id, sizeof(job->id), "%s-%016llx", kind == OAI_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)(++r->next_http_id * 0x9e3779b97f4a7c15ull));
-    req->created = clock_wall_s();
-    req->hreq = hreq;
-    req->hconn = evhttp_request_get_connection(hreq);
-    if (req->hconn != NULL) {
-        evhttp_connection_set_closecb(req->hconn, http_close_cb, req);
-        http_watch_client(r, req);
+    job->created = clock_wall_s();
+    job->hreq = hreq;
+    job->hconn = evhttp_request_get_connection(hreq);
+    if (job->hconn != NULL) {
+        evhttp_connection_set_closecb(job->hconn, http_close_cb, job);
+        http_watch_client(r, job);
     }
-    r->m.prompt_tokens += req->nprompt;
-    rreq_admit(r, req);
+    rjob_admit(r, job);
     return;
 
 err_free:
-    rreq_free(req);
+    rjob_free(job);
 }
 
 static void http_chat(router_t *r, struct evhttp_request *hreq, const char *body, size_t len)
@@ -429,242 +465,6 @@ static void http_completions(router_t *r, struct evhttp_request *hreq, const cha
                              size_t len)
 {
     http_generate(r, hreq, body, len, OAI_COMPLETION);
-}
-
-/* --- information endpoints ---------------------------------------------- */
-
-static void http_models(router_t *r, struct evhttp_request *hreq, const char *body, size_t len)
-{
-    http_send_json(hreq, 200, json_pack(
-        "{s:s, s:[{s:s, s:s, s:I, s:s, s:s, s:n, s:i, s:[]}]}", "object", "list", "data",
-        "id", r->served_name, "object", "model", "created", (json_int_t)r->created,
-        "owned_by", "duet", "root", r->served_name, "parent", "max_model_len",
-        r->tok->max_model_len, "permission"));
-}
-
-static void http_health(router_t *r, struct evhttp_request *hreq, const char *body, size_t len)
-{
-    struct evbuffer *buf;
-
-    if (!registry_ready(r)) {
-        http_send_error(hreq, 503, NULL, "not ready: %d prefill, %d decode, %d colocated nodes "
-                        "registered", registry_count(r, NODE_PREFILL),
-                        registry_count(r, NODE_DECODE), registry_count(r, NODE_COLOCATED));
-        return;
-    }
-    buf = evbuffer_new();
-    evhttp_send_reply(hreq, 200, "OK", buf);
-    if (buf != NULL)
-        evbuffer_free(buf);
-}
-
-static void http_cluster(router_t *r, struct evhttp_request *hreq, const char *body,
-                         size_t len)
-{
-    json_t *nodes = json_array(), *v;
-    node_t *n;
-    int np = registry_count(r, NODE_PREFILL), nd = registry_count(r, NODE_DECODE);
-    char ratio[32];
-
-    TAILQ_FOREACH(n, &r->nodes, link) {
-        json_t *ucx = json_array();
-        double usage = n->total_blocks ?
-            1.0 - (double)n->free_blocks / (double)n->total_blocks : 0.0;
-
-        if (!n->registered || n->closing)
-            continue;
-        for (uint32_t i = 0; i < n->nucx; i++)
-            json_array_append_new(ucx, json_string(n->ucx[i]));
-        json_array_append_new(nodes, json_pack(
-            "{s:s, s:s, s:s, s:i, s:b, s:i, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:f, s:o}",
-            "id", n->id, "role", node_role_str(n->role), "address", n->peer, "tp", (int)n->tp,
-            "draining", n->draining, "block_size", (int)n->block_size,
-            "total_blocks", (json_int_t)n->total_blocks,
-            "free_blocks", (json_int_t)n->free_blocks,
-            "running", (json_int_t)n->running, "waiting", (json_int_t)n->waiting,
-            "queued_prompt_tokens", (json_int_t)n->queued_tokens,
-            "kv_usage", usage, "inflight", (json_int_t)n->inflight,
-            "heartbeat_age_s", (double)(clock_now_ns() - n->last_hb_ns) * 1e-9,
-            "ucx", ucx));
-    }
-    snprintf(ratio, sizeof(ratio), "%d:%d", np, nd);
-    v = json_pack("{s:o, s:{s:i, s:i, s:i}, s:s, s:{s:s, s:s}, s:I, s:I, s:s}",
-                  "nodes", nodes, "counts", "prefill", np, "decode", nd,
-                  "colocated", registry_count(r, NODE_COLOCATED),
-                  "prefill_decode_ratio", ratio,
-                  "policies", "prefill", policy_str(r->ppolicy),
-                  "decode", policy_str(r->dpolicy),
-                  "requests_running", (json_int_t)r->nrunning,
-                  "requests_waiting", (json_int_t)r->nqueued,
-                  "model", r->served_name);
-    http_send_json(hreq, 200, v);
-}
-
-static void http_metrics(router_t *r, struct evhttp_request *hreq, const char *body,
-                         size_t len)
-{
-    struct evbuffer *out = evbuffer_new();
-    metrics_t *m = &r->m;
-    char labels[300];
-    node_t *n;
-
-    if (out == NULL) {
-        evhttp_send_error(hreq, 500, "Internal Server Error");
-        return;
-    }
-    snprintf(labels, sizeof(labels), "model_name=\"%s\"", r->served_name);
-    histogram_write(&m->ttft, labels, out);
-    histogram_write(&m->itl, labels, out);
-    histogram_write(&m->e2e, labels, out);
-    histogram_write(&m->queue, labels, out);
-    histogram_write(&m->kv_transfer, labels, out);
-    evbuffer_add_printf(out,
-        "# HELP duet:num_requests_running Requests dispatched to nodes.\n"
-        "# TYPE duet:num_requests_running gauge\n"
-        "duet:num_requests_running{%s} %zu\n"
-        "# HELP duet:num_requests_waiting Requests waiting in the admission queue.\n"
-        "# TYPE duet:num_requests_waiting gauge\n"
-        "duet:num_requests_waiting{%s} %zu\n", labels, r->nrunning, labels, r->nqueued);
-    evbuffer_add_printf(out,
-        "# HELP duet:kv_cache_usage_perc Fraction of a node's KV blocks in use (1 = full).\n"
-        "# TYPE duet:kv_cache_usage_perc gauge\n");
-    TAILQ_FOREACH(n, &r->nodes, link) {
-        if (n->registered && !n->closing && n->total_blocks > 0)
-            evbuffer_add_printf(out, "duet:kv_cache_usage_perc{node=\"%s\",role=\"%s\"} %.6f\n",
-                                n->id, node_role_str(n->role),
-                                1.0 - (double)n->free_blocks / (double)n->total_blocks);
-    }
-    evbuffer_add_printf(out, "# HELP duet:nodes Registered nodes by role.\n"
-                        "# TYPE duet:nodes gauge\n");
-    for (int role = 0; role < NODE_NROLES; role++)
-        evbuffer_add_printf(out, "duet:nodes{role=\"%s\"} %d\n", node_role_str(role),
-                            registry_count(r, role));
-    evbuffer_add_printf(out,
-        "# HELP duet:prompt_tokens_total Prompt tokens of admitted requests.\n"
-        "# TYPE duet:prompt_tokens_total counter\n"
-        "duet:prompt_tokens_total{%s} %llu\n"
-        "# HELP duet:generation_tokens_total Generated tokens.\n"
-        "# TYPE duet:generation_tokens_total counter\n"
-        "duet:generation_tokens_total{%s} %llu\n"
-        "# HELP duet:kv_transfer_bytes_total KV cache bytes moved from prefill to decode nodes.\n"
-        "# TYPE duet:kv_transfer_bytes_total counter\n"
-        "duet:kv_transfer_bytes_total{%s} %llu\n"
-        "# HELP duet:request_success_total Finished requests by finish reason.\n"
-        "# TYPE duet:request_success_total counter\n",
-        labels, (unsigned long long)m->prompt_tokens, labels,
-        (unsigned long long)m->generation_tokens, labels,
-        (unsigned long long)m->kv_transfer_bytes);
-    for (int i = 0; i < FINISH_NREASONS; i++)
-        evbuffer_add_printf(out, "duet:request_success_total{%s,finished_reason=\"%s\"} %llu\n",
-                            labels, finish_reason_str(i), (unsigned long long)m->success[i]);
-    evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Type",
-                      "text/plain; version=0.0.4; charset=utf-8");
-    evhttp_send_reply(hreq, 200, "OK", out);
-    evbuffer_free(out);
-}
-
-/* POST /tokenize: {"prompt": str} or {"messages": [...]} as vLLM. */
-static void http_tokenize(router_t *r, struct evhttp_request *hreq, const char *body,
-                          size_t len)
-{
-    oai_req_t q;
-    oai_err_t err;
-    json_t *root = NULL, *p, *tokens;
-    int32_t *ids = NULL;
-    size_t n = 0;
-    char *text = NULL, terr[256] = "";
-    bool add_special = true, add_gen = true;
-    duet_status_t s;
-
-    memset(&q, 0, sizeof(q));
-    memset(&err, 0, sizeof(err));
-    if (oai_load_object(body, len, &root, &err) != DUET_OK)
-        return http_send_oai_err(hreq, &err);
-    q.root = root;
-    p = json_object_get(root, "model");
-    if (p != NULL && !json_is_null(p) && !json_is_string(p)) {
-        http_send_error(hreq, 400, "model", "'model' must be a string");
-        goto out;
-    }
-    if (p != NULL && json_is_string(p) && !http_model_ok(r, hreq, json_string_value(p)))
-        goto out;
-    if ((s = oai_get_bool(root, "add_special_tokens", &add_special, &err)) == DUET_ERR_INVALID ||
-        (s = oai_get_bool(root, "add_generation_prompt", &add_gen, &err)) == DUET_ERR_INVALID) {
-        http_send_oai_err(hreq, &err);
-        goto out;
-    }
-    if (json_object_get(root, "messages") != NULL) {
-        if (oai_parse_messages(root, &q, &err) != DUET_OK) {
-            http_send_oai_err(hreq, &err);
-            goto out;
-        }
-        s = rtok_apply_chat(r->tok, q.msgs, q.nmsgs, add_gen, &text, terr, sizeof(terr));
-        if (s == DUET_OK)
-            s = rtok_encode(r->tok, text, strlen(text), add_special, &ids, &n);
-    } else {
-        p = json_object_get(root, "prompt");
-        if (!json_is_string(p)) {
-            http_send_error(hreq, 400, "prompt", "'prompt' (a string) or 'messages' is required");
-            goto out;
-        }
-        s = rtok_encode(r->tok, json_string_value(p), json_string_length(p), add_special,
-                        &ids, &n);
-    }
-    if (s != DUET_OK) {
-        http_send_error(hreq, s == DUET_ERR_INVALID ? 400 : 500, NULL, "cannot tokenize: %s",
-                        terr[0] ? terr : duet_status_str(s));
-        goto out;
-    }
-    tokens = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(tokens, json_integer(ids[i]));
-    http_send_json(hreq, 200, json_pack("{s:I, s:i, s:o, s:n}", "count", (json_int_t)n,
-                                        "max_model_len", r->tok->max_model_len,
-                                        "tokens", tokens, "token_strs"));
-out:
-    free(text);
-    free(ids);
-    oai_req_release(&q);
-}
-
-/* POST /detokenize: {"tokens": [...]} -> {"prompt": text}. */
-static void http_detokenize(router_t *r, struct evhttp_request *hreq, const char *body,
-                            size_t len)
-{
-    oai_err_t err;
-    json_t *root = NULL, *t, *p;
-    int32_t *ids = NULL;
-    size_t n = 0;
-    sbuf_t out;
-
-    memset(&err, 0, sizeof(err));
-    sbuf_init(&out);
-    if (oai_load_object(body, len, &root, &err) != DUET_OK)
-        return http_send_oai_err(hreq, &err);
-    p = json_object_get(root, "model");
-    if (p != NULL && !json_is_null(p) &&
-        (!json_is_string(p) ? (http_send_error(hreq, 400, "model", "'model' must be a string"), 1)
-                            : !http_model_ok(r, hreq, json_string_value(p))))
-        goto out;
-    t = json_object_get(root, "tokens");
-    if (!json_is_array(t)) {
-        http_send_error(hreq, 400, "tokens", "'tokens' (an array of token ids) is required");
-        goto out;
-    }
-    if (json_array_size(t) > 0 &&
-        oai_get_ids(t, "tokens", r->tok->vocab, &ids, &n, &err) != DUET_OK) {
-        http_send_oai_err(hreq, &err);
-        goto out;
-    }
-    if (detok_all(r->tok, ids, n, false, &out) != DUET_OK) {
-        http_send_error(hreq, 500, NULL, "out of memory");
-        goto out;
-    }
-    http_send_json(hreq, 200, json_pack("{s:s%}", "prompt", out.p ? out.p : "", out.n));
-out:
-    sbuf_free(&out);
-    free(ids);
-    json_decref(root);
 }
 
 /* --- dispatch ------------------------------------------------------------ */

@@ -6,6 +6,7 @@
 #define DUET_LOG_COMPONENT "router"
 #include "router_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,28 +81,38 @@ static void rreq_detach(rreq_t *req, bool abort, const node_t *skip)
     req->first_seen = false;
 }
 
-void rreq_free(rreq_t *req)
+static void rreq_free(rreq_t *req)
 {
     if (req == NULL)
         return;
-    if (req->hup != NULL)
-        event_free(req->hup);
     detok_free(&req->dt);
     sbuf_free(&req->text);
     sbuf_free(&req->delta);
     free(req->early);
     free(req->prompt);
-    oai_req_release(&req->p);
     free(req);
 }
 
-static void rreq_pump(router_t *r);
+void rjob_free(rjob_t *job)
+{
+    if (job == NULL)
+        return;
+    http_detach(job);
+    for (uint32_t i = 0; i < job->nseq; i++)
+        rreq_free(job->seqs[i]);
+    free(job->seqs);
+    oai_req_release(&job->p);
+    free(job);
+}
 
-/* The request leaves the running set (or the queue) for good. */
-static void rreq_retire(rreq_t *req)
+/* The sequence stops for good: out of the queue or the running set, off
+ * its nodes (ABORT when abort), DONE. The job stays. */
+static void rreq_stop(rreq_t *req, bool abort)
 {
     router_t *r = req->r;
 
+    if (req->state == RREQ_DONE)
+        return;
     if (req->state == RREQ_RUNNING) {
         TAILQ_REMOVE(&r->running, req, link);
         r->nrunning--;
@@ -109,34 +120,53 @@ static void rreq_retire(rreq_t *req)
         TAILQ_REMOVE(&r->queue, req, link);
         r->nqueued--;
     }
+    rreq_detach(req, abort, NULL);
     req->state = RREQ_DONE;
-    rreq_free(req);
-    rreq_pump(r);
+    req->job->nlive--;
 }
 
+/* Fail the whole job: answer the client, abort every live sequence, free. */
+static void rjob_fail(rjob_t *job, int status, const char *why, finish_reason_t reason)
+{
+    router_t *r = job->r;
+
+    http_emit_failure(job, status, why);
+    for (uint32_t i = 0; i < job->nseq; i++) {
+        if (job->seqs[i]->state != RREQ_DONE) {
+            rreq_stop(job->seqs[i], true);
+            r->m.success[reason]++;
+        }
+    }
+    rjob_free(job);
+}
+
+static void rreq_fail(rreq_t *req, int status, const char *why)
+{
+    log_warn("request %s (choice %d) failed: %s", req->job->id, req->index, why);
+    rjob_fail(req->job, status, why, FINISH_ERROR);
+}
+
+/* The sequence ended normally. May free the job (the last one). */
 static void rreq_complete(rreq_t *req, finish_reason_t reason, bool abort_nodes)
 {
     router_t *r = req->r;
+    rjob_t *job = req->job;
 
     if (reason != FINISH_STOP || !req->dt.stopped) {
         sbuf_clear(&req->delta);
         if (detok_flush(&req->dt, &req->delta) == DUET_OK && req->delta.n)
             http_emit_token(req, req->delta.p, req->delta.n);
     }
-    rreq_detach(req, abort_nodes, NULL);
-    http_emit_finish(req, reason);
+    rreq_stop(req, abort_nodes);
+    req->reason = reason;
+    job->completion_tokens += req->ncompletion;
+    http_emit_seq_finish(req);
     r->m.success[reason]++;
-    histogram_observe(&r->m.e2e, (double)(clock_now_ns() - req->t_arrive) * 1e-9);
-    rreq_retire(req);
-}
-
-static void rreq_fail(rreq_t *req, int status, const char *why)
-{
-    log_warn("request %s failed: %s", req->id, why);
-    rreq_detach(req, true, NULL);
-    http_emit_failure(req, status, why);
-    req->r->m.success[FINISH_ERROR]++;
-    rreq_retire(req);
+    histogram_observe(&r->m.e2e, (double)(clock_now_ns() - job->t_arrive) * 1e-9);
+    if (job->nlive == 0) {
+        http_emit_job_done(job);
+        rjob_free(job);
+    }
 }
 
 /* --- dispatch ------------------------------------------------------------ */
@@ -178,65 +208,85 @@ static duet_status_t rreq_dispatch(rreq_t *req)
         ctl_send_reserve(r, d, req);
     }
     ctl_send_prefill(r, p, req);
-    log_req(LOG_LEVEL_DEBUG, req->rid, "%s: prefill %s, decode %s, %zu prompt tokens",
-            req->id, p->id, d ? d->id : "(colocated)", req->nprompt);
+    log_req(LOG_LEVEL_DEBUG, req->rid, "%s/%d: prefill %s, decode %s, %zu prompt tokens",
+            req->job->id, req->index, p->id, d ? d->id : "(colocated)", req->nprompt);
     return DUET_OK;
 }
 
-/* Start (or retry) a request that is in r->running. */
-static void rreq_start(rreq_t *req)
+/* Move a sequence into the running set and dispatch it. false when that
+ * failed the job (which is then freed). */
+static bool rreq_run(rreq_t *req)
 {
-    if (rreq_dispatch(req) != DUET_OK)
+    router_t *r = req->r;
+
+    req->state = RREQ_RUNNING;
+    TAILQ_INSERT_TAIL(&r->running, req, link);
+    r->nrunning++;
+    req->t_dispatch = clock_now_ns();
+    histogram_observe(&r->m.queue, (double)(req->t_dispatch - req->job->t_arrive) * 1e-9);
+    if (rreq_dispatch(req) != DUET_OK) {
         rreq_fail(req, 503, "no node available to serve the request");
+        return false;
+    }
+    return true;
 }
 
-static void rreq_pump(router_t *r)
+/* Dispatch queued sequences while there is room. Entry points call it last;
+ * it does not nest. */
+static void lifecycle_pump(router_t *r)
 {
+    if (r->pumping)
+        return;
+    r->pumping = true;
     while (r->nqueued > 0 && r->nrunning < (size_t)r->cfg.max_inflight) {
         rreq_t *req = TAILQ_FIRST(&r->queue);
 
         TAILQ_REMOVE(&r->queue, req, link);
         r->nqueued--;
-        req->state = RREQ_RUNNING;
-        TAILQ_INSERT_TAIL(&r->running, req, link);
-        r->nrunning++;
-        req->t_dispatch = clock_now_ns();
-        histogram_observe(&r->m.queue, (double)(req->t_dispatch - req->t_arrive) * 1e-9);
-        rreq_start(req);
+        rreq_run(req);
     }
+    r->pumping = false;
 }
 
-void rreq_admit(router_t *r, rreq_t *req)
+void rjob_admit(router_t *r, rjob_t *job)
 {
+    size_t room, need_queue;
+
     if (!registry_ready(r)) {
-        http_emit_failure(req, 503, "no prefill and decode (or colocated) nodes are registered");
-        rreq_free(req);
+        http_emit_failure(job, 503, "no prefill and decode (or colocated) nodes are registered");
+        rjob_free(job);
         return;
     }
-    if (r->nrunning < (size_t)r->cfg.max_inflight && r->nqueued == 0) {
-        req->state = RREQ_RUNNING;
-        TAILQ_INSERT_TAIL(&r->running, req, link);
-        r->nrunning++;
-        req->t_dispatch = clock_now_ns();
-        histogram_observe(&r->m.queue, (double)(req->t_dispatch - req->t_arrive) * 1e-9);
-        rreq_start(req);
-        return;
-    }
-    if (r->nqueued >= (size_t)r->cfg.max_queue) {
-        http_emit_failure(req, 429, "the server is at capacity (admission queue full); "
+    room = r->nqueued == 0 && r->nrunning < (size_t)r->cfg.max_inflight ?
+           (size_t)r->cfg.max_inflight - r->nrunning : 0;
+    need_queue = job->nseq > room ? job->nseq - room : 0;
+    if (r->nqueued + need_queue > (size_t)r->cfg.max_queue) {
+        http_emit_failure(job, 429, "the server is at capacity (admission queue full); "
                           "retry later");
-        rreq_free(req);
+        rjob_free(job);
         return;
     }
-    req->state = RREQ_QUEUED;
-    TAILQ_INSERT_TAIL(&r->queue, req, link);
-    r->nqueued++;
+    r->m.prompt_tokens += job->prompt_tokens;
+    job->nlive = job->nseq;
+    /* queue first, so a dispatch failure that frees the job leaves nothing
+     * of it behind */
+    for (uint32_t i = 0; i < job->nseq; i++) {
+        if (i >= room) {
+            job->seqs[i]->state = RREQ_QUEUED;
+            TAILQ_INSERT_TAIL(&r->queue, job->seqs[i], link);
+            r->nqueued++;
+        }
+    }
+    for (uint32_t i = 0; i < job->nseq && i < room; i++)
+        if (!rreq_run(job->seqs[i]))
+            break;
+    lifecycle_pump(r);
 }
 
 /* --- retry and failure --------------------------------------------------- */
 
 /* The current attempt failed because of `bad` (NULL: unknown). Retry once on
- * another node while no token has been received, else fail. */
+ * another node while no token has been received, else fail the job. */
 static void rreq_attempt_failed(rreq_t *req, node_t *bad, const char *why)
 {
     bool can_retry = req->attempts < RREQ_MAX_ATTEMPTS && !req->first_seen &&
@@ -246,10 +296,12 @@ static void rreq_attempt_failed(rreq_t *req, node_t *bad, const char *why)
         rreq_fail(req, 503, why);
         return;
     }
-    log_info("request %s: %s; retrying on another node", req->id, why);
+    log_info("request %s (choice %d): %s; retrying on another node", req->job->id,
+             req->index, why);
     rreq_detach(req, true, bad);
     req->failed = bad;
-    rreq_start(req);
+    if (rreq_dispatch(req) != DUET_OK)
+        rreq_fail(req, 503, why);
 }
 
 void rreq_on_failure(router_t *r, node_t *from, uint64_t rid, const char *why)
@@ -262,6 +314,7 @@ void rreq_on_failure(router_t *r, node_t *from, uint64_t rid, const char *why)
         return;
     }
     rreq_attempt_failed(req, from, why);
+    lifecycle_pump(r);
 }
 
 void lifecycle_node_gone(router_t *r, node_t *node)
@@ -280,6 +333,7 @@ void lifecycle_node_gone(router_t *r, node_t *node)
     TAILQ_FOREACH(req, &r->running, link)
         if (n < cap && req->rid != 0 && (req->pnode == node || req->dnode == node))
             rids[n++] = req->rid;
+    /* by rid: failing one sequence may free its job and its siblings */
     for (size_t i = 0; i < n; i++) {
         req = rreq_find(r, rids[i]);
         if (req != NULL && (req->pnode == node || req->dnode == node)) {
@@ -290,42 +344,34 @@ void lifecycle_node_gone(router_t *r, node_t *node)
         }
     }
     free(rids);
+    lifecycle_pump(r);
 }
 
 void lifecycle_shutdown(router_t *r)
 {
     rreq_t *req;
 
-    while ((req = TAILQ_FIRST(&r->queue)) != NULL) {
-        TAILQ_REMOVE(&r->queue, req, link);
-        r->nqueued--;
-        req->state = RREQ_DONE;
-        http_emit_failure(req, 503, "the router is shutting down");
-        rreq_free(req);
-    }
-    while ((req = TAILQ_FIRST(&r->running)) != NULL) {
-        rreq_detach(req, true, NULL);
-        TAILQ_REMOVE(&r->running, req, link);
-        r->nrunning--;
-        req->state = RREQ_DONE;
-        http_emit_failure(req, 503, "the router is shutting down");
-        rreq_free(req);
-    }
+    r->pumping = true;   /* nothing new starts */
+    while ((req = TAILQ_FIRST(&r->running)) != NULL ||
+           (req = TAILQ_FIRST(&r->queue)) != NULL)
+        rjob_fail(req->job, 503, "the router is shutting down", FINISH_ABORT);
 }
 
-void rreq_client_gone(rreq_t *req)
+void rjob_client_gone(rjob_t *job)
 {
-    log_info("request %s: client went away; aborting", req->id);
-    req->hreq = NULL;
-    req->hconn = NULL;
-    rreq_detach(req, true, NULL);
-    req->r->m.success[FINISH_ABORT]++;
-    rreq_retire(req);
+    router_t *r = job->r;
+
+    log_info("request %s: client went away; aborting", job->id);
+    job->hreq = NULL;
+    job->hconn = NULL;
+    rjob_fail(job, 499, "client went away", FINISH_ABORT);
+    lifecycle_pump(r);
 }
 
 /* --- tokens ------------------------------------------------------------- */
 
-/* One generated token, in order. May complete (and free) the request. */
+/* One generated token, in order. May complete the sequence and free its
+ * job. */
 static void rreq_token(rreq_t *req, int32_t token)
 {
     router_t *r = req->r;
@@ -346,7 +392,7 @@ static void rreq_token(rreq_t *req, int32_t token)
         http_emit_token(req, req->delta.p, req->delta.n);
     if (stopped)
         rreq_complete(req, FINISH_STOP, true);
-    else if (!req->p.ignore_eos && rtok_is_eos(r->tok, token))
+    else if (!req->job->p.ignore_eos && rtok_is_eos(r->tok, token))
         rreq_complete(req, FINISH_STOP, false);
     else if (req->ncompletion >= req->max_tokens)
         rreq_complete(req, FINISH_LENGTH, false);
@@ -360,6 +406,7 @@ void rreq_on_first_token(router_t *r, node_t *from, uint64_t rid, int32_t token,
     int32_t *early;
     bool early_finish;
     finish_reason_t early_reason;
+    node_t *dnode;
 
     if (req == NULL || from != req->pnode || req->first_seen) {
         log_debug("ignoring FIRST_TOKEN for request %llu from %s", (unsigned long long)rid,
@@ -368,7 +415,7 @@ void rreq_on_first_token(router_t *r, node_t *from, uint64_t rid, int32_t token,
     }
     req->first_seen = true;
     req->t_first = clock_now_ns();
-    histogram_observe(&r->m.ttft, (double)(req->t_first - req->t_arrive) * 1e-9);
+    histogram_observe(&r->m.ttft, (double)(req->t_first - req->job->t_arrive) * 1e-9);
     r->m.kv_transfer_bytes += kv_bytes;
     if (kv_s >= 0 && req->dnode != NULL)
         histogram_observe(&r->m.kv_transfer, kv_s);
@@ -377,6 +424,7 @@ void rreq_on_first_token(router_t *r, node_t *from, uint64_t rid, int32_t token,
         req->pnode->inflight--;
         req->pnode = NULL;
     }
+    dnode = req->dnode;
     early = req->early;
     nearly = req->nearly;
     early_finish = req->early_finish;
@@ -384,13 +432,14 @@ void rreq_on_first_token(router_t *r, node_t *from, uint64_t rid, int32_t token,
     req->early = NULL;
     req->nearly = 0;
     req->early_finish = false;
-    /* rreq_token may complete and free req: stop touching it once rid is gone */
+    /* rreq_token may end the sequence or free the job: re-find by rid */
     rreq_token(req, token);
     for (uint64_t i = 0; i < nearly && rreq_find(r, rid) == req; i++)
         rreq_token(req, early[i]);
     free(early);
     if (early_finish && rreq_find(r, rid) == req)
-        rreq_on_finish(r, req->dnode, rid, early_reason, "");
+        rreq_on_finish(r, dnode, rid, early_reason, "");
+    lifecycle_pump(r);
 }
 
 void rreq_on_token(router_t *r, node_t *from, uint64_t rid, int32_t token)
@@ -411,11 +460,13 @@ void rreq_on_token(router_t *r, node_t *from, uint64_t rid, int32_t token)
         /* decode's tokens overtook the prefill's FIRST_TOKEN */
         if (req->nearly >= RREQ_MAX_EARLY) {
             rreq_attempt_failed(req, from, "too many tokens before FIRST_TOKEN");
+            lifecycle_pump(r);
             return;
         }
         e = realloc(req->early, (req->nearly + 1) * sizeof(*e));
         if (e == NULL) {
             rreq_fail(req, 500, "out of memory");
+            lifecycle_pump(r);
             return;
         }
         req->early = e;
@@ -423,6 +474,7 @@ void rreq_on_token(router_t *r, node_t *from, uint64_t rid, int32_t token)
         return;
     }
     rreq_token(req, token);
+    lifecycle_pump(r);
 }
 
 void rreq_on_finish(router_t *r, node_t *from, uint64_t rid, finish_reason_t reason,
@@ -437,12 +489,12 @@ void rreq_on_finish(router_t *r, node_t *from, uint64_t rid, finish_reason_t rea
         snprintf(why, sizeof(why), "node %s ended the request (%s)%s%s", from->id,
                  finish_reason_str(reason), msg && msg[0] ? ": " : "", msg ? msg : "");
         rreq_attempt_failed(req, from, why);
-        return;
-    }
-    if (!req->first_seen) {
+    } else if (!req->first_seen) {
         req->early_finish = true;
         req->early_reason = reason;
         return;
+    } else {
+        rreq_complete(req, reason, false);
     }
-    rreq_complete(req, reason, false);
+    lifecycle_pump(r);
 }

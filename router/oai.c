@@ -276,33 +276,55 @@ duet_status_t oai_parse_messages(json_t *root, oai_req_t *req, oai_err_t *err)
     return DUET_OK;
 }
 
-static duet_status_t oai_parse_prompt(json_t *root, int32_t vocab, oai_req_t *req,
-                                      oai_err_t *err)
+static duet_status_t oai_prompt_one(json_t *p, int32_t vocab, oai_prompt_t *out,
+                                    oai_err_t *err)
 {
-    json_t *p = json_object_get(root, "prompt");
-
-    if (p == NULL || json_is_null(p))
-        return oai_fail(err, 400, "prompt", "'prompt' is required");
-    if (json_is_array(p) && json_array_size(p) == 1 &&
-        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
-        p = json_array_get(p, 0);    /* a batch of one */
     if (json_is_string(p)) {
         if (json_string_length(p) == 0)
             return oai_fail(err, 400, "prompt", "'prompt' must not be empty");
-        req->prompt_text = json_string_value(p);
-        req->prompt_len = json_string_length(p);
+        out->text = json_string_value(p);
+        out->len = json_string_length(p);
         return DUET_OK;
     }
     if (!json_is_array(p))
         return oai_fail(err, 400, "prompt",
-                        "'prompt' must be a string, a list of strings or a list of token ids");
-    if (json_array_size(p) == 0)
+                        "'prompt' must be a string, a list of strings, a list of token ids "
+                        "or a list of token-id lists");
+    return oai_get_ids(p, "prompt", vocab, &out->ids, &out->nids, err);
+}
+
+static duet_status_t oai_parse_prompt(json_t *root, int32_t vocab, oai_req_t *req,
+                                      oai_err_t *err)
+{
+    json_t *p = json_object_get(root, "prompt"), *e;
+    size_t i, n = 1;
+    bool batch;
+
+    if (p == NULL || json_is_null(p))
+        return oai_fail(err, 400, "prompt", "'prompt' is required");
+    if (json_is_array(p) && json_array_size(p) == 0)
         return oai_fail(err, 400, "prompt", "'prompt' must not be empty");
-    if (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0)))
-        return oai_fail(err, 400, "prompt",
-                        "batched prompts (%zu) are not supported; send one request per prompt",
-                        json_array_size(p));
-    return oai_get_ids(p, "prompt", vocab, &req->prompt_ids, &req->nprompt_ids, err);
+    /* a list of strings or of id lists is a batch; a list of ints is one prompt */
+    batch = json_is_array(p) && (json_is_string(json_array_get(p, 0)) ||
+                                 json_is_array(json_array_get(p, 0)));
+    if (batch) {
+        n = json_array_size(p);
+        if (n > OAI_MAX_PROMPTS)
+            return oai_fail(err, 400, "prompt", "at most %d prompts in one request",
+                            OAI_MAX_PROMPTS);
+        json_array_foreach(p, i, e)
+            if (!json_is_string(e) && !json_is_array(e))
+                return oai_fail(err, 400, "prompt", "'prompt' mixes strings, lists and "
+                                "other values");
+    }
+    req->prompts = calloc(n, sizeof(*req->prompts));
+    if (req->prompts == NULL)
+        return oai_fail(err, 500, NULL, "out of memory");
+    for (i = 0; i < n; i++) {
+        CHECK(oai_prompt_one(batch ? json_array_get(p, i) : p, vocab, &req->prompts[i], err));
+        req->nprompts++;
+    }
+    return DUET_OK;
 }
 
 static duet_status_t oai_parse_stop(json_t *root, oai_req_t *req, oai_err_t *err)
@@ -384,10 +406,8 @@ static duet_status_t oai_parse_fields(oai_kind_t kind, int32_t vocab, oai_req_t 
     OAI_OPT(oai_get_num(root, "repetition_penalty", 1e-6, 10, &req->repetition_penalty, err));
     OAI_OPT(oai_get_bool(root, "ignore_eos", &req->ignore_eos, err));
     OAI_OPT(oai_get_bool(root, "skip_special_tokens", &req->skip_special_tokens, err));
-    OAI_OPT(oai_get_int(root, "n", 1, 128, &n, err));
-    if (n != 1)
-        return oai_fail(err, 400, "n", "n > 1 is not supported; send n requests (with "
-                        "different seeds) instead");
+    OAI_OPT(oai_get_int(root, "n", 1, OAI_MAX_N, &n, err));
+    req->n = (int)n;
     OAI_OPT(oai_get_int(root, "best_of", 1, 128, &best_of, err));
     if (best_of != 1)
         return oai_fail(err, 400, "best_of", "best_of > 1 is not supported");
@@ -411,7 +431,11 @@ static duet_status_t oai_parse_fields(oai_kind_t kind, int32_t vocab, oai_req_t 
     CHECK(oai_parse_stop(root, req, err));
     if (kind == OAI_CHAT)
         return oai_parse_messages(root, req, err);
-    return oai_parse_prompt(root, vocab, req, err);
+    CHECK(oai_parse_prompt(root, vocab, req, err));
+    if (req->nprompts * (size_t)req->n > OAI_MAX_CHOICES)
+        return oai_fail(err, 400, "n", "prompts x n is %zu, more than %d choices",
+                        req->nprompts * (size_t)req->n, OAI_MAX_CHOICES);
+    return DUET_OK;
 }
 
 duet_status_t oai_parse(oai_kind_t kind, const char *body, size_t len,
@@ -429,6 +453,7 @@ duet_status_t oai_parse(oai_kind_t kind, const char *body, size_t len,
     req->repetition_penalty = 1.0;
     req->skip_special_tokens = true;
     req->add_generation_prompt = true;
+    req->n = 1;
     status = oai_load_object(body, len, &req->root, err);
     if (status != DUET_OK)
         return status;
@@ -448,7 +473,9 @@ void oai_req_release(oai_req_t *req)
         free(req->owned[i]);
     free(req->owned);
     free(req->msgs);
-    free(req->prompt_ids);
+    for (size_t i = 0; i < req->nprompts; i++)
+        free(req->prompts[i].ids);
+    free(req->prompts);
     if (req->root != NULL)
         json_decref(req->root);
     memset(req, 0, sizeof(*req));

@@ -17,6 +17,9 @@
 
 #define OAI_MAX_DEPTH     32       /* JSON nesting accepted */
 #define OAI_MAX_MESSAGES  4096
+#define OAI_MAX_PROMPTS   64       /* prompts in one completions request */
+#define OAI_MAX_N         16       /* choices per prompt */
+#define OAI_MAX_CHOICES   128      /* prompts x n */
 
 typedef enum {
     OAI_CHAT,
@@ -36,6 +39,14 @@ duet_status_t oai_fail(oai_err_t *err, int status, const char *param,
 
 /* "BadRequestError" etc. for a status. */
 const char *oai_err_type(int status);
+
+/* One completions prompt: text or token ids. */
+typedef struct {
+    const char *text;              /* borrowed from the JSON tree; NULL for ids */
+    size_t      len;
+    int32_t    *ids;               /* malloc'd; NULL for text */
+    size_t      nids;
+} oai_prompt_t;
 
 typedef struct {
     oai_kind_t  kind;
@@ -58,16 +69,16 @@ typedef struct {
     bool        add_generation_prompt; /* default true (chat) */
     const char *stop[DETOK_MAX_STOP];
     int         nstop;
+    int         n;                 /* choices per prompt, default 1 */
     /* chat */
     rtok_msg_t *msgs;              /* malloc'd; contents may be malloc'd (see owned) */
     size_t      nmsgs;
     char      **owned;             /* joined content parts to free */
     size_t      nowned;
-    /* completion: exactly one of text / ids */
-    const char *prompt_text;
-    size_t      prompt_len;
-    int32_t    *prompt_ids;        /* malloc'd */
-    size_t      nprompt_ids;
+    /* completion: a string, a list of strings, token ids or a list of
+     * token-id lists; each entry is one prompt */
+    oai_prompt_t *prompts;         /* malloc'd */
+    size_t        nprompts;
 } oai_req_t;
 
 /* Reject bodies nested deeper than max_depth ([ and { outside strings),
@@ -101,5 +112,53 @@ duet_status_t oai_get_ids(json_t *arr, const char *param, int32_t vocab,
 
 /* Collect "messages" into req->msgs (shared with /tokenize). */
 duet_status_t oai_parse_messages(json_t *root, oai_req_t *req, oai_err_t *err);
+
+/* --- responses (oai_out.c) ---------------------------------------------- */
+
+struct evbuffer;
+
+/* What every response and chunk of one request repeats. */
+typedef struct {
+    oai_kind_t  kind;
+    const char *id;            /* "chatcmpl-..." / "cmpl-..." */
+    int64_t     created;       /* Unix seconds */
+    const char *model;
+} oai_meta_t;
+
+/* {"error": {"message", "type", "param", "code"}}; code is the status. */
+json_t *oai_error_json(int status, const char *param, const char *msg);
+json_t *oai_usage_json(size_t prompt, size_t completion);
+/* One streaming chunk of choice `index`: text (UTF-8, n bytes; NULL in the
+ * final chunk), finish ("stop" / "length", or NULL), with_role (chat: add
+ * delta.role = "assistant", for the choice's first chunk). */
+json_t *oai_chunk_json(const oai_meta_t *m, int index, const char *text, size_t n,
+                       const char *finish, bool with_role);
+/* The final usage chunk of a stream: empty choices and usage. */
+json_t *oai_usage_chunk_json(const oai_meta_t *m, size_t prompt, size_t completion);
+/* One choice of a whole response. */
+typedef struct {
+    const char *text;          /* UTF-8, len bytes (NULL: empty) */
+    size_t      len;
+    const char *finish;        /* "stop" / "length" */
+} oai_choice_t;
+
+/* A whole non-streaming response with nchoices choices (index = position). */
+json_t *oai_response_json(const oai_meta_t *m, const oai_choice_t *choices, size_t nchoices,
+                          size_t prompt, size_t completion);
+
+/* Append the SSE event `data: <v as compact JSON>\n\n` to out; takes v
+ * (also on failure; NULL is DUET_ERR_NOMEM). */
+duet_status_t sse_event(struct evbuffer *out, json_t *v);
+/* The hot path of streaming: append the SSE event of one chunk (the same
+ * JSON as oai_chunk_json) to out without building a JSON tree. text must be
+ * valid UTF-8. */
+duet_status_t sse_chunk(struct evbuffer *out, const oai_meta_t *m, int index,
+                        const char *text, size_t n, const char *finish, bool with_role);
+
+/* Append s (n bytes of UTF-8) as a JSON string literal with its quotes. */
+duet_status_t json_escape_append(struct evbuffer *out, const char *s, size_t n);
+
+/* Append `data: [DONE]\n\n`. */
+duet_status_t sse_done(struct evbuffer *out);
 
 #endif

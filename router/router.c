@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -55,6 +56,11 @@ duet_status_t router_create(struct event_base *base, const router_config_t *cfg,
     TAILQ_INIT(&r->running);
     metrics_init(&r->m);
     frame_writer_init(&r->fw);
+    r->scratch = evbuffer_new();
+    if (r->scratch == NULL) {
+        status = DUET_ERR_NOMEM;
+        goto err_free;
+    }
     snprintf(r->served_name, sizeof(r->served_name), "%s",
              cfg->served_name && cfg->served_name[0] ? cfg->served_name : tok->name);
     if (policy_parse(cfg->prefill_policy, true, &r->ppolicy) != DUET_OK ||
@@ -77,6 +83,17 @@ duet_status_t router_create(struct event_base *base, const router_config_t *cfg,
         status = DUET_ERR_NOMEM;
         goto err_free;
     }
+    if ((cfg->cluster_token == NULL || cfg->cluster_token[0] == '\0') &&
+        strcmp(cfg->host, "127.0.0.1") != 0 && strcmp(cfg->host, "::1") != 0 &&
+        strcmp(cfg->host, "localhost") != 0)
+        log_warn("listening on %s with an empty cluster token: any host that reaches port "
+                 "%d can register as a node (set --cluster-token)", cfg->host, r->ctl_port);
+    if (cfg->api_key == NULL || cfg->api_key[0] == '\0')
+        log_info("no API key: the HTTP API is open to whoever reaches %s:%d", cfg->host,
+                 r->http_port);
+    log_info("policies: prefill %s, decode %s; max %d in flight, %d queued; model %s, "
+             "context %d", policy_str(r->ppolicy), policy_str(r->dpolicy), cfg->max_inflight,
+             cfg->max_queue, r->served_name, tok->max_model_len);
     *router_p = r;
     return DUET_OK;
 
@@ -120,6 +137,8 @@ void router_destroy(router_t *r)
     if (r->http != NULL)
         evhttp_free(r->http);
     frame_writer_destroy(&r->fw);
+    if (r->scratch != NULL)
+        evbuffer_free(r->scratch);
     rtok_destroy(r->tok);
     free(r);
 }

@@ -22,6 +22,7 @@ struct evhttp_bound_socket;
 struct evhttp_connection;
 struct evhttp_request;
 struct event;
+struct evbuffer;
 
 #define NODE_ID_MAX        64
 #define NODE_MAX_TP        64
@@ -78,26 +79,27 @@ typedef struct node {
 } node_t;
 
 typedef enum {
-    RREQ_QUEUED = 0,
+    RREQ_NEW = 0,                          /* built, not admitted yet */
+    RREQ_QUEUED,
     RREQ_RUNNING,
-    RREQ_DONE,
+    RREQ_DONE,                             /* finished, failed or aborted */
 } rreq_state_t;
 
-/* One HTTP generation request. */
+typedef struct rjob rjob_t;
+
+/* One sequence of an HTTP request (one choice: a prompt, or one of its n
+ * samples). This is what nodes see as one rid. */
 typedef struct rreq {
     TAILQ_ENTRY(rreq)        link;         /* r->queue or r->running */
     struct rreq             *hnext;        /* rid hash chain */
     router_t                *r;
+    rjob_t                  *job;          /* owner */
+    int                      index;        /* choice index */
     rreq_state_t             state;
-    struct evhttp_request   *hreq;
-    struct evhttp_connection *hconn;
-    struct event            *hup;          /* EV_CLOSED watch on the client socket */
-    oai_req_t                p;
-    char                     id[48];       /* "chatcmpl-..." / "cmpl-..." */
-    int64_t                  created;
     int32_t                 *prompt;       /* (nprompt) malloc'd */
     size_t                   nprompt;
     uint32_t                 max_tokens;
+    int64_t                  seed;         /* when job->p.has_seed */
     /* the current attempt */
     uint64_t                 rid;
     int                      attempts;
@@ -114,10 +116,28 @@ typedef struct rreq {
     sbuf_t                   text;         /* whole completion (non-streaming) */
     sbuf_t                   delta;        /* scratch for one token's text */
     uint32_t                 ncompletion;
-    bool                     headers_sent;
     bool                     role_sent;
-    uint64_t                 t_arrive, t_dispatch, t_first, t_last;
+    finish_reason_t          reason;       /* once DONE after a success */
+    uint64_t                 t_dispatch, t_first, t_last;
 } rreq_t;
+
+/* One HTTP generation request: its connection, parameters and sequences. */
+struct rjob {
+    router_t                *r;
+    struct evhttp_request   *hreq;         /* NULL once answered or gone */
+    struct evhttp_connection *hconn;
+    struct event            *hup;          /* EV_CLOSED watch on the client socket */
+    oai_req_t                p;
+    char                     id[48];       /* "chatcmpl-..." / "cmpl-..." */
+    int64_t                  created;
+    rreq_t                 **seqs;         /* (nseq) owned */
+    uint32_t                 nseq;
+    uint32_t                 nlive;        /* sequences not DONE */
+    bool                     headers_sent;
+    size_t                   prompt_tokens; /* counted once per prompt */
+    size_t                   completion_tokens;
+    uint64_t                 t_arrive;
+};
 
 struct router {
     struct event_base          *base;
@@ -136,11 +156,13 @@ struct router {
     rreq_t                     *rids[RID_BUCKETS];
     uint64_t                    next_rid;
     uint64_t                    next_http_id;
+    bool                        pumping;
     policy_t                    ppolicy, dpolicy;
     uint64_t                    rr[NODE_NROLES];
     metrics_t                   m;
     int64_t                     created;
     frame_writer_t              fw;
+    struct evbuffer            *scratch;   /* one SSE event at a time */
 };
 
 /* --- registry.c --------------------------------------------------------- */
@@ -178,9 +200,13 @@ void ctl_check_timeouts(router_t *r);
 
 /* --- lifecycle.c -------------------------------------------------------- */
 
-/* Admit a parsed and tokenized request: dispatch now, queue, or fail with
- * 429/503. Takes ownership of req. */
-void rreq_admit(router_t *r, rreq_t *req);
+/* Admit a job whose sequences are built: dispatch them now, queue them,
+ * or answer 429/503. Takes ownership of job. */
+void rjob_admit(router_t *r, rjob_t *job);
+/* Free a job and its sequences (they must be DONE or never admitted). */
+void rjob_free(rjob_t *job);
+/* The HTTP client went away: abort every sequence, free the job. */
+void rjob_client_gone(rjob_t *job);
 rreq_t *rreq_find(router_t *r, uint64_t rid);
 void rreq_on_first_token(router_t *r, node_t *from, uint64_t rid, int32_t token,
                          uint64_t kv_bytes, double kv_s);
@@ -191,10 +217,6 @@ void rreq_on_finish(router_t *r, node_t *from, uint64_t rid, finish_reason_t rea
 void rreq_on_failure(router_t *r, node_t *from, uint64_t rid, const char *why);
 /* The node is going away: every request that uses it fails or retries. */
 void lifecycle_node_gone(router_t *r, node_t *node);
-/* The HTTP client went away. */
-void rreq_client_gone(rreq_t *req);
-/* Free a finished request (state DONE or never admitted). */
-void rreq_free(rreq_t *req);
 /* Fail every request (shutdown). */
 void lifecycle_shutdown(router_t *r);
 
@@ -204,12 +226,32 @@ duet_status_t http_listen(router_t *r);
 /* Send {"error": ...} with the status. Ends the HTTP request. */
 void http_send_error(struct evhttp_request *hreq, int status, const char *param,
                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-/* Output of a request: text delta for one token (may be empty). */
-void http_emit_token(rreq_t *req, const char *text, size_t n);
-/* The request finished: send the final chunk(s) or the whole response. */
-void http_emit_finish(rreq_t *req, finish_reason_t reason);
-/* The request failed before completing: an HTTP error when nothing was
- * sent yet, else an error event in the stream. */
-void http_emit_failure(rreq_t *req, int status, const char *msg);
+/* Send a JSON value (taken) with a status. */
+void http_send_json(struct evhttp_request *hreq, int status, json_t *v);
+void http_send_oai_err(struct evhttp_request *hreq, const oai_err_t *err);
+/* true when model is NULL or the served name; else sends 404. */
+bool http_model_ok(router_t *r, struct evhttp_request *hreq, const char *model);
+
+/* --- http_info.c: handlers(r, hreq, body, len) --------------------------- */
+
+void http_models(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_health(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_cluster(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_metrics(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_tokenize(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+void http_detokenize(router_t *r, struct evhttp_request *hreq, const char *body, size_t len);
+
+/* Output of one sequence: the text of one token (may be empty). */
+void http_emit_token(rreq_t *seq, const char *text, size_t n);
+/* One sequence finished (seq->reason): its final stream chunk. */
+void http_emit_seq_finish(rreq_t *seq);
+/* Every sequence finished: the usage chunk and [DONE], or the whole
+ * response. */
+void http_emit_job_done(rjob_t *job);
+/* The job failed: an HTTP error when nothing was sent yet, else an error
+ * event in the stream. */
+void http_emit_failure(rjob_t *job, int status, const char *msg);
+/* Stop watching the client (the job is about to be freed). */
+void http_detach(rjob_t *job);
 
 #endif

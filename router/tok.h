@@ -3,8 +3,8 @@
  * tokenizer is built. Two providers exist:
  *  - "byte" (tok_byte.c): token id = byte value 0..255 plus the ChatML
  *    special tokens; no model file. For protocol tests and bring-up only.
- *  - the GGUF tokenizer and chat template from model/ (tok_gguf.c, once
- *    model/tokenizer.h lands), selected by `duet router --model FILE`.
+ *  - the GGUF tokenizer and chat template from model/ (tok_gguf.c),
+ *    selected by `duet router --model FILE`.
  * The router calls these through the rtok_* wrappers only. */
 #ifndef DUET_ROUTER_TOK_H
 #define DUET_ROUTER_TOK_H
@@ -67,8 +67,7 @@ duet_status_t rtok_byte_create(int32_t max_model_len, rtok_t **tok_p);
 
 /* The tokenizer, chat template (by name when chat_template is not NULL,
  * else tokenizer.chat_template), context length and fingerprint of a GGUF
- * file. Built only when model/tokenizer.h is present
- * (DUET_ROUTER_HAVE_GGUF_TOK). err gets a one-line reason. */
+ * file. err gets a one-line reason. */
 duet_status_t rtok_gguf_create(const char *path, const char *chat_template,
                                rtok_t **tok_p, char *err, size_t errlen);
 

@@ -20,7 +20,10 @@ import time
 import urllib.error
 import urllib.request
 
-import msgpack
+try:
+    import msgpack          # tests/requirements.txt; the peer needs it, Router does not
+except ImportError:         # pragma: no cover - tests that need it importorskip it
+    msgpack = None
 
 HELLO, HELLO_OK, HEARTBEAT, RESERVE, NACK, PREFILL, FIRST_TOKEN, TOKENS, \
     FINISH, ABORT, ERROR, DRAIN = range(1, 13)
@@ -50,12 +53,13 @@ def recv_frame(sock):
 
 
 class Router:
-    """A `duet router --tokenizer byte` process on free ports."""
+    """A `duet router` process on free ports: `--tokenizer byte` (context
+    512), or the GGUF tokenizer of `model`."""
 
-    def __init__(self, duet_bin, *extra, env=None):
-        args = [duet_bin, "router", "--tokenizer", "byte", "--port", "0", "--ctl-port", "0",
-                "--cluster-token", TOKEN, "--max-model-len", "512",
-                "--heartbeat-timeout", "2", *extra]
+    def __init__(self, duet_bin, *extra, env=None, model=None):
+        src = ["--model", model] if model else ["--tokenizer", "byte", "--max-model-len", "512"]
+        args = [duet_bin, "router", *src, "--port", "0", "--ctl-port", "0",
+                "--cluster-token", TOKEN, "--heartbeat-timeout", "3", *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
         line = self.proc.stdout.readline()
@@ -100,11 +104,11 @@ class Router:
 class ProtocolTestPeer:
     """One registered node played by the test (see the module docstring).
 
-    `script` is the reply text, or a function of the prompt's token ids
-    returning it. Behaviours: nack=True answers RESERVE with NACK; fail_prefill=True
+    `script` is the reply text (as bytes = byte-tokenizer ids) or a list
+    of token ids, or a function of the prompt's token ids returning either. Behaviours: nack=True answers RESERVE with NACK; fail_prefill=True
     answers PREFILL with ERROR; step_s is the delay between tokens."""
 
-    def __init__(self, router, role, node_id, *, token=TOKEN, tp=1, blocks=4096,
+    def __init__(self, router, role, node_id, *, token=TOKEN, model=0, tp=1, blocks=4096,
                  block_size=16, script="Hello, world!", step_s=0.002, nack=False,
                  fail_prefill=False, heartbeat=True, cluster=None):
         self.router, self.role, self.node_id = router, role, node_id
@@ -118,7 +122,7 @@ class ProtocolTestPeer:
         self.aborted = set()
         self.closed = threading.Event()
         ucx = [f"127.0.0.1:{20000 + i}" for i in range(tp)] if role != "prefill" else []
-        self.send(frame(HELLO, role=role, node=node_id, token=token, model=0, tp=tp,
+        self.send(frame(HELLO, role=role, node=node_id, token=token, model=model, tp=tp,
                         block_size=block_size, blocks=blocks, ucx=ucx))
         self.hello_reply = recv_frame(self.sock)
         if self.hello_reply["t"] != HELLO_OK:
@@ -169,7 +173,7 @@ class ProtocolTestPeer:
 
     def reply_tokens(self, max_tokens, eos, prompt=()):
         text = self.script(prompt) if callable(self.script) else self.script
-        toks = list(text.encode())
+        toks = list(text) if isinstance(text, list) else list(text.encode())
         if eos:
             toks.append(eos[0])
         return toks[:max_tokens], len(toks) > max_tokens or not eos

@@ -121,7 +121,7 @@ def test_health_flips_and_cluster_content(router):
     assert 0.0 <= nodes["d0"]["kv_usage"] <= 1.0
     # heartbeats stop -> the node is dropped; /health goes back to 503
     d.hb_stop.set()
-    assert wait_for(lambda: router.request("GET", "/health")[0] == 503, timeout=6)
+    assert wait_for(lambda: router.request("GET", "/health")[0] == 503, timeout=8)
     assert wait_for(lambda: d.closed.is_set(), timeout=3)
     # a closed connection drops a node at once
     p.close()
@@ -177,6 +177,44 @@ def test_lifecycle_disaggregated_openai_client(router):
     deltas = [ch.choices[0].delta for ch in stream if ch.choices]
     assert deltas[0].role == "assistant"
     assert "".join(dl.content or "" for dl in deltas) == "Hi! caf\u00e9 \u20ac "
+    p.close()
+    d.close()
+
+
+def test_n_and_batched_prompts(router):
+    """n > 1 and a list of prompts fan out into one sequence per choice;
+    choices come back indexed prompt-major (prompt i, sample j -> i*n + j)."""
+    def reply(prompt):
+        return "re:" + bytes(t for t in prompt if t < 256).decode()
+
+    cluster = {}
+    p = ProtocolTestPeer(router, "prefill", "p0", cluster=cluster, script=reply)
+    d = ProtocolTestPeer(router, "decode", "d0", cluster=cluster, script=reply)
+    c = client(router)
+    r = c.completions.create(model="duet-byte", prompt=["ab", "cd", "ef"], n=2, max_tokens=20,
+                             seed=7)
+    assert [ch.index for ch in r.choices] == list(range(6))
+    assert [ch.text for ch in r.choices] == ["re:ab", "re:ab", "re:cd", "re:cd", "re:ef", "re:ef"]
+    assert r.usage.prompt_tokens == 6                      # each prompt counted once
+    assert r.usage.completion_tokens == 6 * 6              # 5 characters + EOS each
+    seeds = sorted(f["seed"] for f in p.frames_of(PREFILL)[-6:])
+    assert seeds == [7, 7, 7, 8, 8, 8]                     # samples of a prompt differ
+    # streaming chat with n = 3: every choice streamed and finished
+    texts, finished = {}, set()
+    for ch in c.chat.completions.create(model="duet-byte", n=3, stream=True, max_tokens=4,
+                                        messages=[{"role": "user", "content": "q"}]):
+        for choice in ch.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished.add((choice.index, choice.finish_reason))
+    assert finished == {(0, "length"), (1, "length"), (2, "length")}
+    assert all(len(t.encode()) == 4 for t in texts.values()) and len(texts) == 3
+    # one failing sequence fails the whole request and aborts its siblings
+    p.fail_prefill = True
+    with pytest.raises(openai.APIStatusError) as e:
+        c.completions.create(model="duet-byte", prompt=["ab", "cd"], max_tokens=5)
+    assert e.value.status_code == 503
+    assert wait_for(lambda: router.get_json("/v1/cluster")[1]["requests_running"] == 0)
     p.close()
     d.close()
 
@@ -451,3 +489,54 @@ def test_prefill_policies(duet_bin, policy):
     finally:
         code, err = r.stop()
         assert code == 0, err
+
+
+def test_http10_clients(router):
+    """HTTP/1.0 has no chunked encoding: the stream is written raw and the
+    connection closed at the end."""
+    ProtocolTestPeer(router, "colocated", "c0", script="abc")
+    for stream in (True, False):
+        s = socket.create_connection(("127.0.0.1", router.http_port), timeout=5)
+        body = json.dumps({"prompt": "q", "max_tokens": 5, "stream": stream}).encode()
+        s.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head, _, payload = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+        if stream:
+            assert payload.endswith(b"data: [DONE]\n\n") and b'"text":"abc"' not in payload
+        else:
+            assert json.loads(payload)["choices"][0]["text"] == "abc"
+
+
+def test_frames_about_other_nodes_requests_are_ignored(router):
+    """A node cannot touch requests routed elsewhere: TOKENS, FINISH, NACK
+    and ERROR for another node's rid change nothing."""
+    from router_peer import FINISH, NACK, TOKENS
+    cluster = {}
+    a = ProtocolTestPeer(router, "colocated", "a", cluster=cluster, script="z" * 40, step_s=0.02)
+    c = client(router)
+    import threading
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault(
+        "r", c.completions.create(model="duet-byte", prompt="q", max_tokens=30)))
+    t.start()
+    assert wait_for(lambda: a.frames_of(PREFILL))
+    rid = a.frames_of(PREFILL)[-1]["rid"]
+    # b registers only now, so the request is certainly a's
+    b = ProtocolTestPeer(router, "decode", "b", cluster={})
+    b.send(frame(TOKENS, items=[[rid, ord("X")]] * 5))
+    b.send(frame(NACK, rid=rid))
+    b.send(frame(FINISH, rid=rid, reason="error"))
+    b.send(frame(ERROR, rid=rid, msg="not mine"))
+    t.join(15)
+    assert res["r"].choices[0].text == "z" * 30
+    assert not b.closed.is_set()          # harmless frames, b stays registered
+    a.close()
+    b.close()

@@ -25,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int kind = OAI_CHAT; kind <= OAI_COMPLETION; kind++) {
         if (oai_parse(kind, (const char *)data, size, tok->vocab, &req, &err) != DUET_OK)
             continue;
-        if (req.prompt_text != NULL) {
+        if (req.nprompts > 0 && req.prompts[0].text != NULL) {
             detok_t d;
             sbuf_t out;
             bool stopped = false;
@@ -33,8 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             /* feed the prompt's bytes back as tokens through its stop strings */
             sbuf_init(&out);
             detok_init(&d, tok, req.skip_special_tokens, req.stop, req.nstop);
-            for (size_t i = 0; i < req.prompt_len && !stopped; i++)
-                detok_push(&d, (uint8_t)req.prompt_text[i], &out, &stopped);
+            for (size_t i = 0; i < req.prompts[0].len && !stopped; i++)
+                detok_push(&d, (uint8_t)req.prompts[0].text[i], &out, &stopped);
             detok_flush(&d, &out);
             if (out.n && !utf8_valid(out.p, out.n))
                 abort();

@@ -50,10 +50,15 @@ int main(void)
     oai_req_release(&req);
 
     ok(parse(OAI_COMPLETION, "{\"prompt\":[1,2,3],\"max_tokens\":4}", &req, &err) == DUET_OK &&
-       req.nprompt_ids == 3 && req.prompt_ids[2] == 3, "token-id prompt");
+       req.nprompts == 1 && req.prompts[0].nids == 3 && req.prompts[0].ids[2] == 3,
+       "token-id prompt");
     oai_req_release(&req);
     ok(parse(OAI_COMPLETION, "{\"prompt\":[\"one\"]}", &req, &err) == DUET_OK &&
-       req.prompt_len == 3, "list of one string");
+       req.nprompts == 1 && req.prompts[0].len == 3, "list of one string");
+    oai_req_release(&req);
+    ok(parse(OAI_COMPLETION, "{\"prompt\":[\"a\",[5,6],\"ccc\"],\"n\":2}", &req, &err) ==
+       DUET_OK && req.nprompts == 3 && req.n == 2 && req.prompts[1].nids == 2 &&
+       req.prompts[2].len == 3, "batch of strings and id lists, n = 2");
     oai_req_release(&req);
 
     bad(OAI_CHAT, "{\"messages\":[]}", "messages");
@@ -77,7 +82,13 @@ int main(void)
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"min_p\":2}", "min_p");
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"presence_penalty\":3}", "presence_penalty");
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"repetition_penalty\":0}", "repetition_penalty");
-    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"n\":2}", "n");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"n\":17}", "n");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"n\":0}", "n");
+    bad(OAI_COMPLETION, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"],"
+        "\"n\":16}", "n");
+    bad(OAI_COMPLETION, "{\"prompt\":[\"a\",5]}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":[\"a\",\"\"]}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":[[1],[]]}", "prompt");
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":1}", "logprobs");
     bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true}",
         "logprobs");
@@ -90,7 +101,6 @@ int main(void)
     bad(OAI_COMPLETION, "{\"prompt\":[]}", "prompt");
     bad(OAI_COMPLETION, "{\"prompt\":[1,-1]}", "prompt");
     bad(OAI_COMPLETION, "{\"prompt\":[1,259]}", "prompt");
-    bad(OAI_COMPLETION, "{\"prompt\":[\"a\",\"b\"]}", "prompt");
     bad(OAI_COMPLETION, "{\"prompt\":{\"a\":1}}", "prompt");
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"echo\":true}", "echo");
     bad(OAI_COMPLETION, "[1,2]", "");
