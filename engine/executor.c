@@ -385,6 +385,7 @@ duet_status_t exec_create(const gguf_t *g, const model_config_t *cfg, const fwd_
 err_free:
     if (err != NULL && errlen > 0 && err[0] == '\0')
         SET_ERR("%s", duet_status_str(s));
+    ex->broken = true;      /* the workers may have failed too: short grace */
     exec_destroy(ex);
     return s;
 }

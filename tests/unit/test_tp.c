@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "engine/engine.h"
 #include "engine/executor.h"
+#include "kvconnector/kvc.h"
 #include "tests/unit/engine_testutil.h"
 #include "tests/unit/tp_testutil.h"
 
@@ -233,24 +234,25 @@ static void check_hooks(const tmodel_t *m, int tp)
     free(logits);
 }
 
-/* The KV connector's rule (kvconnector/kvc_tp.c, kvc_tp_heads): tp <= n:
- * n / tp consecutive heads per rank; else head rank / (tp / n). */
+/* The forward pass's shard and the KV connector's kvc_tp_heads agree on
+ * which KV heads each rank holds (decode ranks receive exactly those). */
 static void check_kv_heads(void)
 {
     int bad = 0, n_cases = 0;
 
     for (int32_t nkv = 1; nkv <= 12; nkv++) {
         for (int tp = 1; tp <= 16; tp++) {
-            int valid = tp <= nkv ? nkv % tp == 0 : tp % nkv == 0;
+            int valid = kvc_tp_valid(nkv, tp);
             tp_dims_t d = {.n_heads = nkv * tp, .n_kv_heads = nkv, .head_dim = 32,
                            .ffn = 32 * tp, .vocab = 1000, .in_block = 32};
 
             for (int r = 0; r < tp; r++) {
                 tp_shard_t s;
                 duet_status_t st = tp_shard_plan(&d, r, tp, &s, NULL, 0);
-                int32_t first = tp <= nkv ? r * (nkv / tp) : r / (tp / nkv);
-                int32_t count = tp <= nkv ? nkv / tp : 1;
+                int32_t first = -1, count = -1;
 
+                if (valid && kvc_tp_heads(nkv, tp, r, &first, &count) != DUET_OK)
+                    bad++;
                 n_cases++;
                 if ((st == DUET_OK) != valid ||
                     (valid && (s.kv_head0 != first || s.n_kv_heads != count))) {
