@@ -35,8 +35,8 @@ def test_generate_tp_equals_tp1(duet_bin, model8):
 
 def test_generate_tp_smollm2(duet_bin, smollm2):
     ids = "1,9690,2,198,28120,314,253,3632,282,4649,47"
-    a = gen(duet_bin, smollm2, "--tokens", ids, "-n", "4", "--tp", "1")
-    b = gen(duet_bin, smollm2, "--tokens", ids, "-n", "4", "--tp", "3")
+    a = gen(duet_bin, smollm2, "--tokens", ids, "-n", "16", "--tp", "1")
+    b = gen(duet_bin, smollm2, "--tokens", ids, "-n", "16", "--tp", "3")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert a.stdout == b.stdout
 

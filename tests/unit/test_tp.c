@@ -2,7 +2,8 @@
  * mkmodel` models (real worker processes, the shm group):
  *   - 8 heads / 4 KV heads, Q4_1: TP=2 gives TP=1's greedy tokens for
  *     several prompts, logits within the tolerance (docs/parallel.md,
- *     "Executor"); the vocabulary (511) leaves the last slice padded;
+ *     "Executor"), with two-level and with 8-bit activations; the
+ *     vocabulary (511) leaves the last slice padded;
  *   - the same shape in F16 (no block constraint on the row-parallel slices);
  *   - 8 heads / 2 KV heads at TP=4: replicated KV heads;
  *   - the engine with tp_size 2 gives the tokens of tp_size 1;
@@ -26,11 +27,12 @@
 #include "tests/unit/engine_testutil.h"
 #include "tests/unit/tp_testutil.h"
 
-/* Tolerance of ||l(TP) - l(TP=1)|| / ||l(TP=1) - mean|| per logits row
- * (see docs/parallel.md, "Executor"): quantized weights (8-bit activation
- * blocks) and f16 weights (f16 activations). */
-#define TP_TOL_Q8  2e-2
-#define TP_TOL_F16 1e-3
+/* Tolerance of ||l(TP) - l(TP=1)|| / ||l(TP=1) - mean|| per logits row:
+ * twice the oracle's bound on a pass's distance from exact for that
+ * activation rounding (docs/kernels.md; docs/parallel.md, "Executor"). */
+#define TP_TOL_Q8X2 3e-3    /* quantized weights, two-level activations */
+#define TP_TOL_Q8   5e-2    /* quantized weights, 8-bit activations (--act-q8) */
+#define TP_TOL_F16  4e-3    /* f16 weights, f16 activations */
 
 #define N_PROMPTS 3
 
@@ -46,15 +48,16 @@ static int no_children(void)
     return waitpid(-1, NULL, WNOHANG) == -1 && errno == ECHILD;
 }
 
-static void check_tp(const tmodel_t *m, int tp, int n_gen, double tol, const char *what)
+static void check_tp(const tmodel_t *m, int tp, bool act_q8, int n_gen, double tol,
+                     const char *what)
 {
     tpt_run_t ref, got;
     double rel = 0, md = 0;
 
     memset(&ref, 0, sizeof(ref));
     memset(&got, 0, sizeof(got));
-    if (tpt_generate(m->g, &m->cfg, 1, prompts, lens, N_PROMPTS, n_gen, &ref) != 0 ||
-        tpt_generate(m->g, &m->cfg, tp, prompts, lens, N_PROMPTS, n_gen, &got) != 0) {
+    if (tpt_generate(m->g, &m->cfg, 1, act_q8, prompts, lens, N_PROMPTS, n_gen, &ref) != 0 ||
+        tpt_generate(m->g, &m->cfg, tp, act_q8, prompts, lens, N_PROMPTS, n_gen, &got) != 0) {
         ok(0, "%s: TP=%d runs", what, tp);
         tpt_free(&ref);
         tpt_free(&got);
@@ -275,7 +278,8 @@ int main(void)
         ok(0, "mkmodel");
         return tap_done();
     }
-    check_tp(&a, 2, 6, TP_TOL_Q8, "8 heads / 4 KV heads, Q4_1");
+    check_tp(&a, 2, false, 6, TP_TOL_Q8X2, "8 heads / 4 KV heads, Q4_1");
+    check_tp(&a, 2, true, 6, TP_TOL_Q8, "8 heads / 4 KV heads, Q4_1, 8-bit activations");
     check_engine(&a);
     check_hooks(&a, 1);
     check_hooks(&a, 2);
@@ -286,7 +290,7 @@ int main(void)
 
     if (tmodel_open(&f16, "tp_f16", "--layers 2 --hidden 192 --heads 8 --kv-heads 4 --ffn 200 "
                                     "--vocab 601 --ctx 256 --type f16 --seed 12") == 0) {
-        check_tp(&f16, 2, 5, TP_TOL_F16, "8 heads / 4 KV heads, F16, head dim 24");
+        check_tp(&f16, 2, false, 5, TP_TOL_F16, "8 heads / 4 KV heads, F16, head dim 24");
         tmodel_close(&f16);
     } else {
         ok(0, "mkmodel f16");
@@ -294,7 +298,7 @@ int main(void)
 
     if (tmodel_open(&rep, "tp_rep", "--layers 2 --hidden 256 --heads 8 --kv-heads 2 --ffn 512 "
                                     "--vocab 511 --ctx 256 --type q4_1 --seed 13") == 0) {
-        check_tp(&rep, 4, 5, TP_TOL_Q8, "8 heads / 2 KV heads (replicated at TP=4)");
+        check_tp(&rep, 4, false, 5, TP_TOL_Q8X2, "8 heads / 2 KV heads (replicated at TP=4)");
         check_refused(&rep, 3, "cannot be split across 3 ranks");
         tmodel_close(&rep);
     } else {

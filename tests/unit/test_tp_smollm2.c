@@ -12,14 +12,14 @@
 #include "engine/executor.h"
 #include "tests/unit/tp_testutil.h"
 
-/* ||l(TP=3) - l(TP=1)|| / ||l(TP=1) - mean|| per row. SmolLM2's 8-bit
- * activation blocks alone move its logits by 2-16% from exact (the oracle's
- * measurement); TP=1 and TP=3 are each within that of exact, so within
- * twice that of each other. Measured: 2-12%. */
-#define TP_TOL 0.30
+/* ||l(TP=3) - l(TP=1)|| / ||l(TP=1) - mean|| per row. The oracle bounds a
+ * pass's distance from exact on SmolLM2 (two-level activations) by 1.3e-2;
+ * TP=1 and TP=3 are each within that, so within twice that of each other.
+ * Measured: 2e-4 to 1.2e-3. */
+#define TP_TOL 2.6e-2
 
 #define N_PROMPTS 3
-#define N_GEN     4
+#define N_GEN     8
 
 int main(int argc, char **argv)
 {
@@ -48,8 +48,8 @@ int main(int argc, char **argv)
         ok(0, "load %s: %s", path, err);
         return tap_done();
     }
-    if (tpt_generate(g, &cfg, 1, prompts, lens, N_PROMPTS, N_GEN, &ref) != 0 ||
-        tpt_generate(g, &cfg, tp, prompts, lens, N_PROMPTS, N_GEN, &got) != 0) {
+    if (tpt_generate(g, &cfg, 1, false, prompts, lens, N_PROMPTS, N_GEN, &ref) != 0 ||
+        tpt_generate(g, &cfg, tp, false, prompts, lens, N_PROMPTS, N_GEN, &got) != 0) {
         ok(0, "TP=1 and TP=%d runs", tp);
     } else {
         ok(tpt_compare(&ref, &got, &rel, &md),
@@ -57,9 +57,6 @@ int main(int argc, char **argv)
            N_PROMPTS, N_GEN);
         diag("max relative logits distance %.3g (max |diff| %.3g)", rel, md);
         ok(rel <= TP_TOL, "SmolLM2: TP=%d logits within %g of TP=1's", tp, TP_TOL);
-        for (int i = 0; i < N_PROMPTS; i++)
-            diag("prompt %d: %d %d %d %d", i, got.toks[i][0], got.toks[i][1], got.toks[i][2],
-                 got.toks[i][3]);
     }
     tpt_free(&ref);
     tpt_free(&got);

@@ -5,6 +5,7 @@
 #define DUET_TESTS_TP_TESTUTIL_H
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,16 +35,17 @@ static inline int32_t tpt_argmax(const float *x, int32_t n)
 }
 
 /* Prefill every prompt in one batch, then n_gen - 1 batched decode steps;
- * greedy. Returns 0, or -1 after a diag. */
+ * greedy. act_q8: 8-bit activations (else two levels, the default).
+ * Returns 0, or -1 after a diag. */
 static inline int tpt_generate(const gguf_t *g, const model_config_t *cfg, int tp,
-                               const int32_t *const *prompts, const int32_t *lens, int n_seqs,
-                               int n_gen, tpt_run_t *out)
+                               bool act_q8, const int32_t *const *prompts, const int32_t *lens,
+                               int n_seqs, int n_gen, tpt_run_t *out)
 {
     int32_t bps = (int32_t)((64 + 64 + TPT_BLOCK - 1) / TPT_BLOCK);
     int32_t tables[TPT_MAX_SEQS][8], past[TPT_MAX_SEQS];
     fwd_seq_t seqs[TPT_MAX_SEQS];
     fwd_opts_t fo = {.n_threads = 1, .n_blocks = bps * n_seqs, .block_size = TPT_BLOCK,
-                     .kv_dtype = DTYPE_F16};
+                     .kv_dtype = DTYPE_F16, .act_q8 = act_q8};
     exec_opts_t xo = {.tp_size = tp};
     exec_t *ex = NULL;
     char err[256] = "";
