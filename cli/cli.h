@@ -18,9 +18,11 @@ extern const cli_cmd_t cli_cmd_tokenize;
 extern const cli_cmd_t cli_cmd_detokenize;
 extern const cli_cmd_t cli_cmd_generate;
 extern const cli_cmd_t cli_cmd_router;
+extern const cli_cmd_t cli_cmd_plan;
 
 /* Benchmarks, dispatched by cli_cmd_bench (cmd_bench.c). */
 extern const cli_cmd_t cli_bench_engine;
 extern const cli_cmd_t cli_bench_allreduce;
+extern const cli_cmd_t cli_bench_serve;
 
 #endif

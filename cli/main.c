@@ -14,6 +14,7 @@ static const cli_cmd_t *const cli_commands[] = {
     &cli_cmd_detokenize,
     &cli_cmd_generate,
     &cli_cmd_router,
+    &cli_cmd_plan,
 };
 
 #define NCOMMANDS ((int)(sizeof(cli_commands) / sizeof(cli_commands[0])))
