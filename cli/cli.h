@@ -23,6 +23,7 @@ extern const cli_cmd_t cli_cmd_plan;
 /* Benchmarks, dispatched by cli_cmd_bench (cmd_bench.c). */
 extern const cli_cmd_t cli_bench_engine;
 extern const cli_cmd_t cli_bench_allreduce;
+extern const cli_cmd_t cli_bench_kv;
 extern const cli_cmd_t cli_bench_serve;
 
 #endif

@@ -1,0 +1,716 @@
+/* duet bench kv: the KV connector between two processes (prefill ranks in
+ * this one, decode ranks in a forked child) over whatever UCX_TLS selects,
+ * with slabs larger than the last-level cache and scattered blocks. Each case
+ * reports GB/s and per-request latency, next to three references measured in
+ * the same run: a plain UCX put of the same segments, a single-thread memcpy
+ * of the same segments out of cache, and ucx_perftest put bandwidth at the
+ * same message size (a cache-hot buffer). Last, the pipelining check for
+ * SmolLM2's shapes: does a layer's transfer finish before the next layer's
+ * compute would? */
+#define DUET_LOG_COMPONENT "bench"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <ucp/api/ucp.h>
+
+#include "cli/cli.h"
+#include "common/clock.h"
+#include "common/flags.h"
+#include "common/log.h"
+#include "kvconnector/kvc.h"
+
+static int bench_kv_run(int argc, char **argv);
+
+#define MAXR 3          /* ranks per side */
+#define MAXREQ 256
+
+typedef struct {
+    const char *name;
+    int32_t layers, heads, head_dim;
+    dtype_t dtype;
+    int p, d;
+    int32_t blocks_per_req;
+    int32_t run;        /* blocks come in runs of this many consecutive ids */
+    int     check;      /* also run the pipelining check */
+} kvcase_t;
+
+typedef struct {
+    double gbps, p50_ms, p99_ms, bytes_per_req, puts_per_req;
+    double ref_put_gbps, ref_memcpy_gbps, perftest_gbps, msg_size;
+    double tail_between_ms, tail_thread_ms, layer_ms;   /* pipelining check */
+    int    ok;
+} kvres_t;
+
+typedef struct {
+    int64_t slab_mib, requests, check_tokens;
+    double  us_per_token;
+    bool    json, perftest, quick;
+} opts_t;
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
+static kv_layout_t case_layout(const kvcase_t *c, int tp, int rank, int64_t slab_mib)
+{
+    int32_t first, count;
+    kv_layout_t l = {c->layers, 1, 0, 16, c->head_dim, c->dtype};
+
+    kvc_tp_heads(c->heads, tp, rank, &first, &count);
+    l.n_kv_heads = count;
+    l.n_blocks = (int32_t)(((size_t)slab_mib << 20) / ((size_t)c->layers * kv_block_bytes(&l)));
+    return l;
+}
+
+/* Blocks for request i out of n: runs of `run` consecutive ids at random
+ * places (run 1: fully scattered). Same on both sides (deterministic). */
+static void pick_blocks(int32_t *out, int32_t nb, int32_t nblocks, int32_t run, uint64_t seed)
+{
+    int32_t nruns = nblocks / run;
+
+    for (int32_t k = 0; k < nb;) {
+        int32_t r = (int32_t)(mix(seed * 7919 + (uint64_t)k) % (uint64_t)nruns);
+        bool dup = false;
+
+        for (int32_t x = 0; x < k && !dup; x++)
+            dup = out[x] == r * run;
+        if (dup) {
+            seed++;
+            continue;
+        }
+        for (int32_t j = 0; j < run && k < nb; j++)
+            out[k++] = r * run + j;
+    }
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static void wr(int fd, const void *p, size_t n)
+{
+    if (write(fd, p, n) != (ssize_t)n)
+        _exit(9);
+}
+
+static int rd(int fd, void *p, size_t n)
+{
+    size_t got = 0;
+
+    while (got < n) {
+        ssize_t r = read(fd, (char *)p + got, n - got);
+
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t slab_mib)
+{
+    kvc_params_t prm = {0};
+    kvc_t *k = NULL;
+
+    prm.role = role;
+    prm.node_id = role == KVC_ROLE_DECODE ? 2 : 1;
+    prm.tp_rank = rank;
+    prm.tp_size = tp;
+    prm.n_kv_heads_total = c->heads;
+    prm.layout = case_layout(c, tp, rank, slab_mib);
+    prm.model_fp = 42;
+    prm.listen_ip = "127.0.0.1";
+    if (kvc_create(&prm, &k) != DUET_OK)
+        return NULL;
+    memset(kvc_slab(k), rank + 1, kv_slab_bytes(&prm.layout));   /* fault it in */
+    return k;
+}
+
+/* The segments the connector puts for one request and route, coalesced the
+ * same way: (local offset, remote offset, length). */
+typedef struct {
+    size_t lo, ro, len;
+} seg_t;
+
+static int route_segments(const kvcase_t *c, int pr, int dr, const int32_t *lb,
+                          const int32_t *rb, int32_t nb, int64_t slab_mib, seg_t *out)
+{
+    kv_layout_t ll = case_layout(c, c->p, pr, slab_mib), rl = case_layout(c, c->d, dr, slab_mib);
+    int32_t src, dst, cnt;
+    int n = 0;
+
+    kvc_tp_route(c->heads, c->p, pr, c->d, dr, &src, &dst, &cnt);
+    if (cnt == 0)
+        return 0;
+    for (int32_t L = 0; L < c->layers; L++) {
+        for (int32_t s = 0; s < 2 * nb; s++) {
+            size_t lo = kv_offset(&ll, L, lb[s / 2], s % 2, src);
+            size_t ro = kv_offset(&rl, L, rb[s / 2], s % 2, dst);
+            size_t len = (size_t)cnt * kv_head_bytes(&ll);
+
+            if (n && out[n - 1].lo + out[n - 1].len == lo && out[n - 1].ro + out[n - 1].len == ro)
+                out[n - 1].len += len;
+            else
+                out[n++] = (seg_t){lo, ro, len};
+        }
+    }
+    return n;
+}
+
+/* ---- the decode child ------------------------------------------------------ */
+
+typedef struct {
+    double lat_s[MAXREQ];
+    double tail_s[2];     /* pipelining check: between-layers, thread */
+} child_out_t;
+
+static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
+                       volatile uint64_t *shared)
+{
+    kvc_t *k[MAXR] = {0};
+    child_out_t out = {0};
+    ucp_context_h ctx;
+    ucp_worker_h w;
+    ucp_mem_h memh;
+    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_RMA};
+    ucp_worker_params_t wp = {0};
+    ucp_mem_map_params_t mp = {0};
+    ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS};
+    ucp_address_t *addr;
+    size_t addr_len, rkey_len;
+    void *rkey_buf;
+    uint64_t base;
+    kv_layout_t l0 = case_layout(c, c->d, 0, o->slab_mib);
+    int32_t blocks[4096];
+    char addrs[MAXR][64];
+
+    for (int r = 0; r < c->d; r++) {
+        k[r] = make(c, KVC_ROLE_DECODE, c->d, r, o->slab_mib);
+        if (k[r] == NULL)
+            _exit(3);
+        kvc_listen_address(k[r], addrs[r], sizeof(addrs[r]));
+    }
+    /* the plain-put reference target: its own context, slab-sized */
+    if (ucp_init(&up, NULL, &ctx) != UCS_OK || ucp_worker_create(ctx, &wp, &w) != UCS_OK)
+        _exit(4);
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    mp.length = kv_slab_bytes(&l0) + (64u << 20);
+    mp.flags = UCP_MEM_MAP_ALLOCATE;
+    if (ucp_mem_map(ctx, &mp, &memh) != UCS_OK || ucp_mem_query(memh, &ma) != UCS_OK)
+        _exit(4);
+    memset(ma.address, 0, mp.length);
+    base = (uint64_t)(uintptr_t)ma.address;
+    wr(wfd, addrs, sizeof(addrs));   /* from here on the workers are progressed */
+    ucp_worker_get_address(w, &addr, &addr_len);
+    ucp_rkey_pack(ctx, memh, &rkey_buf, &rkey_len);
+    wr(wfd, &addr_len, sizeof(addr_len));
+    wr(wfd, addr, addr_len);
+    wr(wfd, &rkey_len, sizeof(rkey_len));
+    wr(wfd, rkey_buf, rkey_len);
+    wr(wfd, &base, sizeof(base));
+    fcntl(rfd, F_SETFL, O_NONBLOCK);
+    for (int64_t i = 0; i < o->requests + (c->check ? 2 : 0); i++) {
+        bool check = i >= o->requests;
+        int32_t ntok = check ? (int32_t)o->check_tokens : c->blocks_per_req * 16;
+        int32_t nb = (ntok + 15) / 16;
+        int64_t tag = -1;
+        uint64_t t0, t1;
+        bool done[MAXR] = {false};
+        int left = c->d;
+
+        /* wait for the prefill ("queued" or, for the check, "connected") */
+        while (rd(rfd, &tag, sizeof(tag)) < 0) {
+            int n = ucp_worker_progress(w);
+
+            for (int r = 0; r < c->d; r++)
+                n += kvc_progress(k[r]);
+            if (n == 0)
+                usleep(50);   /* 2 cores: leave them to the sender */
+        }
+        if (tag < 0)
+            break;
+        pick_blocks(blocks, nb, l0.n_blocks, c->run, (uint64_t)i + 1);
+        t0 = clock_now_ns();
+        for (int r = 0; r < c->d; r++)
+            if (kvc_grant(k[r], 1, (uint64_t)i + 1, ntok, blocks, nb, 60000) != DUET_OK)
+                _exit(5);
+        while (left) {
+            int n = 0;
+
+            for (int r = 0; r < c->d; r++) {
+                duet_status_t s;
+
+                n += kvc_progress(k[r]);
+                if (done[r])
+                    continue;
+                s = kvc_recv_kv_cache(k[r], (uint64_t)i + 1, NULL);
+                if (s == DUET_INPROGRESS)
+                    continue;
+                if (s != DUET_OK)
+                    _exit(6);
+                done[r] = true;
+                left--;
+            }
+            if (n == 0)
+                sched_yield();
+        }
+        t1 = clock_now_ns();
+        if (check)
+            out.tail_s[i - o->requests] = (double)(t1 - shared[0]) * 1e-9;
+        else
+            out.lat_s[i] = (double)(t1 - t0) * 1e-9;
+    }
+    /* wait for the reference run to end */
+    {
+        int64_t tag;
+
+        while (rd(rfd, &tag, sizeof(tag)) < 0)
+            if (ucp_worker_progress(w) == 0)
+                usleep(50);
+    }
+    fcntl(wfd, F_SETFL, 0);
+    wr(wfd, &out, sizeof(out));
+    for (int r = 0; r < c->d; r++)
+        kvc_destroy(k[r]);
+    _exit(0);
+}
+
+/* ---- the prefill parent ------------------------------------------------------ */
+
+typedef struct {
+    kvc_t          *k[MAXR];
+    int             n;
+    pthread_mutex_t mu;
+    volatile bool   stop;
+} prog_t;
+
+static void *prog_thread(void *arg)
+{
+    prog_t *pt = arg;
+
+    while (!pt->stop) {
+        int n = 0;
+
+        pthread_mutex_lock(&pt->mu);
+        for (int r = 0; r < pt->n; r++)
+            n += kvc_progress(pt->k[r]);
+        pthread_mutex_unlock(&pt->mu);
+        if (n == 0)
+            usleep(20);
+    }
+    return NULL;
+}
+
+static double ucx_perftest_gbps(size_t size)
+{
+    char cmd[512], line[512];
+    double mbps = 0;
+    int port = 20000 + (int)(getpid() % 20000);
+    long iters = (long)((1u << 30) / (size ? size : 1));
+    FILE *f;
+
+    if (system("command -v ucx_perftest >/dev/null 2>&1") != 0)
+        return 0;
+    iters = iters < 200 ? 200 : iters > 100000 ? 100000 : iters;
+    snprintf(cmd, sizeof(cmd),
+             "(ucx_perftest -p %d >/dev/null 2>&1 &) ; sleep 0.3; "
+             "timeout 60 ucx_perftest 127.0.0.1 -p %d -t ucp_put_bw -s %zu -n %ld -w 100 2>&1",
+             port, port, size, iters);
+    f = popen(cmd, "r");
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), f)) {
+        double a, b, c2, d2, e;
+        long n;
+
+        if (sscanf(line, "Final: %ld %lf %lf %lf %lf %lf", &n, &a, &b, &c2, &d2, &e) == 6)
+            mbps = e;
+    }
+    pclose(f);
+    return mbps * 1048576.0 / 1e9;
+}
+
+static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
+{
+    int to_c[2], to_p[2];
+    pid_t pid;
+    prog_t pt = {.n = c->p};
+    char addrs[MAXR][64];
+    child_out_t out;
+    volatile uint64_t *shared;
+    int32_t lb[4096], rb[4096];
+    uint64_t puts0 = 0, puts1 = 0;
+    double lat[MAXREQ], bytes_req = 0, tref = 0, tcpy = 0;
+    seg_t *segs;
+    int nsegs_max;
+    ucp_context_h ctx;
+    ucp_worker_h w;
+    ucp_ep_h ep;
+    ucp_rkey_h rkey;
+    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_RMA};
+    ucp_worker_params_t wp = {0};
+    ucp_ep_params_t ep_params = {0};
+    size_t addr_len, rkey_len;
+    void *addr, *rkey_buf, *cpy_dst;
+    uint64_t base;
+    int64_t tag;
+
+    memset(res, 0, sizeof(*res));
+    shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED || pipe(to_c) || pipe(to_p))
+        return -1;
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        close(to_c[1]);
+        close(to_p[0]);
+        child_main(c, o, to_p[1], to_c[0], shared);
+    }
+    close(to_c[0]);
+    close(to_p[1]);
+    pthread_mutex_init(&pt.mu, NULL);
+    for (int r = 0; r < c->p; r++) {
+        pt.k[r] = make(c, KVC_ROLE_PREFILL, c->p, r, o->slab_mib);
+        if (pt.k[r] == NULL)
+            goto err;
+    }
+    if (rd(to_p[0], addrs, sizeof(addrs)) < 0)
+        goto err;
+    for (int r = 0; r < c->p; r++)
+        for (int dr = 0; dr < c->d; dr++) {
+            uint64_t node;
+
+            if (kvc_connect(pt.k[r], addrs[dr], 30000, &node) != DUET_OK)
+                goto err;
+        }
+    for (int r = 0; r < c->p; r++) {
+        kvc_stats_t st;
+
+        kvc_stats(pt.k[r], &st);
+        puts0 += st.puts;
+    }
+    /* connector: one request at a time, every layer queued before the grant */
+    for (int64_t i = 0; i < o->requests + (c->check ? 2 : 0); i++) {
+        bool check = i >= o->requests, thread = i == o->requests + 1;
+        int32_t ntok = check ? (int32_t)o->check_tokens : c->blocks_per_req * 16;
+        int32_t nb = (ntok + 15) / 16;
+        kv_layout_t l0 = case_layout(c, c->p, 0, o->slab_mib);
+        bool fin[MAXR] = {false};
+        int left = c->p;
+        double layer_s = o->us_per_token * 1e-6 * ntok;
+        pthread_t th;
+
+        pick_blocks(lb, nb, l0.n_blocks, c->run, (uint64_t)i + 1000);
+        if (check) {
+            /* grant first, then compute layer by layer (simulated by sleeping
+             * for the layer's compute time) and send each layer as it is done */
+            wr(to_c[1], &i, sizeof(i));
+            if (thread)
+                pthread_create(&th, NULL, prog_thread, &pt);
+            for (int32_t L = 0; L < c->layers; L++) {
+                usleep((useconds_t)(layer_s * 1e6));
+                pthread_mutex_lock(&pt.mu);
+                for (int r = 0; r < c->p; r++) {
+                    kvc_send_kv_cache(pt.k[r], (uint64_t)i + 1, L, 0, ntok, lb, nb);
+                    if (L == c->layers - 1)
+                        kvc_end(pt.k[r], (uint64_t)i + 1, 1, NULL, 0);
+                    if (!thread)
+                        kvc_progress(pt.k[r]);   /* progress between layers */
+                }
+                pthread_mutex_unlock(&pt.mu);
+            }
+            shared[0] = clock_now_ns();
+            if (thread) {
+                pt.stop = true;
+                pthread_join(th, NULL);
+                pt.stop = false;
+            }
+        } else {
+            for (int r = 0; r < c->p; r++) {
+                for (int32_t L = 0; L < c->layers; L++)
+                    kvc_send_kv_cache(pt.k[r], (uint64_t)i + 1, L, 0, ntok, lb, nb);
+                kvc_end(pt.k[r], (uint64_t)i + 1, 1, NULL, 0);
+            }
+            wr(to_c[1], &i, sizeof(i));
+        }
+        while (left) {
+            int n = 0;
+
+            for (int r = 0; r < c->p; r++) {
+                duet_status_t s;
+
+                n += kvc_progress(pt.k[r]);
+                if (fin[r])
+                    continue;
+                s = kvc_send_status(pt.k[r], (uint64_t)i + 1);
+                if (s == DUET_INPROGRESS)
+                    continue;
+                if (s != DUET_OK)
+                    goto err;
+                fin[r] = true;
+                left--;
+            }
+            if (n == 0)
+                sched_yield();
+        }
+        if (i == o->requests - 1) {
+            for (int r = 0; r < c->p; r++) {
+                kvc_stats_t st;
+
+                kvc_stats(pt.k[r], &st);
+                puts1 += st.puts;
+            }
+        }
+    }
+    /* reference 1: plain UCX puts of the same segments into a UCX-mapped slab
+     * in the same child; reference 2: memcpy of them into a local buffer */
+    if (rd(to_p[0], &addr_len, sizeof(addr_len)) < 0 || (addr = malloc(addr_len)) == NULL ||
+        rd(to_p[0], addr, addr_len) < 0 || rd(to_p[0], &rkey_len, sizeof(rkey_len)) < 0 ||
+        (rkey_buf = malloc(rkey_len)) == NULL || rd(to_p[0], rkey_buf, rkey_len) < 0 ||
+        rd(to_p[0], &base, sizeof(base)) < 0)
+        goto err;
+    if (ucp_init(&up, NULL, &ctx) != UCS_OK || ucp_worker_create(ctx, &wp, &w) != UCS_OK)
+        goto err;
+    ep_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+    ep_params.address = addr;
+    if (ucp_ep_create(w, &ep_params, &ep) != UCS_OK ||
+        ucp_ep_rkey_unpack(ep, rkey_buf, &rkey) != UCS_OK)
+        goto err;
+    nsegs_max = 2 * 4096 * c->layers;
+    segs = malloc((size_t)nsegs_max * sizeof(*segs));
+    cpy_dst = malloc(((size_t)o->slab_mib << 20) + (64u << 20));
+    if (segs == NULL || cpy_dst == NULL)
+        goto err;
+    memset(cpy_dst, 0, ((size_t)o->slab_mib << 20) + (64u << 20));
+    for (int64_t i = 0; i < o->requests; i++) {
+        int32_t nb = c->blocks_per_req;
+        kv_layout_t l0 = case_layout(c, c->p, 0, o->slab_mib), d0 = case_layout(c, c->d, 0, o->slab_mib);
+        uint64_t t0, t1;
+        double reqb = 0;
+
+        pick_blocks(lb, nb, l0.n_blocks, c->run, (uint64_t)i + 1000);
+        pick_blocks(rb, nb, d0.n_blocks, c->run, (uint64_t)i + 1);
+        t0 = clock_now_ns();
+        for (int r = 0; r < c->p; r++)
+            for (int dr = 0; dr < c->d; dr++) {
+                int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+                ucp_request_param_t prm = {0};
+
+                for (int s = 0; s < n; s++) {
+                    void *q = ucp_put_nbx(ep, (char *)kvc_slab(pt.k[r]) + segs[s].lo, segs[s].len,
+                                          base + segs[s].ro, rkey, &prm);
+
+                    if (UCS_PTR_IS_PTR(q))
+                        ucp_request_free(q);
+                    reqb += (double)segs[s].len;
+                }
+            }
+        {
+            ucp_request_param_t prm = {0};
+            void *q = ucp_worker_flush_nbx(w, &prm);
+
+            if (UCS_PTR_IS_PTR(q)) {
+                while (ucp_request_check_status(q) == UCS_INPROGRESS)
+                    ucp_worker_progress(w);
+                ucp_request_free(q);
+            }
+        }
+        t1 = clock_now_ns();
+        tref += (double)(t1 - t0) * 1e-9;
+        bytes_req = reqb;
+        t0 = clock_now_ns();
+        for (int r = 0; r < c->p; r++)
+            for (int dr = 0; dr < c->d; dr++) {
+                int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+
+                for (int s = 0; s < n; s++)
+                    memcpy((char *)cpy_dst + segs[s].ro, (char *)kvc_slab(pt.k[r]) + segs[s].lo,
+                           segs[s].len);
+            }
+        tcpy += (double)(clock_now_ns() - t0) * 1e-9;
+    }
+    tag = -1;
+    wr(to_c[1], &tag, sizeof(tag));
+    if (rd(to_p[0], &out, sizeof(out)) < 0)
+        goto err;
+    waitpid(pid, NULL, 0);
+    for (int64_t i = 0; i < o->requests; i++)
+        lat[i] = out.lat_s[i];
+    {
+        double sum = 0;
+
+        for (int64_t i = 0; i < o->requests; i++)
+            sum += lat[i];
+        qsort(lat, (size_t)o->requests, sizeof(double), cmp_d);
+        res->bytes_per_req = bytes_req;
+        res->gbps = bytes_req * (double)o->requests / sum / 1e9;
+        res->p50_ms = lat[o->requests / 2] * 1e3;
+        res->p99_ms = lat[(int64_t)ceil(0.99 * (double)o->requests) - 1] * 1e3;
+        res->puts_per_req = (double)(puts1 - puts0) / (double)o->requests;
+        res->ref_put_gbps = bytes_req * (double)o->requests / tref / 1e9;
+        res->ref_memcpy_gbps = bytes_req * (double)o->requests / tcpy / 1e9;
+        res->msg_size = bytes_req / res->puts_per_req;
+        res->ok = 1;
+        res->perftest_gbps = o->perftest ? ucx_perftest_gbps((size_t)res->msg_size) : 0;
+    }
+    free(segs);
+    free(cpy_dst);
+    ucp_rkey_destroy(rkey);
+    {
+        ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                   .flags = UCP_EP_CLOSE_FLAG_FORCE};
+        void *q = ucp_ep_close_nbx(ep, &prm);
+
+        if (UCS_PTR_IS_PTR(q)) {
+            while (ucp_request_check_status(q) == UCS_INPROGRESS)
+                ucp_worker_progress(w);
+            ucp_request_free(q);
+        }
+    }
+    ucp_worker_destroy(w);
+    ucp_cleanup(ctx);
+    free(addr);
+    free(rkey_buf);
+    for (int r = 0; r < c->p; r++)
+        kvc_destroy(pt.k[r]);
+    res->tail_between_ms = out.tail_s[0] * 1e3;
+    res->tail_thread_ms = out.tail_s[1] * 1e3;
+    res->layer_ms = o->us_per_token * 1e-3 * (double)o->check_tokens;
+    munmap((void *)shared, 4096);
+    close(to_c[1]);
+    close(to_p[0]);
+    return 0;
+err:
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    for (int r = 0; r < c->p; r++)
+        kvc_destroy(pt.k[r]);
+    close(to_c[1]);
+    close(to_p[0]);
+    return -1;
+}
+
+/* ---- the sweep ------------------------------------------------------------------ */
+
+static const kvcase_t sweep[] = {
+    /* SmolLM2-135M: 30 layers, 3 KV heads, head dim 64, f16 (12 KiB blocks) */
+    {"smollm2 b8", 30, 3, 64, DTYPE_F16, 1, 1, 8, 1, 1},
+    {"smollm2 b64", 30, 3, 64, DTYPE_F16, 1, 1, 64, 1},
+    {"smollm2 b256", 30, 3, 64, DTYPE_F16, 1, 1, 256, 1},
+    {"smollm2 b256 runs16", 30, 3, 64, DTYPE_F16, 1, 1, 256, 16},
+    {"layers 8 b64", 8, 3, 64, DTYPE_F16, 1, 1, 64, 1},
+    {"heads 8 b64", 30, 8, 64, DTYPE_F16, 1, 1, 64, 1},
+    {"hd 128 b64", 30, 3, 128, DTYPE_F16, 1, 1, 64, 1},
+    {"f32 b64", 30, 3, 64, DTYPE_F32, 1, 1, 64, 1},
+    {"tp 1->3 b64", 30, 3, 64, DTYPE_F16, 1, 3, 64, 1},
+    {"tp 3->1 b64", 30, 3, 64, DTYPE_F16, 3, 1, 64, 1},
+    {"tp 3->3 b64", 30, 3, 64, DTYPE_F16, 3, 3, 64, 1},
+    {"tp 2->3 h6 b64", 30, 6, 64, DTYPE_F16, 2, 3, 64, 1},
+};
+
+static int bench_kv_run(int argc, char **argv)
+{
+    opts_t o = {.slab_mib = 1024, .requests = 20, .check_tokens = 512, .us_per_token = 100,
+                .perftest = true};
+    const flag_t flags[] = {
+        {"slab-mib", 0, FLAG_INT, &o.slab_mib, "slab per rank, MiB (>= 1024 keeps it out of the 260 MiB LLC)",
+         "N", 64, 65536, 0, 0},
+        {"requests", 'n', FLAG_INT, &o.requests, "requests per case", "N", 3, MAXREQ, 0, 0},
+        {"check-tokens", 0, FLAG_INT, &o.check_tokens, "prompt tokens in the pipelining check",
+         "N", 16, 4096, 0, 0},
+        {"us-per-token", 0, FLAG_DOUBLE, &o.us_per_token,
+         "CPU prefill compute per token per layer, microseconds (see docs/kvconnector.md)",
+         "US", 0, 0, 0.01, 100000},
+        {"perftest", 0, FLAG_BOOL, &o.perftest, "run ucx_perftest as a reference", NULL, 0, 0, 0, 0},
+        {"quick", 'q', FLAG_BOOL, &o.quick, "only the SmolLM2 cases", NULL, 0, 0, 0, 0},
+        {"json", 0, FLAG_BOOL, &o.json, "print JSON", NULL, 0, 0, 0, 0},
+    };
+    const flags_usage_t u = {"duet bench kv", NULL,
+                             "KV connector throughput/latency between two processes "
+                             "(transport from UCX_TLS) against UCX put, memcpy and ucx_perftest."};
+    duet_status_t s = flags_parse(&u, flags, FLAGS_COUNT(flags), argc, argv, NULL, 0, NULL);
+    const char *tls = getenv("UCX_TLS");
+    int ncases = (int)(sizeof(sweep) / sizeof(sweep[0])), failed = 0;
+
+    if (s == DUET_DONE)
+        return 0;
+    if (s != DUET_OK)
+        return 2;
+    if (o.quick)
+        ncases = 4;
+    signal(SIGPIPE, SIG_IGN);
+    if (o.json)
+        printf("{\"ucx_tls\": \"%s\", \"slab_mib\": %lld, \"cases\": [\n", tls ? tls : "",
+               (long long)o.slab_mib);
+    else
+        printf("UCX_TLS=%s, slab %lld MiB per rank, %lld requests per case; perftest reuses one "
+               "cache-hot buffer\n%-20s %9s %7s %7s %8s %9s %7s %7s %7s %6s %6s %6s\n",
+               tls ? tls : "(default)", (long long)o.slab_mib, (long long)o.requests, "case",
+               "KiB/req", "puts", "GB/s", "p50 ms", "p99 ms", "put", "memcpy", "perft",
+               "/put", "/cpy", "/perf");
+    for (int i = 0; i < ncases; i++) {
+        kvres_t r;
+
+        if (run_case(&sweep[i], &o, &r) != 0) {
+            fprintf(stderr, "case '%s' failed\n", sweep[i].name);
+            failed++;
+            continue;
+        }
+        if (o.json) {
+            printf("  {\"case\": \"%s\", \"layers\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
+                   "\"dtype\": \"%s\", \"tp\": [%d, %d], \"blocks_per_req\": %d, \"run\": %d, "
+                   "\"bytes_per_req\": %.0f, \"puts_per_req\": %.1f, \"gbps\": %.3f, "
+                   "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"ref_put_gbps\": %.3f, "
+                   "\"ref_memcpy_gbps\": %.3f, \"perftest_gbps\": %.3f, \"perftest_msg\": %.0f, "
+                   "\"check_layer_ms\": %.3f, \"check_tail_between_ms\": %.3f, "
+                   "\"check_tail_thread_ms\": %.3f}%s\n",
+                   sweep[i].name, sweep[i].layers, sweep[i].heads, sweep[i].head_dim,
+                   sweep[i].dtype == DTYPE_F32 ? "f32" : "f16", sweep[i].p, sweep[i].d,
+                   sweep[i].blocks_per_req, sweep[i].run, r.bytes_per_req, r.puts_per_req, r.gbps,
+                   r.p50_ms, r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps,
+                   r.msg_size, r.layer_ms, r.tail_between_ms, r.tail_thread_ms,
+                   i == ncases - 1 ? "" : ",");
+        } else {
+            printf("%-20s %9.0f %7.0f %7.2f %8.2f %9.2f %7.2f %7.2f %7.2f %6.2f %6.2f %6.2f\n",
+                   sweep[i].name, r.bytes_per_req / 1024, r.puts_per_req, r.gbps, r.p50_ms,
+                   r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps,
+                   r.gbps / r.ref_put_gbps, r.gbps / r.ref_memcpy_gbps,
+                   r.perftest_gbps > 0 ? r.gbps / r.perftest_gbps : 0.0);
+            if (i == 0)
+                printf("%-20s check (%lld tokens, layer compute %.1f ms): transfer tail after the "
+                       "last layer %.2f ms (progress between layers), %.2f ms (progress thread): "
+                       "%s\n", "", (long long)o.check_tokens, r.layer_ms, r.tail_between_ms,
+                       r.tail_thread_ms,
+                       r.tail_between_ms < r.layer_ms && r.tail_thread_ms < r.layer_ms
+                           ? "PASS" : "FAIL");
+        }
+        fflush(stdout);
+    }
+    if (o.json)
+        printf("]}\n");
+    return failed ? 1 : 0;
+}
+
+const cli_cmd_t cli_bench_kv = {"kv",
+    "KV connector transfer rate and latency against UCX and memcpy references",
+    bench_kv_run};

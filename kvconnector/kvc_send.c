@@ -1,0 +1,620 @@
+/* KV connector, prefill side: queue layers, match them with grants, put each
+ * decode rank's head slice into its granted blocks, flush, LAYER_DONE, KV_END,
+ * and the abort paths. */
+#define DUET_LOG_COMPONENT "kvc"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "kvconnector/kvc_int.h"
+
+typedef struct {
+    int32_t  layer, tok0, tok1, nblocks;
+    int32_t *blocks;            /* local block ids, [nblocks] */
+} sjob_t;
+
+typedef struct {
+    kvc_conn_t *conn;
+    bool        expected;       /* this decode rank needs heads from us */
+    bool        granted, end_sent;
+    int32_t     n_tokens, nblocks;
+    int32_t    *blocks;         /* granted remote block ids, [nblocks] */
+    int         job;            /* next job to put */
+    int32_t     seg;            /* next segment of that job: block * 2 + kv */
+    size_t      off;            /* bytes of the run at seg already put (staging) */
+} sdest_t;
+
+typedef enum { SREQ_ACTIVE, SREQ_DRAIN, SREQ_FINAL } sreq_state_t;
+
+typedef struct {
+    kvc_rhdr_t    h;
+    sreq_state_t  state;
+    duet_status_t status;
+    bool          caller_known; /* created by the caller, not by a GRANT */
+    bool          ended, bound;
+    int32_t       first_token;
+    uint32_t      state_len;
+    uint8_t       end_state[KVC_STATE_MAX];
+    uint64_t      node;         /* the decode node it goes to */
+    int           ndest;
+    sdest_t       dest[KVC_MAX_TP];
+    sjob_t       *jobs;
+    int           njobs, capjobs;
+    int           outstanding;  /* puts, flushes, messages not completed */
+    uint64_t      t_start, bytes;
+} sreq_t;
+
+typedef struct {
+    kvc_t  *kvc;
+    sreq_t *r;
+    size_t  len;
+    int     stage;              /* staging buffer to free, or -1 */
+} put_ctx_t;
+
+typedef struct {
+    sreq_t *r;
+    int     dest;
+    int     kind;               /* KVC_MSG_LAYER_DONE or KVC_MSG_ABORT */
+    int32_t layer, tok0, tok1;
+} flush_ctx_t;
+
+static sreq_t *sreq_get(kvc_t *kvc, uint64_t id)
+{
+    return (sreq_t *)kvc_rmap_get(&kvc->reqs, id);
+}
+
+static sreq_t *sreq_new(kvc_t *kvc, uint64_t id)
+{
+    sreq_t *r = calloc(1, sizeof(*r));
+
+    if (r == NULL)
+        return NULL;
+    r->h.id = id;
+    r->state = SREQ_ACTIVE;
+    r->status = DUET_INPROGRESS;
+    r->t_start = clock_now_ns();
+    kvc_rmap_add(&kvc->reqs, &r->h);
+    return r;
+}
+
+static void sreq_free(kvc_t *kvc, sreq_t *r)
+{
+    kvc_rmap_del(&kvc->reqs, &r->h);
+    for (int i = 0; i < r->njobs; i++)
+        free(r->jobs[i].blocks);
+    for (int j = 0; j < r->ndest; j++)
+        free(r->dest[j].blocks);
+    free(r->jobs);
+    free(r);
+}
+
+static void send_abort_msg(kvc_conn_t *conn, uint64_t req, duet_status_t reason, int *outst)
+{
+    kvc_msg_abort_t *m = kvc_msg_new(sizeof(*m), KVC_MSG_ABORT, req);
+
+    if (m == NULL)
+        return;
+    m->reason = reason;
+    kvc_am_send(conn, m, sizeof(*m), outst);
+}
+
+static void flush_done(void *request, ucs_status_t status, void *user_data)
+{
+    flush_ctx_t *f = user_data;
+    sreq_t *r = f->r;
+    /* KVC_MSG_KV_END: nothing to send after it */
+    kvc_conn_t *conn = r->dest[f->dest].conn;
+
+    if (status == UCS_OK && f->kind == KVC_MSG_LAYER_DONE && r->state == SREQ_ACTIVE) {
+        kvc_msg_layer_t *m = kvc_msg_new(sizeof(*m), KVC_MSG_LAYER_DONE, r->h.id);
+
+        if (m) {
+            m->layer = f->layer;
+            m->tok0 = f->tok0;
+            m->tok1 = f->tok1;
+            kvc_am_send(conn, m, sizeof(*m), &r->outstanding);
+        }
+    } else if (status == UCS_OK && f->kind == KVC_MSG_ABORT) {
+        send_abort_msg(conn, r->h.id, r->status, &r->outstanding);
+    }
+    r->outstanding--;
+    free(f);
+    if (request)
+        ucp_request_free(request);
+}
+
+/* Flush conn's endpoint (every put issued so far lands remotely), then send
+ * LAYER_DONE or ABORT. */
+static void flush_then(kvc_t *kvc, sreq_t *r, int dest, int kind, const sjob_t *job)
+{
+    ucp_request_param_t prm = {0};
+    flush_ctx_t *f = calloc(1, sizeof(*f));
+    void *q;
+
+    if (f == NULL)
+        return;
+    f->r = r;
+    f->dest = dest;
+    f->kind = kind;
+    if (job) {
+        f->layer = job->layer;
+        f->tok0 = job->tok0;
+        f->tok1 = job->tok1;
+    }
+    r->outstanding++;
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    prm.cb.send = flush_done;
+    prm.user_data = f;
+    q = ucp_ep_flush_nbx(r->dest[dest].conn->ep, &prm);
+    if (q == NULL) {
+        flush_done(NULL, UCS_OK, f);
+    } else if (UCS_PTR_IS_ERR(q)) {
+        log_req(LOG_LEVEL_WARN, r->h.id, "flush failed: %s",
+                ucs_status_string(UCS_PTR_STATUS(q)));
+        flush_done(NULL, UCS_PTR_STATUS(q), f);
+    }
+}
+
+/* Stop writing; tell every live rank of the decode node (after a flush, so
+ * the ABORT also means "no more writes from this rank"). */
+static void sreq_fail(kvc_t *kvc, sreq_t *r, duet_status_t status)
+{
+    if (r->state != SREQ_ACTIVE)
+        return;
+    r->state = SREQ_DRAIN;
+    r->status = status;
+    log_req(LOG_LEVEL_INFO, r->h.id, "KV send ends: %s", duet_status_str(status));
+    if (!r->bound)
+        return;
+    for (int j = 0; j < r->ndest; j++)
+        if (kvc_conn_alive(r->dest[j].conn) && r->dest[j].conn->ep)
+            flush_then(kvc, r, j, KVC_MSG_ABORT, NULL);
+}
+
+static void put_done(void *request, ucs_status_t status, void *user_data)
+{
+    put_ctx_t *p = user_data;
+
+    p->r->outstanding--;
+    p->kvc->inflight -= p->len;
+    if (p->stage >= 0)
+        p->kvc->stage_busy[p->stage] = false;
+    if (status != UCS_OK && p->r->state == SREQ_ACTIVE) {
+        log_req(LOG_LEVEL_WARN, p->r->h.id, "put failed: %s", ucs_status_string(status));
+        /* the failed endpoint's error handler fails the request */
+    }
+    free(p);
+    ucp_request_free(request);
+}
+
+/* Issue puts for dest's current job until it is done or the in-flight bound
+ * is reached. Returns the number of puts issued. */
+static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
+{
+    sdest_t *d = &r->dest[di];
+    kvc_conn_t *c = d->conn;
+    const kv_layout_t *ll = &kvc->p.layout, *rl = &c->peer_layout;
+    size_t seg_len = (size_t)c->nheads * kv_head_bytes(ll);
+    int n = 0;
+
+    while (d->job < r->njobs && r->state == SREQ_ACTIVE) {
+        const sjob_t *j = &r->jobs[d->job];
+        int32_t fb = j->tok0 / ll->block_size, nseg = 2 * j->nblocks;
+
+        if (j->tok1 > d->n_tokens) {
+            log_req(LOG_LEVEL_ERROR, r->h.id, "layer %d tokens [%d, %d) exceed the grant of %d",
+                    j->layer, j->tok0, j->tok1, d->n_tokens);
+            sreq_fail(kvc, r, DUET_ERR_INVALID);
+            break;
+        }
+        while (d->seg < nseg) {
+            ucp_request_param_t prm = {0};
+            size_t lo, ro, len;
+            put_ctx_t *p;
+            void *q, *src;
+            int32_t s = d->seg;
+            int stage;
+
+            if (kvc->inflight >= kvc->p.max_inflight)
+                return n;
+            lo = kv_offset(ll, j->layer, j->blocks[s / 2], s % 2, c->src_head);
+            ro = kv_offset(rl, j->layer, d->blocks[fb + s / 2], s % 2, c->dst_head);
+            len = seg_len;
+            /* coalesce segments adjacent on both sides */
+            for (s++; s < nseg && len < kvc->p.max_inflight; s++) {
+                size_t lo2 = kv_offset(ll, j->layer, j->blocks[s / 2], s % 2, c->src_head);
+                size_t ro2 = kv_offset(rl, j->layer, d->blocks[fb + s / 2], s % 2, c->dst_head);
+
+                if (lo2 != lo + len || ro2 != ro + len)
+                    break;
+                len += seg_len;
+            }
+            src = (char *)kvc->slab + lo + d->off;
+            ro += d->off;
+            len -= d->off;
+            stage = -1;
+            if (kvc->staging) {
+                /* device -> pinned host buffer, then put from there; the
+                 * other buffer's put overlaps this copy */
+                stage = !kvc->stage_busy[0] ? 0 : !kvc->stage_busy[1] ? 1 : -1;
+                if (stage < 0)
+                    return n;   /* both in flight: resume on a completion */
+                if (len > kvc->p.stage_bytes)
+                    len = kvc->p.stage_bytes;
+                if (kvc->p.stage_copy(kvc->p.stage_arg, kvc->stage_buf[stage], src, len) !=
+                    DUET_OK) {
+                    sreq_fail(kvc, r, DUET_ERR_CUDA);
+                    return n;
+                }
+                kvc->stats.staged += len;
+                src = kvc->stage_buf[stage];
+            }
+            p = malloc(sizeof(*p));
+            if (p == NULL) {
+                sreq_fail(kvc, r, DUET_ERR_NOMEM);
+                return n;
+            }
+            p->kvc = kvc;
+            p->r = r;
+            p->len = len;
+            p->stage = stage;
+            prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+            prm.cb.send = put_done;
+            prm.user_data = p;
+            q = ucp_put_nbx(c->ep, src, len, c->remote_base + ro, c->rkey, &prm);
+            kvc->stats.puts++;
+            r->bytes += len;
+            n++;
+            if (q == NULL) {
+                free(p);
+            } else if (UCS_PTR_IS_ERR(q)) {
+                free(p);
+                log_req(LOG_LEVEL_WARN, r->h.id, "put failed: %s",
+                        ucs_status_string(UCS_PTR_STATUS(q)));
+                sreq_fail(kvc, r, DUET_ERR_PEER);
+                return n;
+            } else {
+                r->outstanding++;
+                kvc->inflight += len;
+                if (stage >= 0)
+                    kvc->stage_busy[stage] = true;
+            }
+            if (lo + d->off + len < lo + (size_t)(s - d->seg) * seg_len) {
+                d->off += len;          /* the rest of this run goes next */
+            } else {
+                d->seg = s;
+                d->off = 0;
+            }
+        }
+        flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, j);
+        d->job++;
+        d->seg = 0;
+    }
+    return n;
+}
+
+static void sreq_finish(kvc_t *kvc, sreq_t *r, duet_status_t status)
+{
+    double secs = (double)(clock_now_ns() - r->t_start) * 1e-9;
+
+    r->state = SREQ_FINAL;
+    r->status = status;
+    kvc->stats.seconds += secs;
+    if (status == DUET_OK) {
+        kvc->stats.transfers++;
+        kvc->stats.bytes += r->bytes;
+    } else {
+        kvc->stats.failures++;
+    }
+    kvc_tomb_add(kvc, r->h.id);
+    if (kvc->p.done_cb && r->caller_known)
+        kvc->p.done_cb(kvc->p.done_arg, r->h.id, status);
+    if (!r->caller_known && status != DUET_ERR_NO_RESOURCE)
+        sreq_free(kvc, r);
+}
+
+/* Push r forward: puts, KV_END, completion. */
+static int sreq_pump(kvc_t *kvc, sreq_t *r)
+{
+    int n = 0;
+    bool all_end = r->bound && r->ended;
+
+    if (r->state == SREQ_ACTIVE && r->bound) {
+        for (int j = 0; j < r->ndest; j++) {
+            sdest_t *d = &r->dest[j];
+
+            if (!d->expected)
+                continue;
+            if (d->granted)
+                n += dest_pump(kvc, r, j);
+            if (r->state != SREQ_ACTIVE)
+                break;
+            if (d->granted && r->ended && !d->end_sent && d->job == r->njobs) {
+                kvc_msg_end_t *m = kvc_msg_new(sizeof(*m) + r->state_len, KVC_MSG_KV_END,
+                                               r->h.id);
+
+                if (m == NULL)
+                    break;
+                m->first_token = r->first_token;
+                m->state_len = r->state_len;
+                memcpy(m + 1, r->end_state, r->state_len);
+                kvc_am_send(d->conn, m, sizeof(*m) + r->state_len, &r->outstanding);
+                /* done only once KV_END left this side */
+                flush_then(kvc, r, j, KVC_MSG_KV_END, NULL);
+                d->end_sent = true;
+                n++;
+            }
+            all_end = all_end && d->end_sent;
+        }
+    }
+    if (r->state == SREQ_ACTIVE && all_end && r->outstanding == 0)
+        sreq_finish(kvc, r, DUET_OK);
+    else if (r->state == SREQ_DRAIN && r->outstanding == 0)
+        sreq_finish(kvc, r, r->status);
+    return n;
+}
+
+int kvc_send_progress(kvc_t *kvc)
+{
+    int n = 0;
+    kvc_rhdr_t *h, *next;
+
+    for (h = kvc->reqs.list.next; h != &kvc->reqs.list; h = next) {
+        sreq_t *r = (sreq_t *)h;
+
+        next = h->next;
+        if (r->state != SREQ_FINAL)
+            n += sreq_pump(kvc, r);
+    }
+    return n;
+}
+
+duet_status_t kvc_send_kv_cache(kvc_t *kvc, uint64_t req, int32_t layer, int32_t tok0,
+                                int32_t tok1, const int32_t *local_blocks, int32_t nblocks)
+{
+    const kv_layout_t *l = &kvc->p.layout;
+    sreq_t *r;
+    sjob_t *j;
+
+    if (kvc->p.role != KVC_ROLE_PREFILL || layer < 0 || layer >= l->n_layers || tok0 < 0 ||
+        tok1 <= tok0 || local_blocks == NULL ||
+        nblocks != (tok1 - 1) / l->block_size - tok0 / l->block_size + 1) {
+        log_req(LOG_LEVEL_ERROR, req, "bad send: layer %d tokens [%d, %d) in %d blocks",
+                layer, tok0, tok1, nblocks);
+        return DUET_ERR_INVALID;
+    }
+    for (int32_t i = 0; i < nblocks; i++) {
+        if (local_blocks[i] < 0 || local_blocks[i] >= l->n_blocks) {
+            log_req(LOG_LEVEL_ERROR, req, "local block %d outside the slab", local_blocks[i]);
+            return DUET_ERR_INVALID;
+        }
+    }
+    r = sreq_get(kvc, req);
+    if (r == NULL && kvc_tomb_has(kvc, req))
+        return DUET_ERR_CANCELED;
+    if (r == NULL && (r = sreq_new(kvc, req)) == NULL)
+        return DUET_ERR_NOMEM;
+    if (!r->caller_known) {
+        r->caller_known = true;
+        r->t_start = clock_now_ns();
+    }
+    if (r->state != SREQ_ACTIVE)
+        return r->status;
+    if (r->ended)
+        return DUET_ERR_INVALID;
+    if (r->njobs == r->capjobs) {
+        int cap = r->capjobs ? 2 * r->capjobs : 64;
+        sjob_t *nj = realloc(r->jobs, (size_t)cap * sizeof(*nj));
+
+        if (nj == NULL)
+            return DUET_ERR_NOMEM;
+        r->jobs = nj;
+        r->capjobs = cap;
+    }
+    j = &r->jobs[r->njobs];
+    j->blocks = malloc((size_t)nblocks * sizeof(int32_t));
+    if (j->blocks == NULL)
+        return DUET_ERR_NOMEM;
+    memcpy(j->blocks, local_blocks, (size_t)nblocks * sizeof(int32_t));
+    j->layer = layer;
+    j->tok0 = tok0;
+    j->tok1 = tok1;
+    j->nblocks = nblocks;
+    r->njobs++;
+    sreq_pump(kvc, r);
+    return DUET_OK;
+}
+
+duet_status_t kvc_end(kvc_t *kvc, uint64_t req, int32_t first_token, const void *state,
+                      uint32_t state_len)
+{
+    sreq_t *r = sreq_get(kvc, req);
+
+    if (kvc->p.role != KVC_ROLE_PREFILL || state_len > KVC_STATE_MAX ||
+        (state_len && state == NULL))
+        return DUET_ERR_INVALID;
+    if (r == NULL || !r->caller_known)
+        return DUET_ERR_NOT_FOUND;
+    if (r->state != SREQ_ACTIVE)
+        return r->status;
+    if (r->ended)
+        return DUET_ERR_INVALID;
+    r->ended = true;
+    r->first_token = first_token;
+    r->state_len = state_len;
+    if (state_len)
+        memcpy(r->end_state, state, state_len);
+    sreq_pump(kvc, r);
+    return DUET_OK;
+}
+
+duet_status_t kvc_send_status(kvc_t *kvc, uint64_t req)
+{
+    sreq_t *r = sreq_get(kvc, req);
+    duet_status_t s;
+
+    if (r == NULL || kvc->p.role != KVC_ROLE_PREFILL)
+        return DUET_ERR_NOT_FOUND;
+    if (r->state != SREQ_FINAL)
+        return DUET_INPROGRESS;
+    s = r->status;
+    sreq_free(kvc, r);
+    return s;
+}
+
+duet_status_t kvc_send_abort(kvc_t *kvc, uint64_t req)
+{
+    sreq_t *r = sreq_get(kvc, req);
+
+    if (r == NULL)
+        return DUET_ERR_NOT_FOUND;
+    sreq_fail(kvc, r, DUET_ERR_CANCELED);
+    sreq_pump(kvc, r);
+    return DUET_OK;
+}
+
+/* Bind r to the decode node of conn: one destination per decode rank. */
+static duet_status_t sreq_bind(kvc_t *kvc, sreq_t *r, kvc_conn_t *conn)
+{
+    int d = conn->peer.tp_size;
+
+    r->bound = true;
+    r->node = conn->peer.node_id;
+    r->ndest = d;
+    for (int j = 0; j < d; j++) {
+        int32_t src, dst, cnt;
+
+        kvc_tp_route(kvc->p.n_kv_heads_total, kvc->p.tp_size, kvc->p.tp_rank, d, j, &src,
+                     &dst, &cnt);
+        r->dest[j].conn = kvc_conn_find(kvc, r->node, j);
+        r->dest[j].expected = cnt > 0;
+        if (cnt > 0 && r->dest[j].conn == NULL) {
+            log_req(LOG_LEVEL_ERROR, r->h.id, "not connected to decode node %llu rank %d",
+                    (unsigned long long)r->node, j);
+            return DUET_ERR_NOT_FOUND;
+        }
+    }
+    return DUET_OK;
+}
+
+static void on_grant(kvc_t *kvc, kvc_conn_t *c, const kvc_hdr_t *h, const void *data,
+                     size_t len)
+{
+    const kvc_msg_grant_t *g = data;
+    const int32_t *blocks = (const int32_t *)(g + 1);
+    int32_t bs = kvc->p.layout.block_size;
+    sreq_t *r;
+    sdest_t *d;
+
+    if (len < sizeof(*g) || g->nblocks <= 0 || g->nblocks > KVC_MAX_BLOCKS ||
+        len != sizeof(*g) + (size_t)g->nblocks * sizeof(int32_t) || g->n_tokens <= 0 ||
+        g->nblocks != (g->n_tokens + bs - 1) / bs)
+        goto reject;
+    for (int32_t i = 0; i < g->nblocks; i++)
+        if (blocks[i] < 0 || blocks[i] >= c->peer.n_blocks)
+            goto reject;
+    r = sreq_get(kvc, h->req);
+    if ((r == NULL && kvc_tomb_has(kvc, h->req)) || (r && r->state != SREQ_ACTIVE)) {
+        send_abort_msg(c, h->req, DUET_ERR_CANCELED, NULL);
+        return;
+    }
+    if (r == NULL && (r = sreq_new(kvc, h->req)) == NULL) {
+        send_abort_msg(c, h->req, DUET_ERR_NOMEM, NULL);
+        return;
+    }
+    if (r->bound && r->node != c->peer.node_id) {
+        log_req(LOG_LEVEL_WARN, h->req, "grant from a second decode node %llu refused",
+                (unsigned long long)c->peer.node_id);
+        send_abort_msg(c, h->req, DUET_ERR_CANCELED, NULL);
+        kvc->stats.rejected++;
+        return;
+    }
+    if (!r->bound && sreq_bind(kvc, r, c) != DUET_OK) {
+        sreq_fail(kvc, r, DUET_ERR_PEER);
+        return;
+    }
+    d = &r->dest[c->peer.tp_rank];
+    if (!d->expected) {
+        /* a rank holding no heads for that decode rank: it only learns the
+         * request's destination, so that it can finish */
+        sreq_pump(kvc, r);
+        return;
+    }
+    if (d->granted || d->conn != c)
+        goto reject;
+    d->blocks = malloc((size_t)g->nblocks * sizeof(int32_t));
+    if (d->blocks == NULL) {
+        sreq_fail(kvc, r, DUET_ERR_NOMEM);
+        return;
+    }
+    memcpy(d->blocks, blocks, (size_t)g->nblocks * sizeof(int32_t));
+    d->nblocks = g->nblocks;
+    d->n_tokens = g->n_tokens;
+    d->granted = true;
+    sreq_pump(kvc, r);
+    return;
+reject:
+    kvc->stats.rejected++;
+    log_req(LOG_LEVEL_WARN, h->req, "rejected a malformed or out-of-range GRANT (%zu bytes)",
+            len);
+}
+
+void kvc_send_on_msg(kvc_t *kvc, kvc_conn_t *c, const kvc_hdr_t *h, const void *data,
+                     size_t len)
+{
+    sreq_t *r;
+
+    if (h->type == KVC_MSG_GRANT) {
+        on_grant(kvc, c, h, data, len);
+        return;
+    }
+    if ((h->type != KVC_MSG_NACK && h->type != KVC_MSG_ABORT) ||
+        len != sizeof(kvc_msg_abort_t)) {
+        kvc->stats.rejected++;
+        log_req(LOG_LEVEL_WARN, h->req, "rejected message type %d (%zu bytes)", h->type, len);
+        return;
+    }
+    r = sreq_get(kvc, h->req);
+    if (h->type == KVC_MSG_NACK) {
+        kvc->stats.nacks++;
+        if (r == NULL && kvc_tomb_has(kvc, h->req))
+            return;
+        if (r == NULL && (r = sreq_new(kvc, h->req)) == NULL)
+            return;
+        sreq_fail(kvc, r, DUET_ERR_NO_RESOURCE);
+        sreq_pump(kvc, r);
+        return;
+    }
+    /* ABORT from a decode rank: stop, and answer so it can free its blocks. */
+    if (r == NULL || r->state == SREQ_FINAL || !r->bound || r->node != c->peer.node_id) {
+        send_abort_msg(c, h->req, DUET_ERR_CANCELED, NULL);
+        return;
+    }
+    if (r->state == SREQ_ACTIVE) {
+        int32_t reason = ((const kvc_msg_abort_t *)data)->reason;
+
+        sreq_fail(kvc, r, reason == DUET_ERR_TIMEOUT ? DUET_ERR_TIMEOUT : DUET_ERR_CANCELED);
+    }
+    sreq_pump(kvc, r);
+}
+
+void kvc_send_conn_failed(kvc_t *kvc, kvc_conn_t *conn)
+{
+    kvc_rhdr_t *h, *next;
+
+    for (h = kvc->reqs.list.next; h != &kvc->reqs.list; h = next) {
+        sreq_t *r = (sreq_t *)h;
+
+        next = h->next;
+        if (r->bound && r->node == conn->peer.node_id && r->state == SREQ_ACTIVE)
+            sreq_fail(kvc, r, DUET_ERR_PEER);
+    }
+}
+
+void kvc_send_destroy(kvc_t *kvc)
+{
+    while (kvc->reqs.list.next != &kvc->reqs.list)
+        sreq_free(kvc, (sreq_t *)kvc->reqs.list.next);
+}

@@ -1,0 +1,898 @@
+/* KV connector over real UCX between real processes: a decode process and a
+ * prefill process (fork), each holding all ranks of its node. Byte-exact
+ * transfers into scattered granted blocks for every TP pair, layers in any
+ * order, a layer before its grant, NACK, expired grant, abort from each side,
+ * either process killed mid-transfer, malformed messages; the decode side's
+ * own block pool must get every block back. UCX_TLS comes from the test
+ * registration (sm,self or tcp,self). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "kvconnector/kvc.h"
+#include "kvconnector/kvc_int.h"
+#include "tests/tap.h"
+
+#define PREFILL_NODE 100
+#define DECODE_NODE  200
+#define NLAYERS      4
+#define BS           4
+#define HEAD_DIM     8
+#define NBLOCKS      96
+#define NREQ         3
+#define SENTINEL     0xEE
+
+typedef enum {
+    SC_EXACT, SC_LATE_GRANT, SC_NACK, SC_EXPIRED, SC_ABORT_PREFILL, SC_ABORT_DECODE,
+    SC_KILL_RECV, SC_KILL_SEND, SC_MALFORMED, SC_MISMATCH, SC_STAGED,
+} scenario_t;
+
+static int kill_fd = -1;
+static uint64_t prefill_node = PREFILL_NODE;   /* two_peers() runs a second node */   /* SC_KILL_SEND: the prefill says when to be killed */
+
+static const char *sc_name[] = {
+    "exact", "layer before grant", "nack", "expired grant", "abort from prefill",
+    "abort from decode", "receiver killed", "sender killed", "malformed messages",
+    "fingerprint mismatch", "staged through host buffers",
+};
+
+/* Host memory standing in for device memory: the staging copy is memcpy. */
+static duet_status_t stage_copy(void *arg, void *dst, const void *src, size_t len)
+{
+    (void)arg;
+    memcpy(dst, src, len);
+    return DUET_OK;
+}
+
+typedef struct {
+    scenario_t sc;
+    int        H, p, d;
+    unsigned   seed;
+} cfg_t;
+
+/* What the decode side reports to the parent. */
+typedef struct {
+    int      errors;             /* byte mismatches, sentinel overwrites, bad statuses */
+    int      leaked;             /* blocks not back in the pool */
+    int      status[NREQ];
+    uint64_t rejected, expired;
+} dec_result_t;
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
+/* The byte of request req, layer, kv, global head, token, byte within row. */
+static uint8_t kv_byte(unsigned seed, uint64_t req, int layer, int kv, int head, int tok, int b)
+{
+    return (uint8_t)mix(((((((uint64_t)seed * 31 + req) * 64 + layer) * 2 + kv) * 64 + head) *
+                         4096 + tok) * 64 + b);
+}
+
+static int req_tokens(const cfg_t *c, int i)
+{
+    return 5 + (int)(mix(c->seed * 1000 + i) % 40);
+}
+
+static uint64_t req_id(int i)
+{
+    return 1000 + i;
+}
+
+static kv_layout_t rank_layout(const cfg_t *c, int tp, int rank)
+{
+    int32_t first, count;
+    kv_layout_t l = {NLAYERS, NBLOCKS, 0, BS, HEAD_DIM, DTYPE_F16};
+
+    kvc_tp_heads(c->H, tp, rank, &first, &count);
+    l.n_kv_heads = count;
+    return l;
+}
+
+static kvc_t *make(const cfg_t *c, kvc_role_t role, int tp, int rank)
+{
+    kvc_params_t prm = {0};
+    kvc_t *k = NULL;
+
+    prm.role = role;
+    prm.node_id = role == KVC_ROLE_DECODE ? DECODE_NODE : prefill_node;
+    prm.tp_rank = rank;
+    prm.tp_size = tp;
+    prm.n_kv_heads_total = c->H;
+    prm.layout = rank_layout(c, tp, rank);
+    prm.model_fp = c->sc == SC_MISMATCH && role == KVC_ROLE_PREFILL ? 0xbadull : 0x5eedull;
+    prm.listen_ip = "127.0.0.1";
+    prm.max_inflight = 4096;   /* small, so the in-flight bound is exercised */
+    prm.abort_timeout_ms = 3000;
+    if (c->sc == SC_STAGED && role == KVC_ROLE_PREFILL) {
+        prm.stage_force = 1;
+        prm.stage_copy = stage_copy;
+        prm.stage_bytes = 1000;   /* smaller than a run: runs are split */
+    }
+    if (kvc_create(&prm, &k) != DUET_OK)
+        return NULL;
+    return k;
+}
+
+static void shuffle(int32_t *a, int n, uint64_t *rng)
+{
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)((*rng = mix(*rng + 1)) % (uint64_t)(i + 1));
+        int32_t t = a[i];
+
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+static void wline(int fd, const char *s)
+{
+    size_t n = strlen(s);
+
+    if (write(fd, s, n) != (ssize_t)n)
+        abort();
+}
+
+/* Read one line (blocking). */
+static int rline(int fd, char *buf, size_t len)
+{
+    size_t n = 0;
+
+    while (n + 1 < len) {
+        ssize_t r = read(fd, buf + n, 1);
+
+        if (r <= 0)
+            return -1;
+        if (buf[n] == '\n')
+            break;
+        n++;
+    }
+    buf[n] = '\0';
+    return 0;
+}
+
+/* ---- decode side ---------------------------------------------------------- */
+
+static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
+{
+    kvc_t *k[KVC_MAX_TP] = {0};
+    dec_result_t res = {0};
+    int32_t pool[NBLOCKS], npool = NBLOCKS;
+    int32_t blocks[NREQ][NBLOCKS];
+    int nb[NREQ];
+    bool done[NREQ][KVC_MAX_TP] = {{false}};
+    bool ever[NBLOCKS] = {false};
+    uint64_t rng = mix(c->seed + 7), t0;
+    char line[256];
+    kvc_stats_t st;
+
+    for (int i = 0; i < NBLOCKS; i++)
+        pool[i] = i;
+    shuffle(pool, NBLOCKS, &rng);
+    for (int r = 0; r < c->d; r++) {
+        k[r] = make(c, KVC_ROLE_DECODE, c->d, r);
+        if (k[r] == NULL)
+            _exit(3);
+        kv_layout_t l = rank_layout(c, c->d, r);
+
+        memset(kvc_slab(k[r]), SENTINEL, kv_slab_bytes(&l));
+        kvc_listen_address(k[r], line, sizeof(line) - 1);
+        strcat(line, "\n");
+        wline(wfd, line);
+    }
+    /* wait for "connected" (prefill done connecting), keep accepting meanwhile */
+    {
+        fd_set fs;
+        struct timeval tv;
+
+        for (;;) {
+            for (int r = 0; r < c->d; r++)
+                kvc_progress(k[r]);
+            FD_ZERO(&fs);
+            FD_SET(rfd, &fs);
+            tv.tv_sec = 0;
+            tv.tv_usec = 1000;
+            if (select(rfd + 1, &fs, NULL, NULL, &tv) > 0)
+                break;
+        }
+        if (rline(rfd, line, sizeof(line)) < 0)
+            _exit(4);
+        if (c->sc == SC_LATE_GRANT && rline(rfd, line, sizeof(line)) < 0)
+            _exit(4);   /* "queued": every layer was sent before any grant */
+    }
+    if (c->sc == SC_MISMATCH) {
+        /* nobody connected: a grant has no one to go to */
+        int32_t b = 0;
+
+        if (kvc_grant(k[0], PREFILL_NODE, 1, 1, &b, 1, 1000) != DUET_ERR_NOT_FOUND)
+            res.errors++;
+        for (int r = 0; r < c->d; r++)
+            kvc_destroy(k[r]);
+        if (write(resfd, &res, sizeof(res)) != sizeof(res))
+            _exit(5);
+        _exit(0);
+    }
+    if (c->sc == SC_MALFORMED) {
+        /* GRANTs a prefill must refuse: they would aim its puts outside the
+         * slab or outside what the message carries */
+        struct {
+            kvc_msg_grant_t g;
+            int32_t b[2];
+        } bad = {{{KVC_WIRE_MAGIC, KVC_MSG_GRANT, 0, 555}, 8, 2, 1000, 0}, {3, NBLOCKS}};
+
+        kvc_test_send_raw(k[0], PREFILL_NODE, &bad, sizeof(bad));      /* block past the slab */
+        bad.b[1] = -1;
+        kvc_test_send_raw(k[0], PREFILL_NODE, &bad, sizeof(bad));      /* negative block */
+        bad.b[1] = 4;
+        bad.g.nblocks = 3;
+        kvc_test_send_raw(k[0], PREFILL_NODE, &bad, sizeof(bad));      /* count past the message */
+        bad.g.nblocks = 2;
+        bad.g.n_tokens = 100;
+        kvc_test_send_raw(k[0], PREFILL_NODE, &bad, sizeof(bad));      /* tokens past the blocks */
+    }
+    for (int i = 0; i < NREQ; i++) {
+        int n = req_tokens(c, i);
+
+        nb[i] = (n + BS - 1) / BS;
+        npool -= nb[i];
+        memcpy(blocks[i], pool + npool, (size_t)nb[i] * sizeof(int32_t));
+        for (int b = 0; b < nb[i]; b++)
+            ever[blocks[i][b]] = true;
+        for (int r = 0; r < c->d; r++) {
+            duet_status_t s;
+
+            if (c->sc == SC_NACK && i == 0)
+                s = kvc_nack(k[r], PREFILL_NODE, req_id(i));
+            else
+                s = kvc_grant(k[r], PREFILL_NODE, req_id(i), n, blocks[i], nb[i],
+                              c->sc == SC_EXPIRED && i == 0 ? 200 : 8000);
+            if (s != DUET_OK) {
+                fprintf(stderr, "grant/nack failed: %s\n", duet_status_str(s));
+                res.errors++;
+            }
+            if (c->sc == SC_NACK && i == 0)
+                done[i][r] = true;
+        }
+        if (c->sc == SC_NACK && i == 0) {
+            memcpy(pool + npool, blocks[i], (size_t)nb[i] * sizeof(int32_t));
+            npool += nb[i];
+            res.status[i] = DUET_ERR_NO_RESOURCE;
+        }
+    }
+    if (c->sc == SC_KILL_RECV)
+        wline(wfd, "granted\n");
+    if (c->sc == SC_KILL_SEND)
+        wline(resfd, "granted\n");
+    t0 = clock_now_ns();
+    for (;;) {
+        int left = 0;
+
+        for (int r = 0; r < c->d; r++)
+            kvc_progress(k[r]);
+        if (c->sc == SC_ABORT_DECODE && !done[0][0] && clock_now_ns() - t0 > 60000000ull)
+            kvc_abort(k[0], req_id(0));
+        for (int i = 0; i < NREQ; i++) {
+            for (int r = 0; r < c->d; r++) {
+                kvc_end_t end;
+                duet_status_t s;
+
+                if (done[i][r])
+                    continue;
+                s = kvc_recv_kv_cache(k[r], req_id(i), &end);
+                if (s == DUET_INPROGRESS) {
+                    left++;
+                    continue;
+                }
+                done[i][r] = true;
+                res.status[i] = s;
+                if (s == DUET_OK) {
+                    kv_layout_t l = rank_layout(c, c->d, r);
+                    int32_t first, count;
+                    const uint8_t *slab = kvc_slab(k[r]);
+                    int n = req_tokens(c, i), row = HEAD_DIM * 2;
+
+                    kvc_tp_heads(c->H, c->d, r, &first, &count);
+                    if (end.first_token != (int32_t)(req_id(i) * 7) || end.state_len != 3 ||
+                        memcmp(end.state, "st8", 3) != 0)
+                        res.errors++;
+                    for (int L = 0; L < NLAYERS; L++)
+                        for (int t = 0; t < n; t++)
+                            for (int kv = 0; kv < 2; kv++)
+                                for (int h = 0; h < count; h++) {
+                                    const uint8_t *q = slab + kv_offset(&l, L, blocks[i][t / BS], kv, h) +
+                                                       (size_t)(t % BS) * (size_t)row;
+
+                                    for (int b = 0; b < row; b++)
+                                        if (q[b] != kv_byte(c->seed, req_id(i), L, kv, first + h, t, b))
+                                            res.errors++;
+                                }
+                }
+                if (r == c->d - 1) {   /* last rank gave them back: return to the pool */
+                    memcpy(pool + npool, blocks[i], (size_t)nb[i] * sizeof(int32_t));
+                    npool += nb[i];
+                }
+            }
+        }
+        if (left == 0 || clock_now_ns() - t0 > 12000000000ull)
+            break;
+    }
+    res.leaked = NBLOCKS - npool;
+    for (int r = 0; r < c->d; r++) {
+        kv_layout_t l = rank_layout(c, c->d, r);
+        const uint8_t *slab = kvc_slab(k[r]);
+
+        /* blocks never granted must be untouched in every layer */
+        for (int L = 0; L < NLAYERS; L++)
+            for (int b = 0; b < NBLOCKS; b++) {
+                const uint8_t *q = slab + kv_offset(&l, L, b, 0, 0);
+
+                if (ever[b])
+                    continue;
+                for (size_t x = 0; x < kv_block_bytes(&l); x++)
+                    if (q[x] != SENTINEL) {
+                        res.errors++;
+                        break;
+                    }
+            }
+        kvc_stats(k[r], &st);
+        res.rejected += st.rejected;
+        res.expired += st.expired;
+    }
+    for (int r = 0; r < c->d; r++)
+        kvc_destroy(k[r]);
+    if (write(resfd, &res, sizeof(res)) != sizeof(res))
+        _exit(5);
+    _exit(0);
+}
+
+/* ---- prefill side --------------------------------------------------------- */
+
+typedef struct {
+    int      status[NREQ];
+    uint64_t rejected, nacks, staged;
+    int      errors;
+} pre_result_t;
+
+static void fill_local(const cfg_t *c, kvc_t *k, int rank, int i, const int32_t *lb)
+{
+    kv_layout_t l = rank_layout(c, c->p, rank);
+    int32_t first, count;
+    uint8_t *slab = kvc_slab(k);
+    int n = req_tokens(c, i), row = HEAD_DIM * 2;
+
+    kvc_tp_heads(c->H, c->p, rank, &first, &count);
+    for (int L = 0; L < NLAYERS; L++)
+        for (int t = 0; t < n; t++)
+            for (int kv = 0; kv < 2; kv++)
+                for (int h = 0; h < count; h++) {
+                    uint8_t *q = slab + kv_offset(&l, L, lb[t / BS], kv, h) + (size_t)(t % BS) * (size_t)row;
+
+                    for (int b = 0; b < row; b++)
+                        q[b] = kv_byte(c->seed, req_id(i), L, kv, first + h, t, b);
+                }
+}
+
+static void malformed(kvc_t *k)
+{
+    kvc_msg_layer_t m = {{KVC_WIRE_MAGIC, KVC_MSG_LAYER_DONE, 0, req_id(1)}, NLAYERS + 3, 0, 4, 0};
+    kvc_msg_end_t e = {{KVC_WIRE_MAGIC, KVC_MSG_KV_END, 0, req_id(1)}, 5, 100000};
+    uint8_t junk[7] = {1, 2, 3, 4, 5, 6, 7};
+
+    kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* layer out of range */
+    m.layer = 0;
+    m.tok1 = 100000;
+    kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* tokens past the grant */
+    m.h.req = 777777;
+    m.tok1 = 4;
+    kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* unknown request */
+    kvc_test_send_raw(k, DECODE_NODE, &e, sizeof(e));          /* state_len lies */
+    kvc_test_send_raw(k, DECODE_NODE, junk, sizeof(junk));     /* too short */
+    m.h.magic = 0x12345678;
+    kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* bad magic */
+}
+
+static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result_t *res)
+{
+    kvc_t *k[KVC_MAX_TP] = {0};
+    int32_t lb[KVC_MAX_TP][NREQ][NBLOCKS];
+    int32_t order[NREQ][NLAYERS * 2];
+    int next[NREQ] = {0};
+    bool fin[NREQ][KVC_MAX_TP] = {{false}}, ended[NREQ] = {false};
+    uint64_t rng = mix(c->seed + 99), t0, last_send = 0;
+    char line[256];
+    int sent = 0;
+    bool killed = false;
+
+    memset(res, 0, sizeof(*res));
+    for (int r = 0; r < c->p; r++) {
+        int32_t perm[NBLOCKS];
+
+        k[r] = make(c, KVC_ROLE_PREFILL, c->p, r);
+        if (k[r] == NULL) {
+            res->errors++;
+            return;
+        }
+        for (int b = 0; b < NBLOCKS; b++)
+            perm[b] = b;
+        shuffle(perm, NBLOCKS, &rng);
+        for (int i = 0, at = 0; i < NREQ; i++) {
+            int n = (req_tokens(c, i) + BS - 1) / BS;
+
+            memcpy(lb[r][i], perm + at, (size_t)n * sizeof(int32_t));
+            at += n;
+            fill_local(c, k[r], r, i, lb[r][i]);
+        }
+    }
+    for (int r = 0; r < c->d; r++) {
+        uint64_t node;
+
+        if (rline(rfd, line, sizeof(line)) < 0) {
+            res->errors++;
+            return;
+        }
+        for (int pr = 0; pr < c->p; pr++) {
+            if (c->sc == SC_MISMATCH) {
+                res->status[0] = kvc_connect(k[pr], line, 5000, &node);
+                if (res->status[0] != DUET_ERR_MISMATCH)
+                    res->errors++;
+                continue;
+            }
+            if (kvc_connect(k[pr], line, 5000, &node) != DUET_OK || node != DECODE_NODE) {
+                res->errors++;
+                return;
+            }
+        }
+    }
+    wline(wfd, "connected\n");
+    if (c->sc == SC_MISMATCH) {
+        for (int r = 0; r < c->p; r++)
+            kvc_destroy(k[r]);
+        return;
+    }
+    /* each request's (layer, chunk) jobs in a random order */
+    for (int i = 0; i < NREQ; i++) {
+        for (int j = 0; j < NLAYERS * 2; j++)
+            order[i][j] = j;
+        shuffle(order[i], NLAYERS * 2, &rng);
+    }
+    if (c->sc == SC_KILL_RECV && rline(rfd, line, sizeof(line)) < 0)
+        res->errors++;
+    if (c->sc == SC_MALFORMED)
+        malformed(k[0]);
+    t0 = clock_now_ns();
+    for (;;) {
+        int left = 0;
+        uint64_t now = clock_now_ns();
+        bool slow = c->sc == SC_ABORT_DECODE || c->sc == SC_KILL_RECV || c->sc == SC_KILL_SEND;
+
+        for (int i = 0; i < NREQ; i++) {
+            int n = req_tokens(c, i), split = 1 + (int)(mix(c->seed + (uint64_t)i) % (uint64_t)(n - 1));
+
+            if (c->sc == SC_EXPIRED && i == 0)
+                continue;     /* the caller never sends it: the grant must expire */
+            if (slow && i == 0 && now - last_send < 20000000ull)
+                continue;
+            if (next[i] < NLAYERS * 2) {
+                int j = order[i][next[i]++], L = j / 2;
+                int tok0 = j % 2 ? split : 0, tok1 = j % 2 ? n : split;
+                int b0 = tok0 / BS, nbl = (tok1 - 1) / BS - b0 + 1;
+
+                for (int r = 0; r < c->p; r++) {
+                    duet_status_t s = kvc_send_kv_cache(k[r], req_id(i), L, tok0, tok1,
+                                                        lb[r][i] + b0, nbl);
+
+                    if (s != DUET_OK && !(i == 0 && c->sc != SC_EXACT && c->sc != SC_LATE_GRANT))
+                        res->errors++;
+                }
+                if (i == 0)
+                    last_send = now, sent++;
+            } else if (!ended[i]) {
+                for (int r = 0; r < c->p; r++)
+                    kvc_end(k[r], req_id(i), (int32_t)(req_id(i) * 7), "st8", 3);
+                ended[i] = true;
+            }
+        }
+        if (c->sc == SC_ABORT_PREFILL && sent == 2) {
+            sent = 3;
+            /* abort req 0 after its first layers went out, on every rank */
+            for (int r = 0; r < c->p; r++)
+                kvc_abort(k[r], req_id(0));
+        }
+        if (c->sc == SC_KILL_SEND && kill_fd >= 0 && sent >= 3 &&
+            now - last_send > 15000000ull) {
+            /* a quiet moment (no put in flight): see docs/kvconnector.md on
+             * why not in the middle of a put over TCP with UCX 1.13 */
+            wline(kill_fd, "idle\n");
+            kill_fd = -1;
+            pause();
+        }
+        if (c->sc == SC_KILL_RECV && !killed && sent >= 3) {
+            kill(dec_pid, SIGKILL);
+            killed = true;
+        }
+        for (int r = 0; r < c->p; r++)
+            kvc_progress(k[r]);
+        if (c->sc == SC_LATE_GRANT && next[NREQ - 1] == NLAYERS * 2 && ended[0] == true &&
+            sent >= 0) {
+            wline(wfd, "queued\n");
+            sent = -1000000;
+        }
+        for (int i = 0; i < NREQ; i++)
+            for (int r = 0; r < c->p; r++) {
+                duet_status_t s;
+
+                if (fin[i][r])
+                    continue;
+                if (c->sc == SC_EXPIRED && i == 0) {
+                    s = kvc_send_status(k[r], req_id(i));
+                    if (s == DUET_ERR_NOT_FOUND && clock_now_ns() - t0 > 1500000000ull) {
+                        fin[i][r] = true;   /* grant-only request, answered and gone */
+                        res->status[i] = DUET_ERR_TIMEOUT;
+                    } else {
+                        left++;
+                    }
+                    continue;
+                }
+                s = kvc_send_status(k[r], req_id(i));
+                if (s == DUET_INPROGRESS) {
+                    left++;
+                    continue;
+                }
+                fin[i][r] = true;
+                res->status[i] = s;
+            }
+        if (left == 0 || clock_now_ns() - t0 > 12000000000ull)
+            break;
+    }
+    for (int r = 0; r < c->p; r++) {
+        kvc_stats_t st;
+
+        kvc_stats(k[r], &st);
+        res->rejected += st.rejected;
+        res->nacks += st.nacks;
+        res->staged += st.staged;
+        kvc_destroy(k[r]);
+    }
+}
+
+/* ---- one scenario ---------------------------------------------------------- */
+
+static void run(const cfg_t *c)
+{
+    int to_pre[2], to_dec[2];
+    pid_t pid;
+    dec_result_t dr = {0};
+    pre_result_t pr = {0};
+    int wst = 0;
+    bool got = false;
+
+    if (pipe(to_pre) || pipe(to_dec))
+        abort();
+    fflush(stdout);
+    if (c->sc == SC_KILL_SEND) {
+        int resp[2];
+        pid_t pre_pid, dec_pid;
+        char line[64];
+
+        int kp[2];
+
+        if (pipe(resp) || pipe(kp))
+            abort();
+        pre_pid = fork();
+        if (pre_pid == 0) {
+            close(kp[0]);
+            kill_fd = kp[1];
+            pre_main(c, to_dec[1], to_pre[0], 0, &pr);
+            _exit(0);
+        }
+        close(kp[1]);
+        dec_pid = fork();
+        if (dec_pid == 0)
+            dec_main(c, to_pre[1], to_dec[0], resp[1]);
+        close(resp[1]);
+        /* kill the sender once the grant is out and a few layers went */
+        if (rline(resp[0], line, sizeof(line)) == 0 && rline(kp[0], line, sizeof(line)) == 0)
+            kill(pre_pid, SIGKILL);
+        close(kp[0]);
+        got = read(resp[0], &dr, sizeof(dr)) == sizeof(dr);
+        waitpid(pre_pid, NULL, 0);
+        waitpid(dec_pid, &wst, 0);
+        if (!got)
+            diag("decode process: %s %d", WIFEXITED(wst) ? "exit" : "signal",
+                 WIFEXITED(wst) ? WEXITSTATUS(wst) : WTERMSIG(wst));
+        close(resp[0]);
+        close(to_pre[0]);
+        close(to_pre[1]);
+        close(to_dec[0]);
+        close(to_dec[1]);
+        ok(got, "%s (H=%d p=%d d=%d): decode reported", sc_name[c->sc], c->H, c->p, c->d);
+        ok(dr.status[0] == DUET_ERR_PEER || dr.status[0] == DUET_ERR_TIMEOUT,
+           "%s: decode sees the sender's death (%s)", sc_name[c->sc],
+           duet_status_str(dr.status[0]));
+        is_int(dr.leaked, 0, "%s: no block leaked", sc_name[c->sc]);
+        is_int(dr.errors, 0, "%s: no stray writes", sc_name[c->sc]);
+        return;
+    }
+    /* both sides in fresh children: this process never initializes UCX, so
+     * no child inherits UCX state through fork */
+    {
+        int dres[2], pres[2];
+        pid_t ppid;
+
+        if (pipe(dres) || pipe(pres))
+            abort();
+        pid = fork();
+        if (pid == 0)
+            dec_main(c, to_pre[1], to_dec[0], dres[1]);
+        ppid = fork();
+        if (ppid == 0) {
+            pre_main(c, to_dec[1], to_pre[0], pid, &pr);
+            if (write(pres[1], &pr, sizeof(pr)) != sizeof(pr))
+                _exit(5);
+            _exit(0);
+        }
+        close(dres[1]);
+        close(pres[1]);
+        if (read(pres[0], &pr, sizeof(pr)) != sizeof(pr))
+            pr.errors++;
+        if (c->sc != SC_KILL_RECV && read(dres[0], &dr, sizeof(dr)) == sizeof(dr))
+            got = true;
+        waitpid(ppid, NULL, 0);
+        waitpid(pid, &wst, 0);
+        close(dres[0]);
+        close(pres[0]);
+        close(to_pre[0]);
+        close(to_pre[1]);
+        close(to_dec[0]);
+        close(to_dec[1]);
+    }
+    if (c->sc == SC_KILL_RECV) {
+        ok(pr.status[0] == DUET_ERR_PEER, "%s: prefill fails with %s", sc_name[c->sc],
+           duet_status_str(pr.status[0]));
+        is_int(pr.errors, 0, "%s: prefill side clean", sc_name[c->sc]);
+        return;
+    }
+    if (c->sc == SC_MISMATCH) {
+        ok(got && pr.status[0] == DUET_ERR_MISMATCH && pr.errors + dr.errors == 0,
+           "%s: connect refused with %s, nothing granted", sc_name[c->sc],
+           duet_status_str(pr.status[0]));
+        return;
+    }
+    ok(got && WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "%s (H=%d p=%d d=%d): decode finished",
+       sc_name[c->sc], c->H, c->p, c->d);
+    if (dr.errors + pr.errors)
+        diag("decode errors %d, prefill errors %d", dr.errors, pr.errors);
+    is_int(dr.errors + pr.errors, 0, "%s (H=%d p=%d d=%d): byte-exact, no stray writes",
+           sc_name[c->sc], c->H, c->p, c->d);
+    is_int(dr.leaked, 0, "%s (H=%d p=%d d=%d): every block back in the pool", sc_name[c->sc],
+           c->H, c->p, c->d);
+    for (int i = 0; i < NREQ; i++) {
+        int want = DUET_OK;
+
+        if (i == 0 && c->sc == SC_NACK)
+            want = DUET_ERR_NO_RESOURCE;
+        if (i == 0 && c->sc == SC_EXPIRED)
+            want = DUET_ERR_TIMEOUT;
+        if (i == 0 && (c->sc == SC_ABORT_PREFILL || c->sc == SC_ABORT_DECODE))
+            want = DUET_ERR_CANCELED;
+        if (dr.status[i] != want || pr.status[i] != want)
+            ok(0, "%s: req %d: decode %s, prefill %s, want %s", sc_name[c->sc], i,
+               duet_status_str(dr.status[i]), duet_status_str(pr.status[i]),
+               duet_status_str(want));
+    }
+    if (c->sc == SC_NACK)
+        ok(pr.nacks >= 1, "nack: prefill counted it");
+    if (c->sc == SC_STAGED)
+        ok(pr.staged > 0, "staged: %llu bytes went through the host buffers",
+           (unsigned long long)pr.staged);
+    if (c->sc == SC_EXPIRED)
+        ok(dr.expired >= 1, "expired: decode counted it");
+    if (c->sc == SC_MALFORMED) {
+        ok(dr.rejected >= 6, "malformed: decode rejected %llu messages",
+           (unsigned long long)dr.rejected);
+        ok(pr.rejected >= 4, "malformed: prefill rejected %llu out-of-range GRANTs",
+           (unsigned long long)pr.rejected);
+    }
+}
+
+/* ---- two prefill nodes, one dies: only its request fails ----------------- */
+
+typedef struct {
+    int status[2];
+    int errors, leaked;
+} two_result_t;
+
+static void two_prefill(const cfg_t *c, uint64_t node, int i, int afd, int kfd)
+{
+    kvc_t *k;
+    int32_t lb[NBLOCKS];
+    int n = req_tokens(c, i), nb = (n + BS - 1) / BS;
+    char line[128];
+    uint64_t dnode;
+
+    prefill_node = node;
+    k = make(c, KVC_ROLE_PREFILL, 1, 0);
+    if (k == NULL)
+        _exit(3);
+    for (int b = 0; b < nb; b++)
+        lb[b] = NBLOCKS - 1 - b * 2;
+    fill_local(c, k, 0, i, lb);
+    if (rline(afd, line, sizeof(line)) < 0 || kvc_connect(k, line, 5000, &dnode) != DUET_OK)
+        _exit(4);
+    for (int L = 0; L < NLAYERS; L++) {
+        uint64_t t = clock_now_ns();
+
+        kvc_send_kv_cache(k, req_id(i), L, 0, n, lb, nb);
+        while (clock_now_ns() - t < (kfd >= 0 ? 20000000ull : 1000000ull))
+            kvc_progress(k);
+        if (kfd >= 0 && L == 1) {
+            wline(kfd, "idle\n");   /* a quiet moment: kill me now */
+            pause();
+        }
+    }
+    kvc_end(k, req_id(i), (int32_t)(req_id(i) * 7), "st8", 3);
+    while (kvc_send_status(k, req_id(i)) == DUET_INPROGRESS)
+        kvc_progress(k);
+    for (uint64_t t = clock_now_ns(); clock_now_ns() - t < 200000000ull;)
+        kvc_progress(k);   /* let the decode side read the last messages */
+    kvc_destroy(k);
+    _exit(0);
+}
+
+static void two_decode(const cfg_t *c, int afd, int gfd, int rfd)
+{
+    kvc_t *k = make(c, KVC_ROLE_DECODE, 1, 0);
+    two_result_t res = {{DUET_INPROGRESS, DUET_INPROGRESS}, 0, 0};
+    int32_t blocks[2][NBLOCKS];
+    int nb[2], granted = 0, back = 0;
+    char line[128];
+    uint64_t t0;
+
+    if (k == NULL)
+        _exit(3);
+    kvc_listen_address(k, line, sizeof(line) - 1);
+    strcat(line, "\n");
+    wline(afd, line);
+    wline(afd, line);
+    for (int i = 0; i < 2; i++) {
+        nb[i] = (req_tokens(c, i) + BS - 1) / BS;
+        for (int b = 0; b < nb[i]; b++)
+            blocks[i][b] = i * 40 + b;
+    }
+    t0 = clock_now_ns();
+    /* grant each request as soon as its node has connected */
+    while (granted != 3 && clock_now_ns() - t0 < 5000000000ull) {
+        kvc_progress(k);
+        for (int i = 0; i < 2; i++)
+            if (!(granted & (1 << i)) &&
+                kvc_grant(k, PREFILL_NODE + (uint64_t)i, req_id(i), req_tokens(c, i),
+                          blocks[i], nb[i], 8000) == DUET_OK)
+                granted |= 1 << i;
+    }
+    wline(gfd, "granted\n");
+    while (back < 2 && clock_now_ns() - t0 < 12000000000ull) {
+        kvc_progress(k);
+        for (int i = 0; i < 2; i++) {
+            duet_status_t s;
+
+            if (res.status[i] != DUET_INPROGRESS)
+                continue;
+            s = kvc_recv_kv_cache(k, req_id(i), NULL);
+            if (s == DUET_INPROGRESS)
+                continue;
+            res.status[i] = s;
+            back++;
+        }
+    }
+    res.leaked = 2 - back;
+    if (res.status[1] == DUET_OK) {
+        kv_layout_t l = rank_layout(c, 1, 0);
+        const uint8_t *slab = kvc_slab(k);
+
+        for (int L = 0; L < NLAYERS; L++)
+            for (int t = 0; t < req_tokens(c, 1); t++)
+                for (int kv = 0; kv < 2; kv++)
+                    for (int h = 0; h < c->H; h++) {
+                        const uint8_t *q = slab + kv_offset(&l, L, blocks[1][t / BS], kv, h) +
+                                           (size_t)(t % BS) * HEAD_DIM * 2;
+
+                        for (int b = 0; b < HEAD_DIM * 2; b++)
+                            if (q[b] != kv_byte(c->seed, req_id(1), L, kv, h, t, b))
+                                res.errors++;
+                    }
+    }
+    kvc_destroy(k);
+    if (write(rfd, &res, sizeof(res)) != sizeof(res))
+        _exit(5);
+    _exit(0);
+}
+
+static void two_peers(void)
+{
+    cfg_t c = {SC_EXACT, 6, 1, 1, 77};
+    int ap[2], gp[2], rp[2], kp[2];
+    pid_t dec, pa, pb;
+    two_result_t res = {{0, 0}, 0, 0};
+    char line[64];
+    bool got;
+
+    if (pipe(ap) || pipe(gp) || pipe(rp) || pipe(kp))
+        abort();
+    fflush(stdout);
+    dec = fork();
+    if (dec == 0)
+        two_decode(&c, ap[1], gp[1], rp[1]);
+    pa = fork();
+    if (pa == 0)
+        two_prefill(&c, PREFILL_NODE, 0, ap[0], kp[1]);
+    pb = fork();
+    if (pb == 0)
+        two_prefill(&c, PREFILL_NODE + 1, 1, ap[0], -1);
+    close(gp[1]);
+    close(rp[1]);
+    close(kp[1]);
+    if (rline(gp[0], line, sizeof(line)) == 0 && rline(kp[0], line, sizeof(line)) == 0)
+        kill(pa, SIGKILL);
+    got = read(rp[0], &res, sizeof(res)) == sizeof(res);
+    waitpid(pa, NULL, 0);
+    waitpid(pb, NULL, 0);
+    waitpid(dec, NULL, 0);
+    close(ap[0]);
+    close(ap[1]);
+    close(gp[0]);
+    close(rp[0]);
+    close(kp[0]);
+    ok(got && (res.status[0] == DUET_ERR_PEER || res.status[0] == DUET_ERR_TIMEOUT),
+       "two peers: the dead node's request fails (%s)", duet_status_str(res.status[0]));
+    ok(got && res.status[1] == DUET_OK && res.errors == 0,
+       "two peers: the live node's request completes byte-exact (%s, %d errors)",
+       duet_status_str(res.status[1]), res.errors);
+    is_int(res.leaked, 0, "two peers: every block back");
+}
+
+int main(int argc, char **argv)
+{
+    bool slow = argc > 1 && strcmp(argv[1], "--slow") == 0;
+    const char *tls = getenv("UCX_TLS");
+    static const int pairs[][3] = {
+        {6, 1, 1}, {6, 1, 2}, {6, 1, 3}, {6, 2, 1}, {6, 2, 2}, {6, 2, 3},
+        {6, 3, 1}, {6, 3, 2}, {6, 3, 3}, {1, 1, 3}, {1, 3, 1}, {2, 2, 1}, {1, 2, 3},
+    };
+
+    signal(SIGPIPE, SIG_IGN);
+    log_set_level(getenv("KVC_TEST_DEBUG") ? LOG_LEVEL_DEBUG : LOG_LEVEL_ERROR);
+    diag("UCX_TLS=%s", tls ? tls : "(default)");
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+        cfg_t c = {SC_EXACT, pairs[i][0], pairs[i][1], pairs[i][2], 1 + (unsigned)i};
+
+        uint64_t t = clock_now_ns();
+
+        run(&c);
+        diag("%.2f s", (double)(clock_now_ns() - t) * 1e-9);
+    }
+    for (int sc = SC_LATE_GRANT; sc <= SC_STAGED; sc++) {
+        cfg_t c = {(scenario_t)sc, 6, 2, 3, 50 + (unsigned)sc};
+        uint64_t t = clock_now_ns();
+
+        run(&c);
+        diag("%.2f s", (double)(clock_now_ns() - t) * 1e-9);
+    }
+    two_peers();
+    for (unsigned s = 0; slow && s < 20; s++) {
+        cfg_t c = {SC_EXACT, 6, 1 + (int)(s % 3), 1 + (int)(s / 3 % 3), 100 + s};
+
+        run(&c);
+    }
+    return tap_done();
+}
