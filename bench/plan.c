@@ -262,24 +262,54 @@ void plan_config_str(const plan_config_t *c, char *buf, size_t len)
         snprintf(buf, len, "%dP:%dD tp%d/tp%d", c->n_p, c->n_d, c->tp_p, c->tp_d);
 }
 
+double plan_max_rate(const plan_profile_t *p, const plan_workload_t *w, const plan_config_t *c,
+                     double target)
+{
+    plan_workload_t x = *w;
+    plan_result_t r;
+    double lo = 0, hi = 1e-3;
+
+    /* grow until it fails, then bisect (attainment falls with the rate) */
+    for (;;) {
+        x.rate = hi;
+        plan_eval(p, &x, c, &r);
+        if (!r.stable || r.attain < target)
+            break;
+        lo = hi;
+        hi *= 2;
+        if (hi > 1e6)
+            return lo;
+    }
+    for (int it = 0; it < 60; it++) {
+        double mid = 0.5 * (lo + hi);
+
+        x.rate = mid;
+        plan_eval(p, &x, c, &r);
+        if (r.stable && r.attain >= target)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 static int cmp_result(const void *a, const void *b)
 {
     const plan_result_t *x = a, *y = b;
+    double g = fmax(x->goodput, y->goodput);
 
-    if (fabs(x->goodput - y->goodput) > 1e-9 * (1 + fabs(x->goodput)))
+    if (fabs(x->goodput - y->goodput) > 0.01 * g)
         return x->goodput > y->goodput ? -1 : 1;
-    if (x->stable != y->stable)
-        return x->stable ? -1 : 1;
+    if (fabs(x->max_rate - y->max_rate) > 1e-6 * fmax(x->max_rate, y->max_rate))
+        return x->max_rate > y->max_rate ? -1 : 1;
     if (x->workers != y->workers)
         return x->workers < y->workers ? -1 : 1;
-    /* then lower latency */
-    if (x->p99_ttft_s + x->mean_tpot_s != y->p99_ttft_s + y->mean_tpot_s)
-        return x->p99_ttft_s + x->mean_tpot_s < y->p99_ttft_s + y->mean_tpot_s ? -1 : 1;
     return 0;
 }
 
 duet_status_t plan_search(const plan_profile_t *p, const plan_workload_t *w, int budget,
-                          const int *tps, int n_tps, plan_result_t **out_p, size_t *n_p)
+                          const int *tps, int n_tps, double target,
+                          plan_result_t **out_p, size_t *n_p)
 {
     size_t n = 0, cap = 64;
     plan_result_t *v = malloc(cap * sizeof(*v));
@@ -297,7 +327,9 @@ duet_status_t plan_search(const plan_profile_t *p, const plan_workload_t *w, int
             v = nv_;                                                        \
             cap *= 2;                                                       \
         }                                                                   \
-        plan_eval(p, w, &(cfg_), &v[n++]);                                  \
+        plan_eval(p, w, &(cfg_), &v[n]);                                    \
+        v[n].max_rate = plan_max_rate(p, w, &(cfg_), target);               \
+        n++;                                                                \
     } while (0)
     for (int a = 0; a < n_tps; a++) {
         int tp = tps[a];

@@ -66,6 +66,7 @@ typedef struct {
     double kv_tail_s;           /* mean transfer time not hidden by prefill */
     double attain_ttft, attain_tpot, attain;    /* fractions meeting the SLOs */
     double goodput;             /* rate * attain (0 when unstable) */
+    double max_rate;            /* highest rate with attain >= the target (plan_search) */
 } plan_result_t;
 
 void plan_curve_add(plan_curve_t *c, double x, double y);    /* keeps x ascending */
@@ -82,12 +83,18 @@ bool plan_tp_ok(const plan_profile_t *p, int tp);
 void plan_eval(const plan_profile_t *p, const plan_workload_t *w, const plan_config_t *c,
                plan_result_t *out);
 
+/* The highest request rate (up to 1e6) at which c keeps attain >= target,
+ * by bisection over w's lengths and SLOs; 0 when even a trickle misses. */
+double plan_max_rate(const plan_profile_t *p, const plan_workload_t *w, const plan_config_t *c,
+                     double target);
+
 /* Every configuration within budget workers: colocated (n nodes of TP t)
  * and disaggregated (n_p x TP tp_p + n_d x TP tp_d), TP sizes from tps[].
- * Results are sorted best first (goodput, then attainment, then fewer
- * workers). *out_p is malloc'd (caller frees); *n_p its length. */
+ * Results are sorted best first: goodput (within 1%), then the highest
+ * rate that keeps attainment >= target (headroom), then fewer workers. *out_p is malloc'd (caller frees); *n_p its length. */
 duet_status_t plan_search(const plan_profile_t *p, const plan_workload_t *w, int budget,
-                          const int *tps, int n_tps, plan_result_t **out_p, size_t *n_p);
+                          const int *tps, int n_tps, double target,
+                          plan_result_t **out_p, size_t *n_p);
 
 /* "colocated 2x tp1" / "1P:2D tp1/tp1" into buf. */
 void plan_config_str(const plan_config_t *c, char *buf, size_t len);

@@ -163,6 +163,7 @@ static json_t *result_to_json(const plan_result_t *r)
                   "rho_prefill", r->rho_prefill, "decode_batch", r->batch,
                   "kv_tail_ms", r->kv_tail_s * 1e3, "attain_ttft", r->attain_ttft);
     json_object_set_new(j, "attain_tpot", json_real(r->attain_tpot));
+    json_object_set_new(j, "max_rate", json_real(r->max_rate));
     json_object_set_new(j, "mean_ttft_ms", r->stable ? json_real(r->mean_ttft_s * 1e3)
                                                      : json_null());
     json_object_set_new(j, "p99_ttft_ms", r->stable ? json_real(r->p99_ttft_s * 1e3)
@@ -215,8 +216,8 @@ static int compare_sweep(const char *path, const plan_profile_t *p, const plan_w
 {
     static const char *const need[] = {"mode", "n_prefill", "tp_prefill", "n_decode",
                                        "tp_decode", "rate", "request_goodput", "p99_ttft_ms",
-                                       "mean_tpot_ms"};
-    enum { C_MODE, C_NP, C_TPP, C_ND, C_TPD, C_RATE, C_GOOD, C_P99T, C_TPOT, C_N };
+                                       "mean_tpot_ms", "request_throughput"};
+    enum { C_MODE, C_NP, C_TPP, C_ND, C_TPD, C_RATE, C_GOOD, C_P99T, C_TPOT, C_TPUT, C_N };
     FILE *f = fopen(path, "r");
     char *line = NULL, *hline = NULL;
     size_t cap = 0, hcap = 0;
@@ -246,14 +247,15 @@ static int compare_sweep(const char *path, const plan_profile_t *p, const plan_w
     }
     if (!json)
         printf("\ncomparison with %s (prediction vs measurement):\n"
-               "%-24s %6s %9s %9s %7s %10s %10s %9s %9s\n", path, "config", "rate",
-               "good pred", "good meas", "err", "p99TTFT p", "p99TTFT m", "TPOT p", "TPOT m");
+               "%-24s %6s %8s %8s %9s %9s %7s %10s %10s %9s %9s\n", path, "config", "rate",
+               "att pred", "att meas", "good pred", "good meas", "err", "p99TTFT p",
+               "p99TTFT m", "TPOT p", "TPOT m");
     while (getline(&line, &cap, f) >= 0) {
         plan_workload_t wr = *w;
         plan_config_t c = {0};
         plan_result_t r;
         char name[64];
-        double meas, e;
+        double meas, e, tput, att_meas;
 
         if (line[0] == '\n' || line[0] == '\0')
             continue;
@@ -275,7 +277,12 @@ static int compare_sweep(const char *path, const plan_profile_t *p, const plan_w
         }
         plan_eval(p, &wr, &c, &r);
         plan_config_str(&c, name, sizeof(name));
-        meas = atof(row.cols[idx[C_GOOD]]);
+        /* the sweep's goodput is good requests over its duration, which
+         * depends on the sampled arrivals; compare its attainment times the
+         * offered rate instead */
+        tput = atof(row.cols[idx[C_TPUT]]);
+        att_meas = tput > 0 ? atof(row.cols[idx[C_GOOD]]) / tput : 0;
+        meas = att_meas * wr.rate;
         e = rel_err(r.goodput, meas);
         if (isfinite(e))
             sum_abs += fabs(e);
@@ -293,13 +300,15 @@ static int compare_sweep(const char *path, const plan_profile_t *p, const plan_w
 
             json_object_set_new(j, "rate", json_real(wr.rate));
             json_object_set_new(j, "measured_goodput", json_real(meas));
+            json_object_set_new(j, "measured_attainment", json_real(att_meas));
             json_object_set_new(j, "measured_p99_ttft_ms", json_real(atof(row.cols[idx[C_P99T]])));
             json_object_set_new(j, "measured_mean_tpot_ms", json_real(atof(row.cols[idx[C_TPOT]])));
             json_object_set_new(j, "goodput_rel_error", isfinite(e) ? json_real(e) : json_null());
             json_array_append_new(arr, j);
         } else {
-            printf("%-24s %6.2f %9.3f %9.3f %6.0f%% %10.1f %10.1f %9.1f %9.1f\n", name, wr.rate,
-                   r.goodput, meas, isfinite(e) ? 100 * e : INFINITY, r.p99_ttft_s * 1e3,
+            printf("%-24s %6.2f %7.1f%% %7.1f%% %9.3f %9.3f %6.0f%% %10.1f %10.1f %9.1f %9.1f\n",
+                   name, wr.rate, 100 * r.attain, 100 * att_meas, r.goodput, meas,
+                   isfinite(e) ? 100 * e : INFINITY, r.p99_ttft_s * 1e3,
                    atof(row.cols[idx[C_P99T]]), r.mean_tpot_s * 1e3,
                    atof(row.cols[idx[C_TPOT]]));
         }
@@ -329,6 +338,7 @@ static int plan_run(int argc, char **argv)
     const char *profile = NULL, *goodput = NULL, *tp_list = "1,2,4", *compare = NULL;
     int64_t budget = 2, in_len = 128, out_len = 64, top = 10;
     double rate = 1.0, ratio = 0.0, tp_eff = 0, kv_gbps = -1, kv_bpt = -1, max_batch = 0;
+    double target = 0.9;
     bool json = false;
     const flag_t flags[] = {
         {"profile", 'p', FLAG_STRING, &profile, "measured profile JSON (bench/profile)",
@@ -353,6 +363,8 @@ static int plan_run(int argc, char **argv)
          "(default: the profile's)", "N", 0, 0, 0.0, 1e9},
         {"max-batch", 0, FLAG_DOUBLE, &max_batch, "decode batch cap (default: the "
          "profile's, else 256)", "N", 0, 0, 1.0, 1e6},
+        {"attainment", 0, FLAG_DOUBLE, &target, "SLO attainment that defines a "
+         "configuration's max rate (default 0.9)", "F", 0, 0, 0.01, 0.9999},
         {"top", 0, FLAG_INT, &top, "configurations to list", "N", 1, 10000, 0, 0},
         {"compare", 0, FLAG_STRING, &compare, "bench/pd_sweep CSV to compare with", "FILE",
          0, 0, 0, 0},
@@ -413,7 +425,7 @@ static int plan_run(int argc, char **argv)
     w.out_hi = (int)ceil((double)out_len * (1 + ratio));
     w.slo_ttft_s = slo.ttft_ms / 1e3;
     w.slo_tpot_s = slo.tpot_ms / 1e3;
-    if (plan_search(&prof, &w, (int)budget, tps, n_tps, &res, &n) != DUET_OK) {
+    if (plan_search(&prof, &w, (int)budget, tps, n_tps, target, &res, &n) != DUET_OK) {
         PLAN_ERR("out of memory");
         return 1;
     }
@@ -441,23 +453,26 @@ static int plan_run(int argc, char **argv)
         printf("workload: %.3g req/s, input %d-%d, output %d-%d tokens; SLO ttft %g ms, "
                "tpot %g ms; budget %lld workers\n", rate, w.in_lo, w.in_hi, w.out_lo, w.out_hi,
                slo.ttft_ms, slo.tpot_ms, (long long)budget);
-        printf("%-24s %4s %8s %7s %7s %6s %9s %9s %8s\n", "config", "wrk", "goodput", "attain",
-               "rho_p", "batch", "TTFT ms", "p99 ms", "TPOT ms");
+        printf("%-24s %4s %8s %7s %8s %6s %6s %9s %9s %8s\n", "config", "wrk", "goodput",
+               "attain", "max rate", "rho_p", "batch", "TTFT ms", "p99 ms", "TPOT ms");
         for (size_t i = 0; i < n && (int64_t)i < top; i++) {
             const plan_result_t *r = &res[i];
 
             plan_config_str(&r->cfg, name, sizeof(name));
             if (r->stable)
-                printf("%-24s %4d %8.3f %6.1f%% %7.2f %6.1f %9.1f %9.1f %8.2f\n", name,
-                       r->workers, r->goodput, 100 * r->attain, r->rho_prefill, r->batch,
-                       r->mean_ttft_s * 1e3, r->p99_ttft_s * 1e3, r->mean_tpot_s * 1e3);
+                printf("%-24s %4d %8.3f %6.1f%% %8.3f %6.2f %6.1f %9.1f %9.1f %8.2f\n", name,
+                       r->workers, r->goodput, 100 * r->attain, r->max_rate, r->rho_prefill,
+                       r->batch, r->mean_ttft_s * 1e3, r->p99_ttft_s * 1e3,
+                       r->mean_tpot_s * 1e3);
             else
-                printf("%-24s %4d %8.3f %7s %7.2f %6s  (overloaded: a queue grows without "
-                       "bound)\n", name, r->workers, 0.0, "-", r->rho_prefill, "-");
+                printf("%-24s %4d %8.3f %7s %8.3f %6.2f %6s  (overloaded: a queue grows "
+                       "without bound)\n", name, r->workers, 0.0, "-", r->max_rate,
+                       r->rho_prefill, "-");
         }
         plan_config_str(&res[0].cfg, name, sizeof(name));
         printf("recommended: %s, predicted goodput %.3f req/s (%.1f%% of requests within "
-               "the SLO)\n", name, res[0].goodput, 100 * res[0].attain);
+               "the SLO); it keeps %.0f%% up to %.3f req/s\n", name, res[0].goodput,
+               100 * res[0].attain, 100 * target, res[0].max_rate);
     }
     if (compare != NULL && compare_sweep(compare, &prof, &w, json, out) != 0)
         goto out;

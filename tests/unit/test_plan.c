@@ -92,7 +92,7 @@ static void test_prefill_bound(void)
     size_t n = 0;
 
     synth(&p, 1.0, 10, 0.1);
-    is_int(plan_search(&p, &w, 4, tps, 1, &v, &n), DUET_OK, "search");
+    is_int(plan_search(&p, &w, 4, tps, 1, 0.9, &v, &n), DUET_OK, "search");
     /* colocated 1-4x, and P + D <= 4: 3 + 2 + 1 splits */
     is_int(n, 10, "10 configurations of 4 workers at TP 1");
     b = best_disagg(v, n);
@@ -117,7 +117,7 @@ static void test_decode_bound(void)
     size_t n = 0;
 
     synth(&p, 1.0, 10, 1.0);
-    ok(plan_search(&p, &w, 4, tps, 1, &v, &n) == DUET_OK, "search");
+    ok(plan_search(&p, &w, 4, tps, 1, 0.9, &v, &n) == DUET_OK, "search");
     b = best_disagg(v, n);
     ok(b != NULL && b->cfg.n_p == 1 && b->cfg.n_d == 3,
        "decode-bound: best split is 1P:3D (got %dP:%dD)", b ? b->cfg.n_p : 0,
@@ -138,7 +138,7 @@ static void test_interference(void)
     size_t n = 0;
 
     synth(&p, 1.0, 10, 0.1);
-    ok(plan_search(&p, &w, 4, tps, 1, &v, &n) == DUET_OK, "search");
+    ok(plan_search(&p, &w, 4, tps, 1, 0.9, &v, &n) == DUET_OK, "search");
     ok(!v[0].cfg.colocated, "interference: disaggregated is recommended (%s %dP:%dD)",
        v[0].cfg.colocated ? "colocated" : "disagg", v[0].cfg.n_p, v[0].cfg.n_d);
     for (size_t i = 0; i < n; i++)
