@@ -61,6 +61,8 @@ typedef struct {
     sse_parser_t sse;
     double    t_send, t_last, t_prev_text, ttft;   /* t_last: the chunk being parsed */
     bool      got_first, got_bytes, done_marker, had_error_cb;
+    bool      in_make;          /* inside evhttp_make_request */
+    bool      completed;        /* done_cb ran (while in_make: send_one frees q) */
     serve_err_t err;            /* first failure seen in the stream */
     enum evhttp_request_error http_err;
     int64_t   chunks, usage_in, usage_out;
@@ -300,8 +302,11 @@ static void done_cb(struct evhttp_request *req, void *arg)
 
         if (q->err == SERVE_OK || e == SERVE_ERR_TIMEOUT) {
             q->err = SERVE_OK;
-            req_fail(q, e, "%s%s", http_err_str(q->http_err),
-                     e == SERVE_ERR_CONNECT ? " before a response" : " during the stream");
+            if (e == SERVE_ERR_CONNECT)
+                req_fail(q, e, "no response: connection failed or closed (%s)",
+                         http_err_str(q->http_err));
+            else
+                req_fail(q, e, "%s during the stream", http_err_str(q->http_err));
         }
     } else {
         int code = evhttp_request_get_response_code(req);
@@ -343,9 +348,12 @@ static void done_cb(struct evhttp_request *req, void *arg)
     r->idle[r->n_idle++] = q->conn;
     r->in_flight--;
     r->finished++;
-    sse_free(&q->sse);
-    free(q->itl);
-    free(q);
+    q->completed = true;
+    if (!q->in_make) {      /* else send_one frees q when make_request returns */
+        sse_free(&q->sse);
+        free(q->itl);
+        free(q);
+    }
     progress_draw(r, false);
     event_active(r->pump_ev, EV_TIMEOUT, 0);    /* next sends, outside evhttp's callback */
 }
@@ -424,6 +432,7 @@ static void send_one(bs_run_t *r, size_t i)
     struct evhttp_request *req = NULL;
     struct evkeyvalq *h;
     char *body = NULL;
+    int mk;
 
     if (q == NULL)
         goto err_start;
@@ -453,8 +462,17 @@ static void send_one(bs_run_t *r, size_t i)
     body = NULL;
     r->in_flight++;
     q->t_send = clock_now_s();
-    if (evhttp_make_request(q->conn, req, EVHTTP_REQ_POST, r->path) != 0) {
-        /* evhttp freed req; nothing will call us back */
+    q->in_make = true;
+    mk = evhttp_make_request(q->conn, req, EVHTTP_REQ_POST, r->path);
+    q->in_make = false;
+    if (q->completed) {     /* failed synchronously: done_cb did the accounting */
+        sse_free(&q->sse);
+        free(q->itl);
+        free(q);
+        return;
+    }
+    if (mk != 0) {
+        /* refused before it was queued; evhttp owns (and freed) req */
         r->in_flight--;
         req = NULL;
         goto err_start;
