@@ -99,7 +99,8 @@ GOOD = [b'data: {"choices":[{"index":0,"text":"a"}]}\n\n',
         b'data: {"choices":[{"index":0,"text":"b"}]}\r\n\r\n',
         b': keep-alive comment\n\n',
         b'data: {"choices":[{"index":0,"text":"c","finish_reason":"length"}]}\n\n',
-        b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n',
+        # the server counts 4 tokens (one had no text, e.g. EOS): usage wins
+        b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":4}}\n\n',
         b'data: [DONE]\n\n']
 
 
@@ -154,6 +155,10 @@ class Handler(socketserver.BaseRequestHandler):
             self.request.sendall(stream + b"Connection: close\r\n\r\n")
             self.send_split(b"".join(GOOD))
             return
+        if mode == "good_nousage":              # no usage chunk: count text chunks
+            self.request.sendall(stream + b"Connection: close\r\n\r\n")
+            self.send_split(b"".join(GOOD[:4] + GOOD[5:]))
+            return
         if mode == "good_chunked":
             self.request.sendall(stream + b"Transfer-Encoding: chunked\r\n"
                                  b"Connection: close\r\n\r\n")
@@ -203,22 +208,25 @@ class BadServer(socketserver.ThreadingTCPServer):
 
 def test_misbehaving_server(duet_bin):
     modes = ["good_chunked", "drop", "cut", "malformed", "http500", "no_done", "error_event",
-             "good_close"]
+             "good_close", "good_nousage"]
     srv = BadServer(modes)
     try:
-        p = bench(duet_bin, "--base-url", srv.url, "-n", "16", "-c", "1", "--input-len", "4",
-                  "--output-len", "3", "--json")
+        p = bench(duet_bin, "--base-url", srv.url, "-n", "18", "-c", "1", "--input-len", "4",
+                  "--output-len", "3", "--dataset", "fixed", "--json")
     finally:
         srv.close()
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     check_consistent(res)
-    assert res["completed"] == 4, res
+    assert res["completed"] == 6, res
     assert res["failed"] == 12
     e = res["errors"]
     assert e["connect"] == 2 and e["http"] == 2 and e["malformed_sse"] == 2
     assert e["incomplete"] == 4 and e["server_error"] == 2
-    assert res["total_output_tokens"] == 4 * 3 and res["total_input_tokens"] == 4 * 7
+    # usage where sent (4 out, 7 in), else text chunks (3) and the local count (4)
+    assert res["output_tokens_from"] == "mixed"
+    assert res["total_output_tokens"] == 4 * 4 + 2 * 3
+    assert res["total_input_tokens"] == 4 * 7 + 2 * 4
     assert any("HTTP 500" in s for s in res["error_samples"])
 
 
