@@ -155,6 +155,14 @@ class Handler(socketserver.BaseRequestHandler):
             self.request.sendall(stream + b"Connection: close\r\n\r\n")
             self.send_split(b"".join(GOOD))
             return
+        if mode == "paced":                     # first text at 200 ms, then every 100 ms
+            self.request.sendall(stream + b"Connection: close\r\n\r\n")
+            time.sleep(0.2)
+            for ev in GOOD[:2] + GOOD[3:4] + GOOD[:1]:
+                self.request.sendall(ev)
+                time.sleep(0.1)
+            self.request.sendall(GOOD[4] + GOOD[5])
+            return
         if mode == "good_nousage":              # no usage chunk: count text chunks
             self.request.sendall(stream + b"Connection: close\r\n\r\n")
             self.send_split(b"".join(GOOD[:4] + GOOD[5:]))
@@ -228,6 +236,27 @@ def test_misbehaving_server(duet_bin):
     assert res["total_output_tokens"] == 4 * 4 + 2 * 3
     assert res["total_input_tokens"] == 4 * 7 + 2 * 4
     assert any("HTTP 500" in s for s in res["error_samples"])
+
+
+def test_timing(duet_bin):
+    """TTFT, ITL, TPOT and E2EL measure what the server did: first text at
+    200 ms, three more 100 ms apart, usage says 4 tokens."""
+    srv = BadServer(["paced"])
+    try:
+        p = bench(duet_bin, "--base-url", srv.url, "-n", "3", "-c", "3", "--input-len", "4",
+                  "--output-len", "4", "--json", "--goodput", "ttft:150")
+    finally:
+        srv.close()
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    check_consistent(res)
+    assert res["completed"] == 3
+    assert 199 <= res["median_ttft_ms"] < 1000
+    assert 99 <= res["median_itl_ms"] < 600
+    # TPOT = (E2EL - TTFT) / 3: three 100 ms gaps plus the final 100 ms sleep
+    assert 130 <= res["median_tpot_ms"] < 800
+    assert 599 <= res["median_e2el_ms"] < 3000
+    assert res["good_requests"] == 0 and res["request_goodput"] == 0
 
 
 def test_timeout_and_all_failed(duet_bin):
