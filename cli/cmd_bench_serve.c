@@ -29,6 +29,7 @@
 
 #define DUET_LOG_COMPONENT "bench-serve"
 #include "bench/serve_data.h"
+#include "bench/serve_report.h"
 #include "bench/serve_stats.h"
 #include "bench/sse.h"
 #include "cli/cli.h"
@@ -593,129 +594,6 @@ static int parse_url(bs_run_t *r, const bs_opts_t *o)
     return 0;
 }
 
-static void put_dist(json_t *j, const char *name, const serve_dist_t *d)
-{
-    char k[64];
-
-    snprintf(k, sizeof(k), "mean_%s_ms", name);
-    json_object_set_new(j, k, json_real(d->mean));
-    snprintf(k, sizeof(k), "median_%s_ms", name);
-    json_object_set_new(j, k, json_real(d->median));
-    snprintf(k, sizeof(k), "std_%s_ms", name);
-    json_object_set_new(j, k, json_real(d->std));
-    snprintf(k, sizeof(k), "p90_%s_ms", name);
-    json_object_set_new(j, k, json_real(d->p90));
-    snprintf(k, sizeof(k), "p99_%s_ms", name);
-    json_object_set_new(j, k, json_real(d->p99));
-}
-
-static json_t *result_json(const bs_run_t *r, const serve_summary_t *s, const serve_slo_t *slo,
-                           const char *tok_name)
-{
-    const bs_opts_t *o = r->o;
-    json_t *j = json_object(), *errs = json_object(), *samp = json_array();
-    char date[32];
-    time_t now = time(NULL);
-    struct tm tm;
-
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof(date), "%Y%m%dT%H%M%SZ", &tm);
-    json_object_set_new(j, "date", json_string(date));
-    json_object_set_new(j, "backend", json_string(o->chat ? "openai-chat" : "openai"));
-    json_object_set_new(j, "base_url", json_string(o->base_url));
-    json_object_set_new(j, "endpoint", json_string(o->endpoint));
-    json_object_set_new(j, "model", o->model ? json_string(o->model) : json_null());
-    json_object_set_new(j, "tokenizer", json_string(tok_name));
-    json_object_set_new(j, "dataset", json_string(r->ds.kind));
-    json_object_set_new(j, "prompt_lengths_exact", json_boolean(r->ds.exact));
-    json_object_set_new(j, "num_prompts", json_integer(o->num_prompts));
-    json_object_set_new(j, "request_rate", isfinite(o->rate) && o->rate > 0 ?
-                        json_real(o->rate) : json_string("inf"));
-    json_object_set_new(j, "burstiness", json_real(o->burstiness));
-    json_object_set_new(j, "max_concurrency", o->max_conc > 0 ? json_integer(o->max_conc)
-                                                              : json_null());
-    json_object_set_new(j, "num_warmups", json_integer(o->warmups));
-    json_object_set_new(j, "ignore_eos", json_boolean(o->ignore_eos));
-    json_object_set_new(j, "duration", json_real(s->duration_s));
-    json_object_set_new(j, "sent", json_integer((json_int_t)s->sent));
-    json_object_set_new(j, "completed", json_integer((json_int_t)s->completed));
-    json_object_set_new(j, "failed", json_integer((json_int_t)s->failed));
-    for (int e = 1; e < SERVE_ERR_COUNT; e++)
-        json_object_set_new(errs, serve_err_name((serve_err_t)e),
-                            json_integer((json_int_t)s->errors[e]));
-    json_object_set_new(j, "errors", errs);
-    for (size_t i = 0; i < r->n_samples; i++)
-        json_array_append_new(samp, json_string(r->samples[i]));
-    json_object_set_new(j, "error_samples", samp);
-    json_object_set_new(j, "output_tokens_from",
-                        json_string(r->n_usage == 0 ? "chunks" :
-                                    r->n_usage == s->completed ? "usage" : "mixed"));
-    json_object_set_new(j, "total_input_tokens", json_integer(s->total_input));
-    json_object_set_new(j, "total_output_tokens", json_integer(s->total_output));
-    json_object_set_new(j, "request_throughput", json_real(s->req_tput));
-    json_object_set_new(j, "input_throughput", json_real(s->in_tput));
-    json_object_set_new(j, "output_throughput", json_real(s->out_tput));
-    json_object_set_new(j, "total_token_throughput", json_real(s->total_tput));
-    if (serve_slo_any(slo)) {
-        json_t *g = json_object();
-
-        if (slo->ttft_ms > 0)
-            json_object_set_new(g, "ttft", json_real(slo->ttft_ms));
-        if (slo->tpot_ms > 0)
-            json_object_set_new(g, "tpot", json_real(slo->tpot_ms));
-        if (slo->e2el_ms > 0)
-            json_object_set_new(g, "e2el", json_real(slo->e2el_ms));
-        json_object_set_new(j, "goodput_slo_ms", g);
-        json_object_set_new(j, "good_requests", json_integer((json_int_t)s->good));
-        json_object_set_new(j, "request_goodput", json_real(s->goodput));
-    } else {
-        json_object_set_new(j, "request_goodput", json_null());
-    }
-    put_dist(j, "ttft", &s->ttft_ms);
-    put_dist(j, "tpot", &s->tpot_ms);
-    put_dist(j, "itl", &s->itl_ms);
-    put_dist(j, "e2el", &s->e2el_ms);
-    return j;
-}
-
-static void print_dist(const char *title, const char *name, const serve_dist_t *d)
-{
-    int pad = (50 - (int)strlen(title) - 2) / 2;
-
-    printf("%.*s %s %.*s\n", pad, "--------------------------", title,
-           50 - pad - (int)strlen(title) - 2, "--------------------------");
-    printf("Mean %-35s %.2f\n", name, d->mean);
-    printf("Median %-33s %.2f\n", name, d->median);
-    printf("P90 %-36s %.2f\n", name, d->p90);
-    printf("P99 %-36s %.2f\n", name, d->p99);
-}
-
-static void print_human(const bs_run_t *r, const serve_summary_t *s, const serve_slo_t *slo)
-{
-    printf("============ Serving Benchmark Result ============\n");
-    printf("%-40s %zu\n", "Successful requests:", s->completed);
-    printf("%-40s %zu\n", "Failed requests:", s->failed);
-    for (int e = 1; e < SERVE_ERR_COUNT; e++)
-        if (s->errors[e] > 0)
-            printf("  %-38s %zu\n", serve_err_name((serve_err_t)e), s->errors[e]);
-    printf("%-40s %.2f\n", "Benchmark duration (s):", s->duration_s);
-    printf("%-40s %" PRId64 "\n", "Total input tokens:", s->total_input);
-    printf("%-40s %" PRId64 "\n", "Total generated tokens:", s->total_output);
-    printf("%-40s %.2f\n", "Request throughput (req/s):", s->req_tput);
-    if (serve_slo_any(slo))
-        printf("%-40s %.2f\n", "Request goodput (req/s):", s->goodput);
-    printf("%-40s %.2f\n", "Input token throughput (tok/s):", s->in_tput);
-    printf("%-40s %.2f\n", "Output token throughput (tok/s):", s->out_tput);
-    printf("%-40s %.2f\n", "Total token throughput (tok/s):", s->total_tput);
-    print_dist("Time to First Token", "TTFT (ms):", &s->ttft_ms);
-    print_dist("Time per Output Token (excl. 1st token)", "TPOT (ms):", &s->tpot_ms);
-    print_dist("Inter-token Latency", "ITL (ms):", &s->itl_ms);
-    print_dist("End-to-end Latency", "E2EL (ms):", &s->e2el_ms);
-    printf("==================================================\n");
-    for (size_t i = 0; i < r->n_samples; i++)
-        printf("error: %s\n", r->samples[i]);
-}
-
 static int write_result(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -798,6 +676,8 @@ static int bench_serve_run(int argc, char **argv)
     duet_status_t s = flags_parse(&u, flags, FLAGS_COUNT(flags), argc, argv, pos, 8, &npos);
     serve_slo_t slo = {0};
     serve_summary_t sum;
+    serve_report_t info;
+    const char *samples[BS_MAX_SAMPLES];
     serve_rng_t rng;
     bs_run_t r;
     gguf_t *g = NULL;
@@ -922,14 +802,24 @@ static int bench_serve_run(int argc, char **argv)
     if (serve_summarize(r.recs, (size_t)o.num_prompts, r.itl, r.n_itl, r.t_end - r.t0, &slo,
                         &sum) != DUET_OK)
         goto err_nomem;
-    res = result_json(&r, &sum, &slo, tok_path ? tok_path : "none");
+    for (size_t i = 0; i < r.n_samples; i++)
+        samples[i] = r.samples[i];
+    info = (serve_report_t){
+        .base_url = o.base_url, .endpoint = o.endpoint, .model = o.model,
+        .tokenizer = tok_path ? tok_path : "none", .dataset = r.ds.kind,
+        .lengths_exact = r.ds.exact != 0, .chat = o.chat, .ignore_eos = o.ignore_eos,
+        .num_prompts = o.num_prompts, .max_concurrency = o.max_conc,
+        .num_warmups = o.warmups, .rate = o.rate, .burstiness = o.burstiness,
+        .n_usage = r.n_usage, .samples = samples, .n_samples = r.n_samples,
+    };
+    res = serve_report_json(&info, &sum, &slo);
     text = res ? json_dumps(res, JSON_INDENT(1) | JSON_REAL_PRECISION(10)) : NULL;
     if (text == NULL)
         goto err_nomem;
     if (o.json)
         printf("%s\n", text);
     else
-        print_human(&r, &sum, &slo);
+        serve_report_print(stdout, &info, &sum, &slo);
     if (o.result_file != NULL && write_result(o.result_file, text) != 0)
         goto out;
     rc = sum.completed > 0 ? 0 : 3;
