@@ -120,7 +120,7 @@ static int bench_engine_run(int argc, char **argv)
 {
     const char *model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
     int64_t threads = 0, pp = 512, tg = 128, reps = 3, membw_mib = 1024;
-    bool json = false;
+    bool json = false, act_q8 = false;
     const char *batch = NULL;
     int64_t b_prompt = 32, b_steps = 32, p_reqs = 4, p_len = 512, b_chunk = 256;
     bench_batch_opts_t bo;
@@ -133,6 +133,8 @@ static int bench_engine_run(int argc, char **argv)
         {"reps", 'r', FLAG_INT, &reps, "repetitions of each test", "N", 1, 1000, 0, 0},
         {"membw-mib", 0, FLAG_INT, &membw_mib, "bandwidth probe size in MiB (0: skip)", "N",
          0, 1 << 20, 0, 0},
+        {"act-q8", 0, FLAG_BOOL, &act_q8, "8-bit activations (llama.cpp's precision)", NULL,
+         0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &json, "print one JSON object", NULL, 0, 0, 0, 0},
         {"batch", 'b', FLAG_STRING, &batch,
          "batching sweep instead of pp/tg: decode batch sizes, e.g. 1,4,16,64", "LIST",
@@ -163,6 +165,7 @@ static int bench_engine_run(int argc, char **argv)
     uint64_t wbytes;
     char err[512];
     int rc = 1, nth;
+    char backend[32];
 
     if (s == DUET_DONE)
         return 0;
@@ -201,9 +204,13 @@ static int bench_engine_run(int argc, char **argv)
         goto out;
     }
     nth = threads > 0 ? (int)threads : cpu_n_cores();
+    /* the backend fwd_create picks (DUET_CPU_ISA may override the best) */
+    snprintf(backend, sizeof(backend), "%s", cpu_isa_name(cpu_isa_best()));
+    if (getenv("DUET_CPU_ISA") != NULL && *getenv("DUET_CPU_ISA") != '\0')
+        snprintf(backend, sizeof(backend), "cpu-%s", getenv("DUET_CPU_ISA"));
     n_blocks = (max_tok + BENCH_BLOCK - 1) / BENCH_BLOCK + 1;
     fo = (fwd_opts_t){.n_threads = nth, .n_blocks = n_blocks, .block_size = BENCH_BLOCK,
-                      .kv_dtype = DTYPE_F16, .tp_rank = 0, .tp_size = 1};
+                      .kv_dtype = DTYPE_F16, .tp_rank = 0, .tp_size = 1, .act_q8 = act_q8};
     s = fwd_create(g, &cfg, &fo, &f);
     if (s != DUET_OK) {
         fprintf(stderr, "duet bench engine: cannot set up the forward pass: %s\n",
@@ -271,12 +278,13 @@ static int bench_engine_run(int argc, char **argv)
                "\"pp\": %" PRId64 ", \"pp_tps\": %.2f, \"pp_tps_sd\": %.2f, "
                "\"tg\": %" PRId64 ", \"tg_tps\": %.2f, \"tg_tps_sd\": %.2f, "
                "\"weight_bytes_per_token\": %" PRIu64 ", \"tg_gbps\": %.3f, "
-               "\"membw_gbps\": %.3f, \"efficiency\": %.3f, \"reps\": %" PRId64 "}\n",
-               model, cpu_isa_name(cpu_isa_best()), nth, pp, pp_m, pp_sd, tg, tg_m, tg_sd,
-               wbytes, gbps, membw, eff, reps);
+               "\"membw_gbps\": %.3f, \"efficiency\": %.3f, \"reps\": %" PRId64 ", "
+               "\"activations\": \"%s\"}\n",
+               model, backend, nth, pp, pp_m, pp_sd, tg, tg_m, tg_sd,
+               wbytes, gbps, membw, eff, reps, act_q8 ? "q8" : "q8x2");
     } else {
-        printf("model: %s (%s, %d threads, %" PRId64 " reps)\n", model,
-               cpu_isa_name(cpu_isa_best()), nth, reps);
+        printf("model: %s (%s, %d threads, %" PRId64 " reps, %s activations)\n", model,
+               backend, nth, reps, act_q8 ? "8-bit" : "two-level 8-bit");
         if (pp > 0)
             printf("pp%-6" PRId64 " %10.2f ± %.2f tokens/s\n", pp, pp_m, pp_sd);
         if (tg > 0)

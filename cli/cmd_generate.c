@@ -1,7 +1,9 @@
 /* duet generate: offline generation with the forward pass on one sequence.
- * It prints tokens as they come, then prompt and generation speed on
- * stderr. Until the tokenizer lands (model/tokenizer.h), prompts are token
- * ids (--tokens 1,2,3) and output is token ids; --prompt says so.
+ * The prompt is text (--prompt, optionally through the model's chat
+ * template with --chat) or token ids (--tokens 1,2,3); tokens are sampled
+ * with engine/sampler.h (greedy at --temp 0) and printed as text while they
+ * come (as ids when the file has no tokenizer), then prompt and generation
+ * speed go to stderr.
  *
  * Hidden test hooks: --dump-logits FILE writes the logits of the last token
  * of every prompt chunk (--chunk N tokens per forward call) and of every
@@ -19,8 +21,11 @@
 #include "common/log.h"
 #include "engine/forward.h"
 #include "kernels/cpu/cpu.h"
+#include "engine/sampler.h"
+#include "model/chat.h"
 #include "model/config.h"
 #include "model/gguf.h"
+#include "model/tokenizer.h"
 
 #define GEN_BLOCK 16
 
@@ -61,14 +66,40 @@ static int parse_ids(const char *s, int32_t **ids_p, int32_t *n_p)
     return 0;
 }
 
-static int32_t argmax(const float *x, int32_t n)
+/* The prompt's token ids: --tokens as given, or --prompt encoded (through
+ * the chat template with --chat). Returns 0, or 2 with a message printed. */
+static int prompt_ids(const gguf_t *g, const tok_t *tok, const char *prompt, bool chat,
+                      int32_t **ids_p, int32_t *n_p)
 {
-    int32_t best = 0;
+    chat_template_t *tmpl = NULL;
+    tok_ids_t ids = {0};
+    char err[512], *text = NULL;
+    size_t len = strlen(prompt);
+    int rc = 2;
 
-    for (int32_t i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return best;
+    if (chat) {
+        chat_msg_t msg = {.role = "user", .content = prompt, .content_len = len};
+
+        if (chat_template_from_gguf(g, NULL, &tmpl, err, sizeof(err)) < 0 ||
+            chat_render(tmpl, &msg, 1, true, &text, &len, err, sizeof(err)) < 0) {
+            fprintf(stderr, "duet generate: --chat: %s\n", err);
+            goto out;
+        }
+        prompt = text;
+    }
+    if (tok_encode(tok, prompt, len, TOK_PARSE_SPECIAL | TOK_ADD_SPECIAL, &ids) < 0) {
+        fprintf(stderr, "duet generate: cannot tokenize the prompt\n");
+        goto out;
+    }
+    *ids_p = ids.v;
+    *n_p = (int32_t)ids.n;
+    ids.v = NULL;
+    rc = 0;
+out:
+    tok_ids_free(&ids);
+    free(text);
+    chat_template_destroy(tmpl);
+    return rc;
 }
 
 /* Logits dump: "DLOG", u32 vocab, then per row: i32 position, vocab f32. */
@@ -84,7 +115,7 @@ static int generate_run(int argc, char **argv)
     const char *tokens = NULL, *dump = NULL;
     int64_t n_gen = 64, threads = 0, top_k = 0, seed = 0, chunk = 512;
     double temp = 0.0, top_p = 1.0, min_p = 0.0;
-    bool chat = false, ignore_eos = false, kv_f32 = false;
+    bool chat = false, ignore_eos = false, kv_f32 = false, act_q8 = false;
     const flag_t flags[] = {
         {"model", 'm', FLAG_STRING, &model, "GGUF model file", "FILE", 0, 0, 0, 0},
         {"prompt", 'p', FLAG_STRING, &prompt, "prompt text", "TEXT", 0, 0, 0, 0},
@@ -104,6 +135,8 @@ static int generate_run(int argc, char **argv)
          NULL, 0, 0, 0, 0},
         {"kv-f32", 0, FLAG_BOOL, &kv_f32, "keep the KV cache in f32 (default f16)",
          NULL, 0, 0, 0, 0},
+        {"act-q8", 0, FLAG_BOOL, &act_q8, "8-bit activations (faster prefill, less exact)",
+         NULL, 0, 0, 0, 0},
         {"chunk", 0, FLAG_INT, &chunk, "prompt tokens per forward call", "N", 1, 1 << 20, 0, 0},
         {"dump-logits", 0, FLAG_STRING, &dump, "(testing) write logits to FILE", "FILE",
          0, 0, 0, 0},
@@ -118,6 +151,12 @@ static int generate_run(int argc, char **argv)
     int32_t *ids = NULL, *table = NULL, n_prompt = 0, n_blocks, eos = -1;
     float *logits = NULL;
     FILE *df = NULL;
+    tok_t *tok = NULL;
+    sampler_params_t sp;
+    sampler_t *smp = NULL;
+    sampler_ws_t *ws = NULL;
+    tok_detok_t detok;
+    char *piece = NULL;
     char err[512];
     int rc = 1;
 
@@ -134,32 +173,22 @@ static int generate_run(int argc, char **argv)
         fprintf(stderr, "duet generate: --prompt TEXT is required\n");
         return 2;
     }
-    if (prompt != NULL) {
-        if (prompt[0] == '\0') {
-            fprintf(stderr, "duet generate: the prompt is empty\n");
-            return 2;
-        }
-        fprintf(stderr, "duet generate: text prompts need the tokenizer, which this build "
-                        "does not have yet; pass token ids with --tokens\n");
+    if (prompt != NULL && prompt[0] == '\0') {
+        fprintf(stderr, "duet generate: the prompt is empty\n");
         return 2;
     }
-    if (chat) {
-        fprintf(stderr, "duet generate: --chat needs the tokenizer's chat templates, which "
-                        "this build does not have yet\n");
+    if (tokens != NULL && chat) {
+        fprintf(stderr, "duet generate: --chat needs a text --prompt, not --tokens\n");
         return 2;
     }
-    if (temp > 0.0) {
-        fprintf(stderr, "duet generate: sampling with --temp > 0 needs the sampler, which "
-                        "this build does not have yet; use --temp 0 (greedy)\n");
-        return 2;
-    }
-    if (parse_ids(tokens, &ids, &n_prompt) != 0) {
+    if (tokens != NULL && parse_ids(tokens, &ids, &n_prompt) != 0) {
         fprintf(stderr, "duet generate: --tokens '%s': expected comma-separated token ids\n",
                 tokens);
         return 2;
     }
-    if (n_prompt == 0) {
+    if (tokens != NULL && n_prompt == 0) {
         fprintf(stderr, "duet generate: the prompt is empty\n");
+        rc = 2;
         goto out;
     }
 
@@ -171,6 +200,34 @@ static int generate_run(int argc, char **argv)
     s = model_config_load(g, &cfg, err, sizeof(err));
     if (s != DUET_OK) {
         fprintf(stderr, "duet generate: %s\n", err);
+        goto out;
+    }
+    s = tok_load(g, &tok, err, sizeof(err));
+    if (s != DUET_OK && prompt != NULL) {
+        fprintf(stderr, "duet generate: %s\n", err);
+        goto out;
+    }
+    if (prompt != NULL) {
+        rc = prompt_ids(g, tok, prompt, chat, &ids, &n_prompt);
+        if (rc != 0)
+            goto out;
+        rc = 1;
+        if (n_prompt == 0) {
+            fprintf(stderr, "duet generate: the prompt has no tokens\n");
+            rc = 2;
+            goto out;
+        }
+    }
+    sampler_params_default(&sp);
+    sp.temperature = (float)temp;
+    sp.top_k = (int32_t)top_k;
+    sp.top_p = (float)top_p;
+    sp.min_p = (float)min_p;
+    sp.seed = (uint64_t)seed;
+    sp.ignore_eos = ignore_eos;
+    if (sampler_params_check(&sp, cfg.vocab, err, sizeof(err)) != DUET_OK) {
+        fprintf(stderr, "duet generate: %s\n", err);
+        rc = 2;
         goto out;
     }
     for (int32_t i = 0; i < n_prompt; i++) {
@@ -192,16 +249,28 @@ static int generate_run(int argc, char **argv)
         fprintf(stderr, "duet generate: generating at most %" PRId64 " tokens (context %d)\n",
                 n_gen, cfg.ctx_len);
     }
-    {
+    if (tok != NULL) {
+        eos = tok_eos(tok);
+    } else {
         uint32_t e;
 
         if (gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &e) == DUET_OK && e < (uint32_t)cfg.vocab)
             eos = (int32_t)e;
     }
+    if (sampler_create(&sp, cfg.vocab, ids, n_prompt, &smp) != DUET_OK ||
+        sampler_ws_create(cfg.vocab, &ws) != DUET_OK)
+        goto out;
+    if (tok != NULL) {
+        tok_detok_init(&detok, tok, 0);
+        piece = malloc(tok_detok_max_out(tok) + 1);
+        if (piece == NULL)
+            goto out;
+    }
 
     n_blocks = (int32_t)((n_prompt + n_gen + GEN_BLOCK - 1) / GEN_BLOCK);
     fo = (fwd_opts_t){.n_threads = (int)threads, .n_blocks = n_blocks, .block_size = GEN_BLOCK,
-                      .kv_dtype = kv_f32 ? DTYPE_F32 : DTYPE_F16, .tp_rank = 0, .tp_size = 1};
+                      .kv_dtype = kv_f32 ? DTYPE_F32 : DTYPE_F16, .tp_rank = 0, .tp_size = 1,
+                      .act_q8 = act_q8};
     s = fwd_create(g, &cfg, &fo, &f);
     if (s != DUET_OK) {
         fprintf(stderr, "duet generate: cannot set up the forward pass: %s\n", duet_status_str(s));
@@ -241,14 +310,24 @@ static int generate_run(int argc, char **argv)
                 goto out;
         }
         t1 = clock_now_s();
-        next = argmax(logits, cfg.vocab);
+        next = n_gen > 0 ? sampler_sample(smp, ws, logits) : -1;
         while (n_out < n_gen) {
             fwd_seq_t sq = {.tokens = &next, .n_new = 1, .n_past = past,
                             .block_table = table, .n_blocks = n_blocks, .want_logits = true};
 
-            if (next == eos && !ignore_eos)
+            if (sampler_is_stop(smp, next, eos) ||
+                (tok != NULL && !ignore_eos && tok_is_eog(tok, next)))
                 break;
-            printf("%s%d", n_out ? " " : "", next);
+            if (sampler_accept(smp, next) != DUET_OK)
+                goto out;
+            if (tok != NULL) {
+                size_t plen = 0;
+
+                if (tok_detok_feed(&detok, next, piece, tok_detok_max_out(tok), &plen) == DUET_OK)
+                    fwrite(piece, 1, plen, stdout);
+            } else {
+                printf("%s%d", n_out ? " " : "", next);
+            }
             fflush(stdout);
             n_out++;
             if (n_out == n_gen || past + 1 >= cfg.ctx_len)
@@ -261,9 +340,11 @@ static int generate_run(int argc, char **argv)
             past++;
             if (df != NULL && dump_row(df, past - 1, logits, cfg.vocab) != 0)
                 goto out;
-            next = argmax(logits, cfg.vocab);
+            next = sampler_sample(smp, ws, logits);
         }
         t2 = clock_now_s();
+        if (tok != NULL)
+            fwrite(piece, 1, tok_detok_flush(&detok, piece, tok_detok_max_out(tok)), stdout);
         printf("\n");
         fprintf(stderr, "prompt: %d tokens in %.3f s (%.1f tokens/s)\n", n_prompt, t1 - t0,
                 n_prompt / (t1 - t0));
@@ -275,9 +356,13 @@ static int generate_run(int argc, char **argv)
 out:
     if (df != NULL && fclose(df) != 0)
         rc = 1;
+    free(piece);
+    sampler_ws_destroy(ws);
+    sampler_destroy(smp);
     free(logits);
     free(table);
     fwd_destroy(f);
+    tok_destroy(tok);
     gguf_close(g);
     free(ids);
     return rc;

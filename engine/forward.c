@@ -216,11 +216,14 @@ duet_status_t fwd_create(const gguf_t *g, const model_config_t *cfg,
             snprintf(name, sizeof(name), "blk.%d.%s.weight", i, mats[m].sfx);
             CHECK_GOTO(weight_get(g, name, mats[m].w), st, err_fwd);
         }
+        for (size_t m = 0; m < sizeof(mats) / sizeof(mats[0]); m++)
+            mats[m].w->precise = !opts->act_q8;
         snprintf(name, sizeof(name), "blk.%d.attn_norm.weight", i);
         CHECK_GOTO(vec_get(g, name, cfg->hidden, &L->attn_norm), st, err_fwd);
         snprintf(name, sizeof(name), "blk.%d.ffn_norm.weight", i);
         CHECK_GOTO(vec_get(g, name, cfg->hidden, &L->ffn_norm), st, err_fwd);
     }
+    f->output.precise = !opts->act_q8;
     f->rope = (ops_rope_t){.base = cfg->rope_base, .rot_dim = cfg->rope_dim,
                            .scale = cfg->rope_scaling == ROPE_SCALING_LINEAR ? cfg->rope_scale : 1.0f};
 

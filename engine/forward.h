@@ -36,6 +36,11 @@ typedef struct {
     int      tp_rank, tp_size;    /* tensor parallel shard (1 rank: 0, 1) */
     void    *kv_slab;             /* NULL: allocate; else borrowed memory of
                                      kv_slab_bytes() (e.g. a UCX-mapped slab) */
+    bool     act_q8;              /* quantized matmuls take 8-bit activations
+                                     (llama.cpp's choice: about 2x faster
+                                     prefill, but logits move by up to ~20%
+                                     on SmolLM2); default false: two 8-bit
+                                     levels, within ~0.1% of exact */
 } fwd_opts_t;
 
 typedef struct fwd fwd_t;

@@ -15,6 +15,7 @@
 #ifndef DUET_KERNELS_OPS_H
 #define DUET_KERNELS_OPS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/dtype.h"
@@ -28,6 +29,12 @@ typedef struct {
     dtype_t     type;
     int64_t     n;          /* elements per row (GGUF ne[0]) */
     int64_t     d;          /* rows (GGUF ne[1]) */
+    /* Quantized types only: carry the activations in two 8-bit levels,
+     * x ~= d1 q1 + d2 q2 with q2 the quantized residual, so they keep about
+     * 15 bits instead of 8 at twice the integer dot work (the weights are
+     * still read once). For matrices whose inputs have outliers that make
+     * 8-bit blocks too coarse (see docs/kernels.md). */
+    bool        precise;
 } ops_weight_t;
 
 /* The paged KV cache of one layer (common/kv_layout.h). Borrowed. */

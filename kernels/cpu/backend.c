@@ -164,12 +164,15 @@ typedef struct {
     const cpu_kern_t *k;
     float            *out;       /* (n_tok, d) */
     const float      *x;         /* (n_tok, n) */
-    void             *xa;        /* (n_tok, xa_stride bytes) converted */
+    void             *xa;        /* (n_act, xa_stride bytes) converted */
     size_t            xa_stride;
+    float            *out2;      /* (n_act, d) when precise, else NULL */
+    float            *resid;     /* (nth, n) scratch when precise */
     const void       *w;
     size_t            w_stride;
     int64_t           n, d;
     int32_t           n_tok;
+    int32_t           n_act;     /* activation rows: n_tok, or 2 n_tok when precise */
     dtype_t           type;
     cpu_dot_fn        dot;
 } mm_t;
@@ -186,24 +189,52 @@ static void mm_convert(void *arg, int64_t b, int64_t e, int ith)
         case DTYPE_F16:  m->k->to_f16(dst, src, m->n); break;
         case DTYPE_BF16: m->k->to_bf16(dst, src, m->n); break;
         case DTYPE_F32:  break;
-        default:         m->k->quantize_q8a(dst, src, m->n); break;
+        default:
+            if (m->out2 == NULL) {
+                m->k->quantize_q8a(dst, src, m->n);
+            } else {
+                /* two levels: row 2t = q8(x), row 2t+1 = q8(x - q8(x)); the
+                 * residual is formed here, in portable code, so every path
+                 * quantizes it identically */
+                block_q8a_t *hi = (block_q8a_t *)(void *)((char *)m->xa + (size_t)(2 * t) * m->xa_stride);
+                float *r = m->resid + (size_t)ith * (size_t)m->n;
+
+                m->k->quantize_q8a(hi, src, m->n);
+                for (int64_t i = 0; i < m->n; i++)
+                    r[i] = src[i] - (float)hi[i / QK].qs[i % QK] * hi[i / QK].d;
+                m->k->quantize_q8a((block_q8a_t *)(void *)((char *)hi + m->xa_stride), r, m->n);
+            }
+            break;
         }
     }
 }
 
-/* Rows [r0, r1) of the output for every token: tiles of CPU_TILE tokens, so
- * each weight row of the chunk (which stays in L1) is read once per tile. */
+/* Rows [r0, r1) of the output for every token: tiles of CPU_TILE activation
+ * rows, so each weight row of the chunk (which stays in L1) is read once per
+ * tile. In precise mode the two levels of each token are two activation
+ * rows whose dot products are summed at the end. */
 static void mm_rows(void *arg, int64_t r0, int64_t r1, int ith)
 {
     mm_t *m = arg;
     const char *w = (const char *)m->w + (size_t)r0 * m->w_stride;
+    float *o = m->out2 != NULL ? m->out2 : m->out;
 
-    for (int32_t t = 0; t < m->n_tok; t += CPU_TILE) {
-        int nx = m->n_tok - t < CPU_TILE ? m->n_tok - t : CPU_TILE;
+    for (int32_t t = 0; t < m->n_act; t += CPU_TILE) {
+        int nx = m->n_act - t < CPU_TILE ? m->n_act - t : CPU_TILE;
 
         m->dot(m->n, w, m->w_stride, (int)(r1 - r0),
                (const char *)m->xa + (size_t)t * m->xa_stride, m->xa_stride, nx,
-               m->out + (size_t)t * (size_t)m->d + (size_t)r0, (size_t)m->d);
+               o + (size_t)t * (size_t)m->d + (size_t)r0, (size_t)m->d);
+    }
+    if (m->out2 == NULL)
+        return;
+    for (int32_t t = 0; t < m->n_tok; t++) {
+        const float *hi = m->out2 + (size_t)(2 * t) * (size_t)m->d;
+        const float *lo = hi + m->d;
+        float *dst = m->out + (size_t)t * (size_t)m->d;
+
+        for (int64_t r = r0; r < r1; r++)
+            dst[r] = hi[r] + lo[r];
     }
 }
 
@@ -212,6 +243,8 @@ static duet_status_t cpu_matmul(void *ctx, float *out, const float *x,
 {
     cpu_ctx_t *c = ctx;
     mm_t m = {.k = c->k, .out = out, .x = x, .w = w ? w->data : NULL};
+    bool quant, precise;
+    size_t act_bytes, out2_bytes = 0, resid_bytes = 0;
     int64_t chunk;
 
     if (!weight_ok(w) || out == NULL || x == NULL || n_tok < 0)
@@ -223,19 +256,33 @@ static duet_status_t cpu_matmul(void *ctx, float *out, const float *x,
     m.n_tok = n_tok;
     m.type = w->type;
     m.w_stride = dtype_row_bytes(w->type, w->n);
+    quant = dtype_block_elems(w->type) > 1;
+    precise = quant && w->precise;
+    m.n_act = precise ? 2 * n_tok : n_tok;
     switch (w->type) {
     case DTYPE_F32:  m.dot = c->k->dot_f32;  m.xa_stride = (size_t)m.n * 4; break;
     case DTYPE_F16:  m.dot = c->k->dot_f16;  m.xa_stride = (size_t)m.n * 2; break;
     case DTYPE_BF16: m.dot = c->k->dot_bf16; m.xa_stride = (size_t)m.n * 2; break;
-    case DTYPE_Q8_0: m.dot = c->k->dot_q8_0; m.xa_stride = (size_t)(m.n / QK) * sizeof(block_q8a_t); break;
-    case DTYPE_Q4_0: m.dot = c->k->dot_q4_0; m.xa_stride = (size_t)(m.n / QK) * sizeof(block_q8a_t); break;
-    case DTYPE_Q4_1: m.dot = c->k->dot_q4_1; m.xa_stride = (size_t)(m.n / QK) * sizeof(block_q8a_t); break;
+    case DTYPE_Q8_0: m.dot = c->k->dot_q8_0; break;
+    case DTYPE_Q4_0: m.dot = c->k->dot_q4_0; break;
+    case DTYPE_Q4_1: m.dot = c->k->dot_q4_1; break;
     }
+    if (quant)
+        m.xa_stride = (size_t)(m.n / QK) * sizeof(block_q8a_t);
     if (w->type == DTYPE_F32) {
         m.xa = (void *)x;
     } else {
-        CHECK(grow(&c->act, &c->act_bytes, (size_t)n_tok * m.xa_stride));
+        act_bytes = ((size_t)m.n_act * m.xa_stride + 63) & ~(size_t)63;
+        if (precise) {
+            out2_bytes = ((size_t)m.n_act * (size_t)m.d * sizeof(float) + 63) & ~(size_t)63;
+            resid_bytes = (size_t)c->nth * (size_t)m.n * sizeof(float);
+        }
+        CHECK(grow(&c->act, &c->act_bytes, act_bytes + out2_bytes + resid_bytes));
         m.xa = c->act;
+        if (precise) {
+            m.out2 = (float *)(void *)((char *)c->act + act_bytes);
+            m.resid = (float *)(void *)((char *)c->act + act_bytes + out2_bytes);
+        }
         par_for(c, n_tok, 8, mm_convert, &m);
     }
     /* ~16 chunks per thread for balance on shared cores, 4..64 rows each */
@@ -626,6 +673,29 @@ static const cpu_kern_t *kern_for(cpu_isa_t isa)
     }
 }
 
+/* DUET_CPU_ISA=ref|avx2|avx512|avx512-vnni overrides the automatic choice
+ * (benchmarks, debugging); unknown or unsupported values are ignored with a
+ * warning. */
+static cpu_isa_t cpu_isa_from_env(void)
+{
+    static const cpu_isa_t all[] = {CPU_ISA_REF, CPU_ISA_AVX2, CPU_ISA_AVX512,
+                                    CPU_ISA_AVX512_VNNI};
+    const char *e = getenv("DUET_CPU_ISA");
+
+    if (e == NULL || *e == '\0')
+        return cpu_isa_best();
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        if (strcmp(e, cpu_isa_name(all[i]) + 4) == 0) {   /* skip "cpu-" */
+            if (cpu_isa_supported(all[i]))
+                return all[i];
+            break;
+        }
+    }
+    log_warn("DUET_CPU_ISA=%s is not available here; using %s", e,
+             cpu_isa_name(cpu_isa_best()));
+    return cpu_isa_best();
+}
+
 duet_status_t cpu_backend_create(const cpu_opts_t *opts, ops_t **ops_p)
 {
     cpu_opts_t o = opts ? *opts : (cpu_opts_t){0};
@@ -635,7 +705,7 @@ duet_status_t cpu_backend_create(const cpu_opts_t *opts, ops_t **ops_p)
     if (o.n_threads < 0)
         return DUET_ERR_INVALID;
     if (o.isa == CPU_ISA_AUTO)
-        o.isa = cpu_isa_best();
+        o.isa = cpu_isa_from_env();
     if (!cpu_isa_supported(o.isa)) {
         log_error("CPU ISA %s is not available on this machine or build", cpu_isa_name(o.isa));
         return DUET_ERR_UNSUPPORTED;

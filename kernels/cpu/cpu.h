@@ -31,7 +31,9 @@ const char *cpu_isa_name(cpu_isa_t isa);
 /* Cores this process may run on (sched_getaffinity), at least 1. */
 int cpu_n_cores(void);
 
-/* Create a backend; opts NULL means defaults. DUET_ERR_UNSUPPORTED when a
+/* Create a backend; opts NULL means defaults. With CPU_ISA_AUTO the
+ * environment variable DUET_CPU_ISA (ref, avx2, avx512, avx512-vnni) may
+ * pick a supported ISA instead of the best one. DUET_ERR_UNSUPPORTED when a
  * forced ISA cannot run here, DUET_ERR_INVALID for n_threads < 0. The
  * caller destroys it with ops_destroy. */
 duet_status_t cpu_backend_create(const cpu_opts_t *opts, ops_t **ops_p);

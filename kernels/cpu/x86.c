@@ -302,19 +302,6 @@ ALWAYS_INLINE __m256i unpack_nibbles(const uint8_t *qs)
         }                                                                      \
         _Pragma("GCC unroll 4") for (int t = 0; t < T; t++)                                            \
             out[(size_t)t * os] = hsum256(acc[t]) + summ[t];                   \
-    }                                                                          \
-    static void name(int64_t n, const void *w, size_t ws, int nr, const void *x, \
-                     size_t xs, int nx, float *out, size_t os)                 \
-    {                                                                          \
-        for (int r = 0; r < nr; r++) {                                         \
-            const btype *wr = ROW(w, r, ws);                                   \
-            switch (nx) {                                                      \
-            case 4: name##_row(n / QK, wr, x, xs, out + r, os, 4); break;      \
-            case 3: name##_row(n / QK, wr, x, xs, out + r, os, 3); break;      \
-            case 2: name##_row(n / QK, wr, x, xs, out + r, os, 2); break;      \
-            default: name##_row(n / QK, wr, x, xs, out + r, os, 1); break;     \
-            }                                                                  \
-        }                                                                      \
     }
 
 Q4_DOT(x86_dot_q4_1, block_q4_1_t, f16(w[b].m))
@@ -347,20 +334,155 @@ ALWAYS_INLINE void x86_dot_q8_0_row(int64_t nb, const block_q8_0_t *w, const voi
         out[(size_t)t * os] = hsum256(acc[t]);
 }
 
-static void x86_dot_q8_0(int64_t n, const void *w, size_t ws, int nr, const void *x,
-                         size_t xs, int nx, float *out, size_t os)
+#ifdef __AVX512F__
+/* Two weight rows at once in 512-bit registers: the low half of every
+ * vector works on row r, the high half on row r + 1, and each activation
+ * block is broadcast to both halves, so per token and block one vpdpbusd,
+ * one convert and two FMAs serve two rows. The constant term (Q4_1's min,
+ * Q4_0's -8 d_w, Q8_0's -128 d_w for the +128 bias of its unsigned weights)
+ * sits in lane 0 of each half and meets the token's precomputed ds. */
+ALWAYS_INLINE __m512i dot_u8s8_512(__m512i a, __m512i b)
 {
-    for (int r = 0; r < nr; r++) {
-        const block_q8_0_t *wr = ROW(w, r, ws);
-
-        switch (nx) {
-        case 4: x86_dot_q8_0_row(n / QK, wr, x, xs, out + r, os, 4); break;
-        case 3: x86_dot_q8_0_row(n / QK, wr, x, xs, out + r, os, 3); break;
-        case 2: x86_dot_q8_0_row(n / QK, wr, x, xs, out + r, os, 2); break;
-        default: x86_dot_q8_0_row(n / QK, wr, x, xs, out + r, os, 1); break;
-        }
-    }
+#ifdef __AVX512VNNI__
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), a, b);
+#else
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(a, b), _mm512_set1_epi16(1));
+#endif
 }
+
+/* [a x8 | b x8] */
+ALWAYS_INLINE __m512 halves(float a, float b)
+{
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(a)),
+                                               _mm256_castps_pd(_mm256_set1_ps(b)), 1));
+}
+
+/* Nibbles of two rows' blocks: [lo0 hi0 | lo1 hi1] as unsigned bytes. */
+ALWAYS_INLINE __m512i unpack2_q4(const uint8_t *qs0, const uint8_t *qs1)
+{
+    __m256i a = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(const void *)qs1),
+                                 _mm_loadu_si128((const __m128i *)(const void *)qs0));
+    __m256i m = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_and_si256(a, m), hi = _mm256_and_si256(_mm256_srli_epi16(a, 4), m);
+    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);   /* lo0 lo1 hi0 hi1 */
+
+    return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+#define PAIR_STEP(b, ACC, UNPACK2, CONST0, CONST1)                                                     \
+    do {                                                                       \
+        __m512i q = UNPACK2(&w0[b], &w1[b]);                                   \
+        __m512 dw = halves(f16(w0[b].d), f16(w1[b].d));                        \
+        __m512 cw = _mm512_maskz_mov_ps(0x0101, halves(CONST0(b), CONST1(b))); \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                  \
+            const block_q8a_t *xb = &xr[t][b];                                 \
+            __m512i y = _mm512_broadcast_i64x4(                                \
+                _mm256_loadu_si256((const __m256i *)(const void *)xb->qs));    \
+            __m512 p = _mm512_cvtepi32_ps(dot_u8s8_512(q, y));                 \
+            ACC[t] = _mm512_fmadd_ps(p, _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), ACC[t]); \
+            accc[t] = _mm512_fmadd_ps(cw, _mm512_set1_ps(xb->ds), accc[t]);    \
+        }                                                                      \
+    } while (0)
+
+/* Even and odd blocks and the constant term go to separate accumulators:
+ * three FMA chains per token keep a single-token (decode) pass from
+ * waiting on FMA latency. */
+#define PAIR_DOT(name, btype, UNPACK2, CONST0, CONST1)                          \
+    ALWAYS_INLINE void name##_pair(int64_t nb, const btype *w0, const btype *w1, \
+                                   const void *x, size_t xs, float *out, size_t os, \
+                                   const int T)                                \
+    {                                                                          \
+        __m512 acca[CPU_TILE], accb[CPU_TILE], accc[CPU_TILE];                 \
+        const block_q8a_t *xr[CPU_TILE];                                       \
+        int64_t b = 0;                                                         \
+                                                                               \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                  \
+            acca[t] = accb[t] = accc[t] = _mm512_setzero_ps();                 \
+            xr[t] = ROW(x, t, xs);                                             \
+        }                                                                      \
+        for (; b + 2 <= nb; b += 2) {                                          \
+            PAIR_STEP(b, acca, UNPACK2, CONST0, CONST1);                                              \
+            PAIR_STEP(b + 1, accb, UNPACK2, CONST0, CONST1);                                          \
+        }                                                                      \
+        if (b < nb)                                                            \
+            PAIR_STEP(b, acca, UNPACK2, CONST0, CONST1);                                              \
+        _Pragma("GCC unroll 4") for (int t = 0; t < T; t++) {                  \
+            __m512 acc = _mm512_add_ps(_mm512_add_ps(acca[t], accb[t]), accc[t]); \
+            out[(size_t)t * os] = hsum256(_mm512_castps512_ps256(acc));        \
+            out[(size_t)t * os + 1] = hsum256(_mm256_castpd_ps(                \
+                _mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));            \
+        }                                                                      \
+    }
+
+#define UNPACK2_Q4(a, b) unpack2_q4((a)->qs, (b)->qs)
+#define MIN0(b) f16(w0[b].m)
+#define MIN1(b) f16(w1[b].m)
+#define NEG8_0(b) (-8.0f * f16(w0[b].d))
+#define NEG8_1(b) (-8.0f * f16(w1[b].d))
+PAIR_DOT(x86_dot_q4_1, block_q4_1_t, UNPACK2_Q4, MIN0, MIN1)
+PAIR_DOT(x86_dot_q4_0, block_q4_0_t, UNPACK2_Q4, NEG8_0, NEG8_1)
+#define HAVE_PAIR_Q4 1
+
+#ifdef __AVX512VNNI__
+/* Q8_0 as unsigned w + 128 (vpdpbusd is u8 x s8; without VNNI the
+ * vpmaddubsw pairs of 255 * 127 would saturate, so that path keeps the
+ * 256-bit sign trick). */
+ALWAYS_INLINE __m512i unpack2_q8(const block_q8_0_t *a, const block_q8_0_t *b)
+{
+    __m512i z = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)a->qs)),
+        _mm256_loadu_si256((const __m256i *)(const void *)b->qs), 1);
+
+    return _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80));
+}
+
+#define NEG128_0(b) (-128.0f * f16(w0[b].d))
+#define NEG128_1(b) (-128.0f * f16(w1[b].d))
+PAIR_DOT(x86_dot_q8_0, block_q8_0_t, unpack2_q8, NEG128_0, NEG128_1)
+#define HAVE_PAIR_Q8 1
+#endif
+#endif
+
+/* The tile entry points: rows in pairs where a pair kernel exists and the
+ * tile has several tokens to amortize its setup over, the rest one row at a
+ * time. */
+#define DOT_TILE(name, btype, PAIR)                                             \
+    static void name(int64_t n, const void *w, size_t ws, int nr, const void *x, \
+                     size_t xs, int nx, float *out, size_t os)                 \
+    {                                                                          \
+        int r = 0;                                                             \
+                                                                               \
+        if (PAIR && nx >= 2) { /* one token: the 256-bit row kernel is leaner */ \
+            for (; r + 2 <= nr; r += 2)                                        \
+                DOT_SWITCH(name##_pair, (n / QK, ROW(w, r, ws), ROW(w, r + 1, ws), \
+                           x, xs, out + r, os, T_));                           \
+        }                                                                      \
+        for (; r < nr; r++)                                                    \
+            DOT_SWITCH(name##_row, (n / QK, ROW(w, r, ws), x, xs, out + r, os, T_)); \
+    }
+
+#define T_ nx_const
+#define DOT_SWITCH(fn, args)                                                   \
+    switch (nx) {                                                              \
+    case 4: { const int nx_const = 4; (void)nx_const; fn args; break; }                        \
+    case 3: { const int nx_const = 3; (void)nx_const; fn args; break; }                        \
+    case 2: { const int nx_const = 2; (void)nx_const; fn args; break; }                        \
+    default: { const int nx_const = 1; (void)nx_const; fn args; break; }                       \
+    }
+
+#ifndef HAVE_PAIR_Q4
+#define HAVE_PAIR_Q4 0
+#define x86_dot_q4_1_pair(...) ((void)0)
+#define x86_dot_q4_0_pair(...) ((void)0)
+#endif
+#ifndef HAVE_PAIR_Q8
+#define HAVE_PAIR_Q8 0
+#define x86_dot_q8_0_pair(...) ((void)0)
+#endif
+
+DOT_TILE(x86_dot_q4_1, block_q4_1_t, HAVE_PAIR_Q4)
+DOT_TILE(x86_dot_q4_0, block_q4_0_t, HAVE_PAIR_Q4)
+DOT_TILE(x86_dot_q8_0, block_q8_0_t, HAVE_PAIR_Q8)
 
 /* --- elementwise ---------------------------------------------------------- */
 

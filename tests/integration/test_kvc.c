@@ -772,7 +772,7 @@ static void two_decode(const cfg_t *c, int afd, int gfd, int rfd)
     }
     t0 = clock_now_ns();
     /* grant each request as soon as its node has connected */
-    while (granted != 3 && clock_now_ns() - t0 < 5000000000ull) {
+    while (granted != 3 && clock_now_ns() - t0 < 20000000000ull) {
         kvc_progress(k);
         for (int i = 0; i < 2; i++)
             if (!(granted & (1 << i)) &&
@@ -781,7 +781,7 @@ static void two_decode(const cfg_t *c, int afd, int gfd, int rfd)
                 granted |= 1 << i;
     }
     wline(gfd, "granted\n");
-    while (back < 2 && clock_now_ns() - t0 < 12000000000ull) {
+    while (back < 2 && clock_now_ns() - t0 < 30000000000ull) {
         kvc_progress(k);
         for (int i = 0; i < 2; i++) {
             duet_status_t s;

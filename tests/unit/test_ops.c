@@ -21,6 +21,7 @@
  * - Ops whose SIMD and reference arithmetic is the same (embed, add, rope,
  *   kv_write) must match exactly. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,9 +142,9 @@ static const dtype_t all_types[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16,
 
 /* --- matmul ------------------------------------------------------------------- */
 
-static void test_matmul_shape(dtype_t t, int64_t n, int64_t d, int32_t n_tok)
+static void test_matmul_shape(dtype_t t, int64_t n, int64_t d, int32_t n_tok, bool precise)
 {
-    ops_weight_t w = {.type = t, .n = n, .d = d};
+    ops_weight_t w = {.type = t, .n = n, .d = d, .precise = precise};
     float *x = malloc(sizeof(float) * (size_t)(n * n_tok));
     float *ref = malloc(sizeof(float) * (size_t)(d * n_tok));
     float *got = malloc(sizeof(float) * (size_t)(d * n_tok));
@@ -154,8 +155,8 @@ static void test_matmul_shape(dtype_t t, int64_t n, int64_t d, int32_t n_tok)
     fill(x, (size_t)(n * n_tok), 2.0f);
     /* a few large activations, as real hidden states have */
     x[rnd() % (uint32_t)(n * n_tok)] = 30.0f;
-    is_int(ops_matmul(ref_ops, ref, x, &w, n_tok), DUET_OK, "ref matmul %s n=%lld d=%lld tok=%d",
-           dtype_name(t), (long long)n, (long long)d, n_tok);
+    is_int(ops_matmul(ref_ops, ref, x, &w, n_tok), DUET_OK, "ref matmul %s%s n=%lld d=%lld tok=%d",
+           dtype_name(t), precise ? " precise" : "", (long long)n, (long long)d, n_tok);
 
     /* reference vs exact math on dequantized weights */
     for (int32_t tk = 0; tk < n_tok; tk++) {
@@ -181,7 +182,9 @@ static void test_matmul_shape(dtype_t t, int64_t n, int64_t d, int32_t n_tok)
                         amax = fmax(amax, fabs(xr[b * QK + j]));
                         sw += fabs(w_at(w.data, t, n, r, b * QK + j));
                     }
-                    qerr += amax / 254.0 * sw * 1.0001;
+                    /* precise: the residual (|r| <= amax / 254) is itself
+                     * quantized with a step of at most its amax / 127 */
+                    qerr += (precise ? amax / 254.0 / 254.0 : amax / 254.0) * sw * 1.0001;
                 }
             }
             {
@@ -195,8 +198,8 @@ static void test_matmul_shape(dtype_t t, int64_t n, int64_t d, int32_t n_tok)
             }
         }
     }
-    ok(bad_ref == 0, "ref matmul %s within the quantization bound of exact (worst %.2f of bound)",
-       dtype_name(t), worst_ref);
+    ok(bad_ref == 0, "ref matmul %s%s within the quantization bound of exact (worst %.2f of bound)",
+       dtype_name(t), precise ? " precise" : "", worst_ref);
 
     for (int p = 0; p < n_paths; p++) {
         int bad = 0;
@@ -222,8 +225,9 @@ static void test_matmul_shape(dtype_t t, int64_t n, int64_t d, int32_t n_tok)
                     worst = err / tol;
             }
         }
-        ok(bad == 0, "%s matmul %s n=%lld d=%lld tok=%d matches ref (worst %.3f of tol)",
-           paths[p].ops->name, dtype_name(t), (long long)n, (long long)d, n_tok, worst);
+        ok(bad == 0, "%s matmul %s%s n=%lld d=%lld tok=%d matches ref (worst %.3f of tol)",
+           paths[p].ops->name, dtype_name(t), precise ? " precise" : "", (long long)n,
+           (long long)d, n_tok, worst);
     }
     free((void *)w.data);
     free(x);
@@ -245,10 +249,13 @@ static void test_matmul(void)
         bool q = dtype_block_elems(t) > 1;
 
         for (size_t s = 0; s < 6; s++) {
-            if (q)
-                test_matmul_shape(t, q_shapes[s].n, q_shapes[s].d, q_shapes[s].tok);
-            else
-                test_matmul_shape(t, f_shapes[s].n, f_shapes[s].d, f_shapes[s].tok);
+            if (q) {
+                test_matmul_shape(t, q_shapes[s].n, q_shapes[s].d, q_shapes[s].tok, false);
+                test_matmul_shape(t, q_shapes[s].n, q_shapes[s].d, q_shapes[s].tok, true);
+            } else {
+                /* precise is ignored for float types */
+                test_matmul_shape(t, f_shapes[s].n, f_shapes[s].d, f_shapes[s].tok, s == 3);
+            }
         }
     }
 }
