@@ -617,7 +617,7 @@ static int bench_serve_run(int argc, char **argv)
         .progress = isatty(STDERR_FILENO) != 0,
     };
     const flag_t flags[] = {
-        {"base-url", 0, FLAG_STRING, &o.base_url, "server, http://HOST:PORT[/PREFIX]", "URL",
+        {"base-url", 0, FLAG_STRING, &o.base_url, "server, http://HOST:PORT[/PREFIX] (default http://127.0.0.1:8000)", "URL",
          0, 0, 0, 0},
         {"endpoint", 0, FLAG_STRING, &o.endpoint,
          "/v1/completions (default) or /v1/chat/completions", "PATH", 0, 0, 0, 0},
@@ -626,17 +626,17 @@ static int bench_serve_run(int argc, char **argv)
         {"tokenizer", 0, FLAG_STRING, &o.tokenizer, "GGUF whose tokenizer builds and counts "
          "prompts, or 'none' (default: --model if a file, else " BS_DEFAULT_MODEL ")", "FILE",
          0, 0, 0, 0},
-        {"dataset", 'd', FLAG_STRING, &o.dataset, "random | fixed | jsonl", "NAME", 0, 0, 0, 0},
+        {"dataset", 'd', FLAG_STRING, &o.dataset, "random (default) | fixed | jsonl", "NAME", 0, 0, 0, 0},
         {"dataset-path", 0, FLAG_STRING, &o.dataset_path,
          "jsonl: {\"prompt\": str, \"output_len\": n} per line", "FILE", 0, 0, 0, 0},
-        {"num-prompts", 'n', FLAG_INT, &o.num_prompts, "requests to send", "N", 1, 10000000,
+        {"num-prompts", 'n', FLAG_INT, &o.num_prompts, "requests to send (default 100)", "N", 1, 10000000,
          0, 0},
-        {"input-len", 0, FLAG_INT, &o.input_len, "prompt tokens (random: the middle of the "
-         "range)", "N", 1, 1 << 20, 0, 0},
+        {"input-len", 0, FLAG_INT, &o.input_len, "prompt tokens (default 128; random: the "
+         "middle of the range)", "N", 1, 1 << 20, 0, 0},
         {"random-input-len", 0, FLAG_INT, &o.input_len, "same as --input-len", "N", 1, 1 << 20,
          0, 0},
-        {"output-len", 0, FLAG_INT, &o.output_len, "max_tokens (random: the middle of the "
-         "range; jsonl: when a line has none)", "N", 1, 1 << 20, 0, 0},
+        {"output-len", 0, FLAG_INT, &o.output_len, "max_tokens (default 64; random: the middle "
+         "of the range; jsonl: when a line has none)", "N", 1, 1 << 20, 0, 0},
         {"random-output-len", 0, FLAG_INT, &o.output_len, "same as --output-len", "N", 1,
          1 << 20, 0, 0},
         {"range-ratio", 0, FLAG_DOUBLE, &o.range_ratio, "random: lengths uniform in "
@@ -659,7 +659,7 @@ static int bench_serve_run(int argc, char **argv)
         {"goodput", 0, FLAG_STRING, &o.goodput, "SLOs for goodput, e.g. \"ttft:500 tpot:50\" "
          "(ms; ttft, tpot, e2el)", "SLOS", 0, 0, 0, 0},
         {"timeout", 0, FLAG_DOUBLE, &o.timeout_s, "seconds without a byte before a request "
-         "fails", "S", 0, 0, 0.001, 86400.0},
+         "fails (default 600)", "S", 0, 0, 0.001, 86400.0},
         {"api-key", 0, FLAG_STRING, &o.api_key, "bearer token (default: $OPENAI_API_KEY)",
          "KEY", 0, 0, 0, 0},
         {"progress", 0, FLAG_BOOL, &o.progress, "progress bar on stderr (default: when it "
