@@ -5,10 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench/serve_data.h"
 #include "bench/serve_stats.h"
 #include "bench/sse.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
 #include "tests/tap.h"
 
 typedef struct {
@@ -190,10 +193,92 @@ static void test_arrivals(void)
     ok(t[4] == 0.0, "infinite rate: all at once");
 }
 
-int main(void)
+/* Random prompts through the real tokenizer: valid words, exact lengths,
+ * reproducible. */
+static void test_random_prompts(const char *model)
+{
+    gguf_t *g = NULL;
+    tok_t *tok = NULL;
+    serve_dataset_t a = {0}, b = {0}, c = {0};
+    serve_rng_t r1, r2;
+    tok_ids_t ids = {0};
+    char err[256];
+    int exact = 0, clean = 0, in_range = 0;
+
+    if (model == NULL || gguf_open(model, &g, err, sizeof(err)) != DUET_OK ||
+        tok_load(g, &tok, err, sizeof(err)) != DUET_OK) {
+        diag("no model (%s): skipping the tokenizer checks", model ? model : "none given");
+        gguf_close(g);
+        return;
+    }
+    serve_rng_seed(&r1, 7);
+    serve_rng_seed(&r2, 7);
+    ok(serve_data_random(tok, 20, 5, 60, 3, 9, &r1, &a, err, sizeof(err)) == DUET_OK &&
+       a.exact && strcmp(a.kind, "random") == 0, "random dataset with the tokenizer");
+    ok(serve_data_random(tok, 20, 5, 60, 3, 9, &r2, &b, err, sizeof(err)) == DUET_OK,
+       "again with the same seed");
+    for (size_t i = 0; i < a.n; i++) {
+        const char *p = a.v[i].prompt;
+        bool cl = true;
+
+        ids.n = 0;
+        tok_encode(tok, p, strlen(p), TOK_ADD_SPECIAL, &ids);
+        exact += (int64_t)ids.n == a.v[i].prompt_tokens;
+        in_range += a.v[i].prompt_tokens >= 5 && a.v[i].prompt_tokens <= 60 &&
+                    a.v[i].output_len >= 3 && a.v[i].output_len <= 9;
+        for (; *p; p++)
+            cl = cl && (*p == ' ' || (*p >= 'a' && *p <= 'z'));
+        clean += cl;
+    }
+    is_int(exact, 20, "every prompt encodes to its recorded token count");
+    is_int(in_range, 20, "input and output lengths within their ranges");
+    is_int(clean, 20, "prompts are plain lowercase words");
+    ok(strcmp(a.v[3].prompt, b.v[3].prompt) == 0 && a.v[3].output_len == b.v[3].output_len,
+       "the seed reproduces the prompts");
+    ok(serve_data_random(NULL, 3, 4, 4, 2, 2, &r1, &c, err, sizeof(err)) == DUET_OK &&
+       !c.exact && strcmp(c.kind, "fixed") == 0 && c.v[0].prompt_tokens == -1,
+       "without a tokenizer: built-in words, lengths approximate");
+    tok_ids_free(&ids);
+    serve_data_free(&a);
+    serve_data_free(&b);
+    serve_data_free(&c);
+    tok_destroy(tok);
+    gguf_close(g);
+}
+
+static void test_jsonl(void)
+{
+    char path[] = "/tmp/duet_test_jsonl_XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    serve_dataset_t d = {0};
+    char err[256] = "";
+
+    if (f == NULL) {
+        ok(0, "temp file");
+        return;
+    }
+    fputs("{\"prompt\": \"a b\", \"output_len\": 5}\n\n{\"prompt\": \"c\"}\n", f);
+    fclose(f);
+    ok(serve_data_jsonl(path, NULL, 5, 7, &d, err, sizeof(err)) == DUET_OK && d.n == 5 &&
+       strcmp(d.v[1].prompt, "c") == 0 && d.v[1].output_len == 7 &&
+       strcmp(d.v[2].prompt, "a b") == 0 && d.v[2].output_len == 5,
+       "JSONL: blank lines skipped, default output length, lines reused in order");
+    serve_data_free(&d);
+    f = fopen(path, "w");
+    fputs("{\"prompt\": \"ok\"}\n{\"prompt\": \"x\", \"output_len\": -2}\n", f);
+    fclose(f);
+    ok(serve_data_jsonl(path, NULL, 2, 7, &d, err, sizeof(err)) == DUET_ERR_INVALID &&
+       strstr(err, ":2:") != NULL, "JSONL: a bad line is named (%s)", err);
+    unlink(path);
+}
+
+int main(int argc, char **argv)
 {
     test_sse();
     test_stats();
     test_arrivals();
+    test_random_prompts(argc > 1 ? argv[1] : NULL);
+    test_jsonl();
     return tap_done();
 }
