@@ -59,7 +59,8 @@ typedef struct {
     plan_config_t cfg;
     int    workers;
     bool   stable;              /* every queue has utilisation < 1 */
-    double rho_prefill, rho_decode; /* utilisation (colocated: both of one node) */
+    double rho_prefill;         /* prefill utilisation lambda_p E[S] */
+    double rho_decode;          /* mean decode batch / batch cap */
     double batch;               /* mean decode batch per decode node */
     double mean_ttft_s, p99_ttft_s;
     double mean_tpot_s;
