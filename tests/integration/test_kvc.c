@@ -834,6 +834,7 @@ static void two_decode(const cfg_t *c, const int *afd, int gfd, int rfd, int bye
                         {0, 0}, {0, 0}, 0, 0};
     int32_t blocks[2][NBLOCKS];
     int nb[2], granted = 0, back = 0;
+    bool told = false;
     char line[128];
     uint64_t t0;
 
@@ -849,27 +850,35 @@ static void two_decode(const cfg_t *c, const int *afd, int gfd, int rfd, int bye
             blocks[i][b] = i * 40 + b;
     }
     t0 = clock_now_ns();
-    /* grant each request as soon as its node has connected */
-    while (granted != 3 && clock_now_ns() - t0 < 20000000000ull) {
-        kvc_progress(k);
-        for (int i = 0; i < 2; i++) {
-            if (granted & (1 << i))
-                continue;
-            res.grant[i] = kvc_grant(k, PREFILL_NODE + (uint64_t)i, req_id(i),
-                                     req_tokens(c, i), blocks[i], nb[i], 8000);
-            res.grant_ms[i] = ms_since(t0);
-            if (res.grant[i] == DUET_OK)
-                granted |= 1 << i;
-        }
-    }
-    wline(gfd, "granted\n");
+    /* grant each request as soon as its node has connected (for at most 20 s),
+     * and collect the granted ones meanwhile; the parent kills node 100 once
+     * both are granted (or the grant step gave up) and node 100 is idle */
     while (back < 2 && clock_now_ns() - t0 < 30000000000ull) {
+        bool grant_over = granted == 3 || clock_now_ns() - t0 >= 20000000000ull;
+
+        if (grant_over && !told) {
+            wline(gfd, "granted\n");   /* (or the grant step gave up) */
+            told = true;
+        }
         kvc_progress(k);
         for (int i = 0; i < 2; i++) {
             duet_status_t s;
 
-            if (res.status[i] != DUET_INPROGRESS)
+            if (!(granted & (1 << i)) && !grant_over) {
+                res.grant[i] = kvc_grant(k, PREFILL_NODE + (uint64_t)i, req_id(i),
+                                         req_tokens(c, i), blocks[i], nb[i], 8000);
+                res.grant_ms[i] = ms_since(t0);
+                if (res.grant[i] == DUET_OK)
+                    granted |= 1 << i;
+            }
+            if (res.status[i] != DUET_INPROGRESS || (!(granted & (1 << i)) && !grant_over))
                 continue;
+            if (!(granted & (1 << i))) {
+                res.status[i] = res.grant[i];   /* never granted: the grant's status */
+                res.done_ms[i] = ms_since(t0);
+                back++;
+                continue;
+            }
             s = kvc_recv_kv_cache(k, req_id(i), NULL);
             if (s == DUET_INPROGRESS)
                 continue;
@@ -878,6 +887,8 @@ static void two_decode(const cfg_t *c, const int *afd, int gfd, int rfd, int bye
             back++;
         }
     }
+    if (!told)
+        wline(gfd, "granted\n");
     /* blocks lent by a grant and never given back */
     for (int i = 0; i < 2; i++)
         if ((granted & (1 << i)) && res.status[i] == DUET_INPROGRESS)
@@ -936,15 +947,26 @@ static void two_peers(void)
     afd[0] = ap[0][1];
     afd[1] = ap[1][1];
     fflush(stdout);
+    /* each child closes the write ends it does not write, so that a child
+     * that dies is seen as EOF by its reader */
     dec = fork();
-    if (dec == 0)
+    if (dec == 0) {
+        close(kp[1]);
         two_decode(&c, afd, gp[1], rp[1], bp[0][0]);
+    }
     pa = fork();
-    if (pa == 0)
+    if (pa == 0) {
+        close(gp[1]);
+        close(rp[1]);
         two_prefill(&c, PREFILL_NODE, 0, ap[0][0], kp[1], -1);
+    }
     pb = fork();
-    if (pb == 0)
+    if (pb == 0) {
+        close(gp[1]);
+        close(rp[1]);
+        close(kp[1]);
         two_prefill(&c, PREFILL_NODE + 1, 1, ap[1][0], -1, bp[1][0]);
+    }
     close(gp[1]);
     close(rp[1]);
     close(kp[1]);
