@@ -822,3 +822,31 @@ duet_status_t kvc_test_send_raw(kvc_t *kvc, uint64_t node, const void *buf, size
     }
     return DUET_ERR_NOT_FOUND;
 }
+
+duet_status_t kvc_test_quiesce(kvc_t *kvc, int timeout_ms)
+{
+    uint64_t deadline = clock_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    duet_status_t s = DUET_OK;
+
+    for (int i = 0; i < kvc->nconns; i++) {
+        kvc_conn_t *c = kvc->conns[i];
+        ucp_request_param_t prm = {0};
+        ucs_status_t us = UCS_OK;
+        void *r;
+
+        if (!kvc_conn_alive(c) || c->ep == NULL)
+            continue;
+        r = ucp_ep_flush_nbx(c->ep, &prm);
+        if (UCS_PTR_IS_ERR(r)) {
+            us = UCS_PTR_STATUS(r);
+        } else if (r != NULL) {
+            while ((us = ucp_request_check_status(r)) == UCS_INPROGRESS &&
+                   clock_now_ns() < deadline)
+                ucp_worker_progress(kvc->worker);
+            ucp_request_free(r);
+        }
+        if (us != UCS_OK && s == DUET_OK)
+            s = us == UCS_INPROGRESS ? DUET_ERR_TIMEOUT : status_from_ucs(us);
+    }
+    return s;
+}

@@ -201,4 +201,11 @@ duet_status_t kvc_recv_abort(kvc_t *kvc, uint64_t req);
  * the first live connection to node `node`. */
 duet_status_t kvc_test_send_raw(kvc_t *kvc, uint64_t node, const void *buf, size_t len);
 
+/* Test hook: flush every live endpoint, progressing only the UCX worker (no
+ * new puts are issued meanwhile), for at most timeout_ms. On DUET_OK every put
+ * issued so far has been acknowledged by its target: none is on the wire.
+ * The sender-killed tests use it to pick their moment (docs/kvconnector.md,
+ * "Known UCX 1.13 crash"). */
+duet_status_t kvc_test_quiesce(kvc_t *kvc, int timeout_ms);
+
 #endif

@@ -100,13 +100,21 @@ static void send_abort_msg(kvc_conn_t *conn, uint64_t req, duet_status_t reason,
     kvc_am_send(conn, m, sizeof(*m), outst);
 }
 
+static void sreq_fail(kvc_t *kvc, sreq_t *r, duet_status_t status);
+
 static void flush_done(void *request, ucs_status_t status, void *user_data)
 {
     flush_ctx_t *f = user_data;
     sreq_t *r = f->r;
-    /* KVC_MSG_KV_END: nothing to send after it */
     kvc_conn_t *conn = r->dest[f->dest].conn;
 
+    if (status != UCS_OK && f->kind == KVC_MSG_KV_END && r->state == SREQ_ACTIVE) {
+        /* KV_END may not have left: the request is not delivered, whatever
+         * order the endpoint error and this completion come in */
+        log_req(LOG_LEVEL_WARN, r->h.id, "flush after KV_END failed: %s",
+                ucs_status_string(status));
+        sreq_fail(conn->kvc, r, DUET_ERR_PEER);
+    }
     if (status == UCS_OK && f->kind == KVC_MSG_LAYER_DONE && r->state == SREQ_ACTIVE) {
         kvc_msg_layer_t *m = kvc_msg_new(sizeof(*m), KVC_MSG_LAYER_DONE, r->h.id);
 
@@ -315,11 +323,22 @@ static void sreq_finish(kvc_t *kvc, sreq_t *r, duet_status_t status)
         sreq_free(kvc, r);
 }
 
+/* Every expected destination has its KV_END sent, and every put, flush and
+ * message of r completed: r is delivered. */
+static bool sreq_delivered(const sreq_t *r)
+{
+    if (r->state != SREQ_ACTIVE || !r->bound || !r->ended || r->outstanding != 0)
+        return false;
+    for (int j = 0; j < r->ndest; j++)
+        if (r->dest[j].expected && !r->dest[j].end_sent)
+            return false;
+    return true;
+}
+
 /* Push r forward: puts, KV_END, completion. */
 static int sreq_pump(kvc_t *kvc, sreq_t *r)
 {
     int n = 0;
-    bool all_end = r->bound && r->ended;
 
     if (r->state == SREQ_ACTIVE && r->bound) {
         for (int j = 0; j < r->ndest; j++) {
@@ -346,10 +365,9 @@ static int sreq_pump(kvc_t *kvc, sreq_t *r)
                 d->end_sent = true;
                 n++;
             }
-            all_end = all_end && d->end_sent;
         }
     }
-    if (r->state == SREQ_ACTIVE && all_end && r->outstanding == 0)
+    if (sreq_delivered(r))
         sreq_finish(kvc, r, DUET_OK);
     else if (r->state == SREQ_DRAIN && r->outstanding == 0)
         sreq_finish(kvc, r, r->status);
@@ -608,7 +626,14 @@ void kvc_send_conn_failed(kvc_t *kvc, kvc_conn_t *conn)
         sreq_t *r = (sreq_t *)h;
 
         next = h->next;
-        if (r->bound && r->node == conn->peer.node_id && r->state == SREQ_ACTIVE)
+        if (!r->bound || r->node != conn->peer.node_id || r->state != SREQ_ACTIVE)
+            continue;
+        /* The last completions and the endpoint error can come in the same
+         * worker progress, before sreq_pump saw the completions: a request
+         * already delivered is not failed by its peer leaving afterwards. */
+        if (sreq_delivered(r))
+            sreq_finish(kvc, r, DUET_OK);
+        else
             sreq_fail(kvc, r, DUET_ERR_PEER);
     }
 }

@@ -162,6 +162,33 @@ static int rline(int fd, char *buf, size_t len)
     return 0;
 }
 
+/* Keep the connectors progressing until a line (or EOF) is readable on fd, at
+ * most timeout_ms. A process that finished its side waits for the parent's
+ * "bye" this way before kvc_destroy: closing its endpoints while the peer has
+ * not yet seen its own completions would fail the peer's requests (over TCP
+ * the peer may even see the endpoint error before the last messages). */
+static void wait_line(int fd, kvc_t *const *k, int n, char *buf, size_t len, uint64_t timeout_ms)
+{
+    uint64_t t0 = clock_now_ns();
+    fd_set fs;
+    struct timeval tv;
+
+    while (clock_now_ns() - t0 < timeout_ms * 1000000ull) {
+        for (int r = 0; r < n; r++)
+            kvc_progress(k[r]);
+        FD_ZERO(&fs);
+        FD_SET(fd, &fs);
+        tv.tv_sec = 0;
+        tv.tv_usec = 1000;
+        if (select(fd + 1, &fs, NULL, NULL, &tv) > 0) {
+            if (rline(fd, buf, len) < 0)
+                buf[0] = '\0';
+            return;
+        }
+    }
+    buf[0] = '\0';
+}
+
 /* ---- decode side ---------------------------------------------------------- */
 
 static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
@@ -349,10 +376,11 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
         res.rejected += st.rejected;
         res.expired += st.expired;
     }
-    for (int r = 0; r < c->d; r++)
-        kvc_destroy(k[r]);
     if (write(resfd, &res, sizeof(res)) != sizeof(res))
         _exit(5);
+    wait_line(rfd, k, c->d, line, sizeof(line), 30000);   /* "bye" from the parent */
+    for (int r = 0; r < c->d; r++)
+        kvc_destroy(k[r]);
     _exit(0);
 }
 
@@ -402,7 +430,10 @@ static void malformed(kvc_t *k)
     kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* bad magic */
 }
 
-static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result_t *res)
+/* resfd >= 0: write the result there, then wait for "bye" on rfd (still
+ * progressing) before kvc_destroy, and return true; false: not written. */
+static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
+                     pre_result_t *res)
 {
     kvc_t *k[KVC_MAX_TP] = {0};
     int32_t lb[KVC_MAX_TP][NREQ][NBLOCKS];
@@ -421,7 +452,7 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
         k[r] = make(c, KVC_ROLE_PREFILL, c->p, r);
         if (k[r] == NULL) {
             res->errors++;
-            return;
+            return false;
         }
         for (int b = 0; b < NBLOCKS; b++)
             perm[b] = b;
@@ -439,7 +470,7 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
 
         if (rline(rfd, line, sizeof(line)) < 0) {
             res->errors++;
-            return;
+            return false;
         }
         for (int pr = 0; pr < c->p; pr++) {
             if (c->sc == SC_MISMATCH) {
@@ -450,7 +481,7 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
             }
             if (kvc_connect(k[pr], line, 5000, &node) != DUET_OK || node != DECODE_NODE) {
                 res->errors++;
-                return;
+                return false;
             }
         }
     }
@@ -458,7 +489,7 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
     if (c->sc == SC_MISMATCH) {
         for (int r = 0; r < c->p; r++)
             kvc_destroy(k[r]);
-        return;
+        return false;
     }
     /* each request's (layer, chunk) jobs in a random order */
     for (int i = 0; i < NREQ; i++) {
@@ -497,7 +528,9 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
                 }
                 if (i == 0)
                     last_send = now, sent++;
-            } else if (!ended[i]) {
+            } else if (!ended[i] && !(c->sc == SC_ABORT_DECODE && i == 0)) {
+                /* (abort from decode: req 0 never ends, so it cannot complete
+                 * before the decode's abort however late that comes) */
                 for (int r = 0; r < c->p; r++)
                     kvc_end(k[r], req_id(i), (int32_t)(req_id(i) * 7), "st8", 3);
                 ended[i] = true;
@@ -509,10 +542,14 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
             for (int r = 0; r < c->p; r++)
                 kvc_abort(k[r], req_id(0));
         }
-        if (c->sc == SC_KILL_SEND && kill_fd >= 0 && sent >= 3 &&
-            now - last_send > 15000000ull) {
-            /* a quiet moment (no put in flight): see docs/kvconnector.md on
-             * why not in the middle of a put over TCP with UCX 1.13 */
+        if (c->sc == SC_KILL_SEND && kill_fd >= 0 && sent >= 3) {
+            /* a quiet moment (no put in flight: every put issued so far is
+             * acknowledged, and no progress call issues more): see
+             * docs/kvconnector.md on why not in the middle of a put over TCP
+             * with UCX 1.13 */
+            for (int r = 0; r < c->p; r++)
+                if (kvc_test_quiesce(k[r], 10000) != DUET_OK)
+                    res->errors++;
             wline(kill_fd, "idle\n");
             kill_fd = -1;
             pause();
@@ -562,8 +599,15 @@ static void pre_main(const cfg_t *c, int wfd, int rfd, pid_t dec_pid, pre_result
         res->rejected += st.rejected;
         res->nacks += st.nacks;
         res->staged += st.staged;
-        kvc_destroy(k[r]);
     }
+    if (resfd >= 0) {
+        if (write(resfd, res, sizeof(*res)) != sizeof(*res))
+            _exit(5);
+        wait_line(rfd, k, c->p, line, sizeof(line), 30000);   /* "bye" from the parent */
+    }
+    for (int r = 0; r < c->p; r++)
+        kvc_destroy(k[r]);
+    return resfd >= 0;
 }
 
 /* ---- one scenario ---------------------------------------------------------- */
@@ -593,7 +637,7 @@ static void run(const cfg_t *c)
         if (pre_pid == 0) {
             close(kp[0]);
             kill_fd = kp[1];
-            pre_main(c, to_dec[1], to_pre[0], 0, &pr);
+            pre_main(c, to_dec[1], to_pre[0], -1, 0, &pr);
             _exit(0);
         }
         close(kp[1]);
@@ -606,6 +650,7 @@ static void run(const cfg_t *c)
             kill(pre_pid, SIGKILL);
         close(kp[0]);
         got = read(resp[0], &dr, sizeof(dr)) == sizeof(dr);
+        wline(to_dec[1], "bye\n");
         waitpid(pre_pid, NULL, 0);
         waitpid(dec_pid, &wst, 0);
         if (!got)
@@ -637,8 +682,8 @@ static void run(const cfg_t *c)
             dec_main(c, to_pre[1], to_dec[0], dres[1]);
         ppid = fork();
         if (ppid == 0) {
-            pre_main(c, to_dec[1], to_pre[0], pid, &pr);
-            if (write(pres[1], &pr, sizeof(pr)) != sizeof(pr))
+            if (!pre_main(c, to_dec[1], to_pre[0], pres[1], pid, &pr) &&
+                write(pres[1], &pr, sizeof(pr)) != sizeof(pr))
                 _exit(5);
             _exit(0);
         }
@@ -648,6 +693,9 @@ static void run(const cfg_t *c)
             pr.errors++;
         if (c->sc != SC_KILL_RECV && read(dres[0], &dr, sizeof(dr)) == sizeof(dr))
             got = true;
+        /* both sides reported: now they may close their endpoints */
+        wline(to_pre[1], "bye\n");
+        wline(to_dec[1], "bye\n");
         waitpid(ppid, NULL, 0);
         waitpid(pid, &wst, 0);
         close(dres[0]);
@@ -709,17 +757,28 @@ static void run(const cfg_t *c)
 /* ---- two prefill nodes, one dies: only its request fails ----------------- */
 
 typedef struct {
-    int status[2];
-    int errors, leaked;
+    int      status[2];
+    int      grant[2];          /* the last kvc_grant status per node */
+    uint64_t grant_ms[2];       /* when it took (or the grant loop gave up) */
+    uint64_t done_ms[2];        /* when kvc_recv_kv_cache settled */
+    int      errors, leaked;
 } two_result_t;
 
-static void two_prefill(const cfg_t *c, uint64_t node, int i, int afd, int kfd)
+/* One prefill node. afd: its own pipe carrying the decode address (each node
+ * has its own: two readers of one pipe, reading a byte at a time, interleave
+ * and both get a garbled address). kfd >= 0: this node is killed after layer
+ * 1; it says when, at a quiet moment. byefd: the live node waits there before
+ * closing, so that it never closes under the decode's feet.
+ * Exit codes: 3 create, 4 connect, 6 send not final, 7 quiesce. */
+static void two_prefill(const cfg_t *c, uint64_t node, int i, int afd, int kfd, int byefd)
 {
     kvc_t *k;
     int32_t lb[NBLOCKS];
     int n = req_tokens(c, i), nb = (n + BS - 1) / BS;
     char line[128];
-    uint64_t dnode;
+    uint64_t dnode, t0;
+    duet_status_t s;
+    kvc_t *ks[1];
 
     prefill_node = node;
     k = make(c, KVC_ROLE_PREFILL, 1, 0);
@@ -728,8 +787,14 @@ static void two_prefill(const cfg_t *c, uint64_t node, int i, int afd, int kfd)
     for (int b = 0; b < nb; b++)
         lb[b] = NBLOCKS - 1 - b * 2;
     fill_local(c, k, 0, i, lb);
-    if (rline(afd, line, sizeof(line)) < 0 || kvc_connect(k, line, 5000, &dnode) != DUET_OK)
+    if (rline(afd, line, sizeof(line)) < 0)
         _exit(4);
+    s = kvc_connect(k, line, 10000, &dnode);
+    if (s != DUET_OK) {
+        fprintf(stderr, "two peers: node %llu: connect to '%s': %s\n", (unsigned long long)node,
+                line, duet_status_str(s));
+        _exit(4);
+    }
     for (int L = 0; L < NLAYERS; L++) {
         uint64_t t = clock_now_ns();
 
@@ -737,25 +802,39 @@ static void two_prefill(const cfg_t *c, uint64_t node, int i, int afd, int kfd)
         while (clock_now_ns() - t < (kfd >= 0 ? 20000000ull : 1000000ull))
             kvc_progress(k);
         if (kfd >= 0 && L == 1) {
-            wline(kfd, "idle\n");   /* a quiet moment: kill me now */
+            /* a quiet moment: no put in flight (every put issued so far is
+             * acknowledged, none issued meanwhile); kill me now */
+            if (kvc_test_quiesce(k, 10000) != DUET_OK)
+                _exit(7);
+            wline(kfd, "idle\n");
             pause();
         }
     }
     kvc_end(k, req_id(i), (int32_t)(req_id(i) * 7), "st8", 3);
-    while (kvc_send_status(k, req_id(i)) == DUET_INPROGRESS)
+    t0 = clock_now_ns();
+    while ((s = kvc_send_status(k, req_id(i))) == DUET_INPROGRESS &&
+           clock_now_ns() - t0 < 30000000000ull)
         kvc_progress(k);
-    for (uint64_t t = clock_now_ns(); clock_now_ns() - t < 200000000ull;)
-        kvc_progress(k);   /* let the decode side read the last messages */
+    ks[0] = k;
+    if (byefd >= 0)
+        wait_line(byefd, ks, 1, line, sizeof(line), 30000);
     kvc_destroy(k);
-    _exit(0);
+    _exit(s == DUET_OK ? 0 : 6);
 }
 
-static void two_decode(const cfg_t *c, int afd, int gfd, int rfd)
+static uint64_t ms_since(uint64_t t0)
+{
+    return (clock_now_ns() - t0) / 1000000ull;
+}
+
+static void two_decode(const cfg_t *c, const int *afd, int gfd, int rfd, int byefd)
 {
     kvc_t *k = make(c, KVC_ROLE_DECODE, 1, 0);
-    two_result_t res = {{DUET_INPROGRESS, DUET_INPROGRESS}, 0, 0};
+    two_result_t res = {{DUET_INPROGRESS, DUET_INPROGRESS}, {DUET_INPROGRESS, DUET_INPROGRESS},
+                        {0, 0}, {0, 0}, 0, 0};
     int32_t blocks[2][NBLOCKS];
     int nb[2], granted = 0, back = 0;
+    bool told = false;
     char line[128];
     uint64_t t0;
 
@@ -763,39 +842,57 @@ static void two_decode(const cfg_t *c, int afd, int gfd, int rfd)
         _exit(3);
     kvc_listen_address(k, line, sizeof(line) - 1);
     strcat(line, "\n");
-    wline(afd, line);
-    wline(afd, line);
+    wline(afd[0], line);
+    wline(afd[1], line);
     for (int i = 0; i < 2; i++) {
         nb[i] = (req_tokens(c, i) + BS - 1) / BS;
         for (int b = 0; b < nb[i]; b++)
             blocks[i][b] = i * 40 + b;
     }
     t0 = clock_now_ns();
-    /* grant each request as soon as its node has connected */
-    while (granted != 3 && clock_now_ns() - t0 < 20000000000ull) {
-        kvc_progress(k);
-        for (int i = 0; i < 2; i++)
-            if (!(granted & (1 << i)) &&
-                kvc_grant(k, PREFILL_NODE + (uint64_t)i, req_id(i), req_tokens(c, i),
-                          blocks[i], nb[i], 8000) == DUET_OK)
-                granted |= 1 << i;
-    }
-    wline(gfd, "granted\n");
+    /* grant each request as soon as its node has connected (for at most 20 s),
+     * and collect the granted ones meanwhile; the parent kills node 100 once
+     * both are granted (or the grant step gave up) and node 100 is idle */
     while (back < 2 && clock_now_ns() - t0 < 30000000000ull) {
+        bool grant_over = granted == 3 || clock_now_ns() - t0 >= 20000000000ull;
+
+        if (grant_over && !told) {
+            wline(gfd, "granted\n");   /* (or the grant step gave up) */
+            told = true;
+        }
         kvc_progress(k);
         for (int i = 0; i < 2; i++) {
             duet_status_t s;
 
-            if (res.status[i] != DUET_INPROGRESS)
+            if (!(granted & (1 << i)) && !grant_over) {
+                res.grant[i] = kvc_grant(k, PREFILL_NODE + (uint64_t)i, req_id(i),
+                                         req_tokens(c, i), blocks[i], nb[i], 8000);
+                res.grant_ms[i] = ms_since(t0);
+                if (res.grant[i] == DUET_OK)
+                    granted |= 1 << i;
+            }
+            if (res.status[i] != DUET_INPROGRESS || (!(granted & (1 << i)) && !grant_over))
                 continue;
+            if (!(granted & (1 << i))) {
+                res.status[i] = res.grant[i];   /* never granted: the grant's status */
+                res.done_ms[i] = ms_since(t0);
+                back++;
+                continue;
+            }
             s = kvc_recv_kv_cache(k, req_id(i), NULL);
             if (s == DUET_INPROGRESS)
                 continue;
             res.status[i] = s;
+            res.done_ms[i] = ms_since(t0);
             back++;
         }
     }
-    res.leaked = 2 - back;
+    if (!told)
+        wline(gfd, "granted\n");
+    /* blocks lent by a grant and never given back */
+    for (int i = 0; i < 2; i++)
+        if ((granted & (1 << i)) && res.status[i] == DUET_INPROGRESS)
+            res.leaked++;
     if (res.status[1] == DUET_OK) {
         kv_layout_t l = rank_layout(c, 1, 0);
         const uint8_t *slab = kvc_slab(k);
@@ -812,52 +909,113 @@ static void two_decode(const cfg_t *c, int afd, int gfd, int rfd)
                                 res.errors++;
                     }
     }
-    kvc_destroy(k);
     if (write(rfd, &res, sizeof(res)) != sizeof(res))
         _exit(5);
+    {
+        kvc_t *ks[1] = {k};
+
+        wait_line(byefd, ks, 1, line, sizeof(line), 30000);
+    }
+    kvc_destroy(k);
     _exit(0);
+}
+
+static const char *exit_str(int wst, char *buf, size_t len)
+{
+    if (WIFEXITED(wst))
+        snprintf(buf, len, "exit %d", WEXITSTATUS(wst));
+    else if (WIFSIGNALED(wst))
+        snprintf(buf, len, "signal %d", WTERMSIG(wst));
+    else
+        snprintf(buf, len, "status %#x", wst);
+    return buf;
 }
 
 static void two_peers(void)
 {
     cfg_t c = {SC_EXACT, 6, 1, 1, 77};
-    int ap[2], gp[2], rp[2], kp[2];
+    int ap[2][2], bp[2][2], gp[2], rp[2], kp[2];
     pid_t dec, pa, pb;
-    two_result_t res = {{0, 0}, 0, 0};
-    char line[64];
-    bool got;
+    two_result_t res = {{0, 0}, {0, 0}, {0, 0}, {0, 0}, 0, 0};
+    char line[64], e[3][32];
+    int wa = 0, wb = 0, wd = 0, afd[2];
+    bool got, killed = false, grants_ok, done_ok;
 
-    if (pipe(ap) || pipe(gp) || pipe(rp) || pipe(kp))
+    if (pipe(ap[0]) || pipe(ap[1]) || pipe(bp[0]) || pipe(bp[1]) || pipe(gp) || pipe(rp) ||
+        pipe(kp))
         abort();
+    afd[0] = ap[0][1];
+    afd[1] = ap[1][1];
     fflush(stdout);
+    /* each child closes the write ends it does not write, so that a child
+     * that dies is seen as EOF by its reader */
     dec = fork();
-    if (dec == 0)
-        two_decode(&c, ap[1], gp[1], rp[1]);
+    if (dec == 0) {
+        close(kp[1]);
+        two_decode(&c, afd, gp[1], rp[1], bp[0][0]);
+    }
     pa = fork();
-    if (pa == 0)
-        two_prefill(&c, PREFILL_NODE, 0, ap[0], kp[1]);
+    if (pa == 0) {
+        close(gp[1]);
+        close(rp[1]);
+        two_prefill(&c, PREFILL_NODE, 0, ap[0][0], kp[1], -1);
+    }
     pb = fork();
-    if (pb == 0)
-        two_prefill(&c, PREFILL_NODE + 1, 1, ap[0], -1);
+    if (pb == 0) {
+        close(gp[1]);
+        close(rp[1]);
+        close(kp[1]);
+        two_prefill(&c, PREFILL_NODE + 1, 1, ap[1][0], -1, bp[1][0]);
+    }
     close(gp[1]);
     close(rp[1]);
     close(kp[1]);
-    if (rline(gp[0], line, sizeof(line)) == 0 && rline(kp[0], line, sizeof(line)) == 0)
+    if (rline(gp[0], line, sizeof(line)) == 0 && rline(kp[0], line, sizeof(line)) == 0) {
         kill(pa, SIGKILL);
+        killed = true;
+    }
     got = read(rp[0], &res, sizeof(res)) == sizeof(res);
-    waitpid(pa, NULL, 0);
-    waitpid(pb, NULL, 0);
-    waitpid(dec, NULL, 0);
-    close(ap[0]);
-    close(ap[1]);
+    /* the decode reported: it and the live node may close now */
+    wline(bp[0][1], "bye\n");
+    wline(bp[1][1], "bye\n");
+    if (!killed)
+        kill(pa, SIGKILL);   /* it never said "idle": do not wait for it */
+    waitpid(pa, &wa, 0);
+    waitpid(pb, &wb, 0);
+    waitpid(dec, &wd, 0);
+    for (int i = 0; i < 2; i++) {
+        close(ap[i][0]);
+        close(ap[i][1]);
+        close(bp[i][0]);
+        close(bp[i][1]);
+    }
     close(gp[0]);
     close(rp[0]);
     close(kp[0]);
+    /* which step failed: the grant (a node never connected: see its exit
+     * code, 4 = connect failed) or the completion */
+    grants_ok = got && res.grant[0] == DUET_OK && res.grant[1] == DUET_OK;
+    done_ok = got && (res.status[0] == DUET_ERR_PEER || res.status[0] == DUET_ERR_TIMEOUT) &&
+              res.status[1] == DUET_OK;
+    if (!grants_ok || !done_ok || !killed)
+        diag("two peers: decode %s%s; node 100 (killed %s) %s, grant %s at %llu ms, settled %s "
+             "at %llu ms; node 101 %s, grant %s at %llu ms, settled %s at %llu ms",
+             exit_str(wd, e[0], sizeof(e[0])), got ? "" : " (no report)",
+             killed ? "at its quiet moment" : "without saying idle",
+             exit_str(wa, e[1], sizeof(e[1])), duet_status_str(res.grant[0]),
+             (unsigned long long)res.grant_ms[0], duet_status_str(res.status[0]),
+             (unsigned long long)res.done_ms[0], exit_str(wb, e[2], sizeof(e[2])),
+             duet_status_str(res.grant[1]), (unsigned long long)res.grant_ms[1],
+             duet_status_str(res.status[1]), (unsigned long long)res.done_ms[1]);
+    ok(grants_ok, "two peers: both nodes connected and were granted (%s, %s)",
+       duet_status_str(res.grant[0]), duet_status_str(res.grant[1]));
     ok(got && (res.status[0] == DUET_ERR_PEER || res.status[0] == DUET_ERR_TIMEOUT),
        "two peers: the dead node's request fails (%s)", duet_status_str(res.status[0]));
     ok(got && res.status[1] == DUET_OK && res.errors == 0,
        "two peers: the live node's request completes byte-exact (%s, %d errors)",
        duet_status_str(res.status[1]), res.errors);
+    ok(WIFEXITED(wb) && WEXITSTATUS(wb) == 0, "two peers: the live node saw its request "
+       "delivered (%s)", exit_str(wb, e[2], sizeof(e[2])));
     is_int(res.leaked, 0, "two peers: every block back");
 }
 
