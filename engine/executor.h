@@ -43,7 +43,7 @@
 #include "model/gguf.h"
 
 /* Bytes of each rank's reply to rank_init and exec_call. */
-#define EXEC_REPLY_MAX 256
+#define EXEC_REPLY_MAX 2048
 
 /* Per-rank hooks, for what each rank process must own itself. The decode
  * node's use: every rank receives its KV heads from prefill nodes through
