@@ -18,6 +18,9 @@ extern const cli_cmd_t cli_cmd_tokenize;
 extern const cli_cmd_t cli_cmd_detokenize;
 extern const cli_cmd_t cli_cmd_generate;
 extern const cli_cmd_t cli_cmd_router;
+extern const cli_cmd_t cli_cmd_decode;
+extern const cli_cmd_t cli_cmd_prefill;
+extern const cli_cmd_t cli_cmd_serve;
 extern const cli_cmd_t cli_cmd_plan;
 
 /* Benchmarks, dispatched by cli_cmd_bench (cmd_bench.c). */

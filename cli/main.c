@@ -14,6 +14,9 @@ static const cli_cmd_t *const cli_commands[] = {
     &cli_cmd_detokenize,
     &cli_cmd_generate,
     &cli_cmd_router,
+    &cli_cmd_serve,
+    &cli_cmd_prefill,
+    &cli_cmd_decode,
     &cli_cmd_plan,
 };
 

@@ -1,0 +1,802 @@
+/* Decode and colocated node: the control-plane driver around one engine. */
+#define DUET_LOG_COMPONENT "decode"
+
+#include "decode/decode_node.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "common/clock.h"
+#include "common/ctl_client.h"
+#include "common/frame.h"
+#include "common/log.h"
+#include "kvconnector/kvc.h"
+
+#define DEC_MAX_TP        1      /* ranks the driver runs today (see the header) */
+#define DEC_TICK_US       2000   /* KV connector progress period with transfers on */
+#define DEC_IDLE_TICK_US  20000  /* ... and without (accepting connections, keepalive) */
+
+typedef enum {
+    DR_WAIT_GRANT = 0,   /* blocks reserved; the prefill node is not connected yet */
+    DR_GRANTED,          /* blocks on loan to the KV connector */
+    DR_ABORTING,         /* aborted while on loan: wait for the connector */
+    DR_RUNNING,          /* in the engine's batch (or queue) */
+} dreq_state_t;
+
+typedef struct dreq {
+    TAILQ_ENTRY(dreq) link;
+    uint64_t     rid;
+    dreq_state_t state;
+    uint64_t     prefill;        /* the prefill node's KV connector id */
+    char         prefill_name[65];
+    int32_t      n_prompt;
+    int32_t     *blocks;         /* copy of the reservation (grant retries) */
+    int32_t      nblocks;
+    double       wait_deadline;  /* DR_WAIT_GRANT: give up then */
+    bool         rank_done[DEC_MAX_TP];
+    duet_status_t kv_status;
+    kvc_end_t    end;
+    uint32_t     n_gen;          /* tokens generated, the first included */
+    bool         notify;         /* report the outcome to the router */
+} dreq_t;
+
+TAILQ_HEAD(dreq_list, dreq);
+
+typedef struct {
+    const decode_node_opts_t *o;
+    struct event_base *base;
+    engine_t          *engine;
+    kvc_t             *kvc[DEC_MAX_TP];
+    int                n_ranks;
+    ctl_client_t      *ctl;
+    struct dreq_list   reqs;
+    int                n_reqs;
+    uint64_t           queued_tokens;   /* colocated: prompts not started */
+    struct event      *step_ev, *tick_ev, *sigint_ev, *sigterm_ev, *drain_ev;
+    bool               draining, stopping;
+    int                exit_code;
+    uint64_t           seed_ctr;
+} dnode_t;
+
+/* ---- requests ----------------------------------------------------------- */
+
+static dreq_t *dn_find(dnode_t *n, uint64_t rid)
+{
+    dreq_t *r;
+
+    TAILQ_FOREACH(r, &n->reqs, link)
+        if (r->rid == rid)
+            return r;
+    return NULL;
+}
+
+static void dn_check_drained(dnode_t *n);
+
+static void dn_remove(dnode_t *n, dreq_t *r)
+{
+    if (n->o->colocated && r->n_gen == 0)
+        n->queued_tokens -= (uint64_t)r->n_prompt;
+    TAILQ_REMOVE(&n->reqs, r, link);
+    n->n_reqs--;
+    free(r->blocks);
+    free(r);
+    dn_check_drained(n);
+}
+
+static void dn_schedule_step(dnode_t *n)
+{
+    struct timeval zero = {0, 0};
+
+    /* A zero timer, not event_active: the loop polls the sockets between
+     * two steps. */
+    if (!evtimer_pending(n->step_ev, NULL))
+        evtimer_add(n->step_ev, &zero);
+}
+
+static void dn_send_finish(dnode_t *n, uint64_t rid, const char *reason, uint32_t ntok,
+                           const char *msg)
+{
+    frame_writer_t *w = ctl_client_writer(n->ctl);
+
+    frame_begin(w, FRAME_FINISH, 3 + (msg != NULL));
+    frame_put_u64(w, "rid", rid);
+    frame_put_str(w, "reason", reason);
+    frame_put_u64(w, "completion_tokens", ntok);
+    if (msg != NULL)
+        frame_put_str(w, "msg", msg);
+    ctl_client_send(n->ctl);
+}
+
+/* Drop a request at whatever stage; the blocks come back at once or, when on
+ * loan to the connector, once it lets go (dn_poll_kv). */
+static void dn_abort(dnode_t *n, dreq_t *r, bool notify, const char *why)
+{
+    switch (r->state) {
+    case DR_WAIT_GRANT:
+    case DR_RUNNING:
+        engine_abort(n->engine, r->rid);
+        if (notify)
+            dn_send_finish(n, r->rid, "abort", r->n_gen, why);
+        dn_remove(n, r);
+        break;
+    case DR_GRANTED:
+        for (int i = 0; i < n->n_ranks; i++)
+            if (!r->rank_done[i])
+                kvc_abort(n->kvc[i], r->rid);
+        r->state = DR_ABORTING;
+        r->notify = notify;
+        break;
+    case DR_ABORTING:
+        break;
+    }
+}
+
+static void dn_abort_all(dnode_t *n, bool notify, const char *why)
+{
+    dreq_t *r, *next;
+
+    for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
+        next = TAILQ_NEXT(r, link);
+        dn_abort(n, r, notify, why);
+    }
+}
+
+static void dn_params(dnode_t *n, const ctl_sampling_t *s, engine_req_params_t *p)
+{
+    engine_req_params_default(p);
+    p->max_tokens = (int32_t)s->max_tokens;
+    p->sampling.temperature = (float)s->temperature;
+    p->sampling.top_p = (float)s->top_p;
+    p->sampling.min_p = (float)s->min_p;
+    p->sampling.top_k = s->top_k < 0 ? 0 : s->top_k > INT32_MAX ? INT32_MAX : (int32_t)s->top_k;
+    p->sampling.presence_penalty = (float)s->presence_penalty;
+    p->sampling.frequency_penalty = (float)s->frequency_penalty;
+    p->sampling.repetition_penalty = (float)s->repetition_penalty;
+    p->sampling.ignore_eos = s->ignore_eos;
+    p->sampling.seed = s->has_seed ? (uint64_t)s->seed
+                                   : (uint64_t)clock_now_ns() ^ (++n->seed_ctr << 32);
+    for (uint32_t i = 0; i < s->n_eos && p->sampling.n_stop < SAMPLER_MAX_STOP; i++)
+        p->sampling.stop_ids[p->sampling.n_stop++] = (int32_t)s->eos[i];
+}
+
+/* ---- KV grants and completions ------------------------------------------- */
+
+/* Grant on every rank; DUET_ERR_NOT_FOUND while the prefill node's ranks are
+ * not all connected. */
+static duet_status_t dn_try_grant(dnode_t *n, dreq_t *r)
+{
+    for (int i = 0; i < n->n_ranks; i++) {
+        duet_status_t s = kvc_grant(n->kvc[i], r->prefill, r->rid, r->n_prompt, r->blocks,
+                                    r->nblocks, n->o->lease_ms);
+
+        if (s != DUET_OK)
+            return s;   /* t = 1: nothing to undo on other ranks */
+    }
+    r->state = DR_GRANTED;
+    return DUET_OK;
+}
+
+static void dn_fail(dnode_t *n, dreq_t *r, const char *msg)
+{
+    log_req(LOG_LEVEL_WARN, r->rid, "%s", msg);
+    engine_abort(n->engine, r->rid);
+    ctl_client_send_error(n->ctl, r->rid, msg);
+    dn_remove(n, r);
+}
+
+/* Requests on loan: when every rank is done, admit or free them. */
+static void dn_poll_kv(dnode_t *n)
+{
+    dreq_t *r, *next;
+    char msg[160];
+
+    for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
+        bool all = true;
+
+        next = TAILQ_NEXT(r, link);
+        if (r->state != DR_GRANTED && r->state != DR_ABORTING)
+            continue;
+        for (int i = 0; i < n->n_ranks; i++) {
+            if (!r->rank_done[i]) {
+                kvc_end_t end;
+                duet_status_t s = kvc_recv_kv_cache(n->kvc[i], r->rid, &end);
+
+                if (s == DUET_INPROGRESS) {
+                    all = false;
+                    continue;
+                }
+                r->rank_done[i] = true;
+                if (s != DUET_OK && r->kv_status == DUET_OK)
+                    r->kv_status = s;
+                if (i == 0 && s == DUET_OK)
+                    r->end = end;
+            }
+        }
+        if (!all)
+            continue;
+        if (r->state == DR_ABORTING) {
+            engine_abort(n->engine, r->rid);
+            if (r->notify)
+                dn_send_finish(n, r->rid, "abort", 0, "aborted");
+            dn_remove(n, r);
+            continue;
+        }
+        if (r->kv_status != DUET_OK) {
+            snprintf(msg, sizeof(msg), "KV transfer from %s failed: %s", r->prefill_name,
+                     duet_status_str(r->kv_status));
+            dn_fail(n, r, msg);
+            continue;
+        }
+        {
+            uint64_t rng[SAMPLER_RNG_WORDS];
+            bool have_rng = r->end.state_len == sizeof(rng);
+            duet_status_t s;
+
+            if (have_rng)
+                memcpy(rng, r->end.state, sizeof(rng));
+            s = engine_add_prefilled(n->engine, r->rid, r->end.first_token,
+                                     have_rng ? rng : NULL);
+            if (s != DUET_OK) {
+                snprintf(msg, sizeof(msg), "cannot admit the request (first token %d): %s",
+                         r->end.first_token, duet_status_str(s));
+                dn_fail(n, r, msg);
+                continue;
+            }
+            r->state = DR_RUNNING;
+            r->n_gen = 1;
+            dn_schedule_step(n);
+        }
+    }
+}
+
+/* Progress the connector often while any request waits for KV, rarely when
+ * none does (so an idle node does not keep a core awake). */
+static void dn_arm_tick(dnode_t *n, bool busy)
+{
+    struct timeval tv = {0, 0};
+    dreq_t *r;
+
+    if (n->n_ranks == 0)
+        return;
+    TAILQ_FOREACH(r, &n->reqs, link)
+        if (r->state != DR_RUNNING)
+            busy = true;
+    tv.tv_usec = busy ? DEC_TICK_US : DEC_IDLE_TICK_US;
+    evtimer_add(n->tick_ev, &tv);
+}
+
+static void dn_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    dnode_t *n = arg;
+    double now = clock_now_s();
+    dreq_t *r, *next;
+    int events = 0;
+
+    (void)fd;
+    (void)what;
+    for (int i = 0; i < n->n_ranks; i++)
+        events += kvc_progress(n->kvc[i]);
+    for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
+        next = TAILQ_NEXT(r, link);
+        if (r->state != DR_WAIT_GRANT)
+            continue;
+        {
+            duet_status_t s = dn_try_grant(n, r);
+            char msg[160];
+
+            if (s == DUET_OK)
+                continue;
+            if (s == DUET_ERR_NOT_FOUND && now < r->wait_deadline)
+                continue;
+            snprintf(msg, sizeof(msg), "cannot grant KV blocks to prefill node %s: %s",
+                     r->prefill_name, s == DUET_ERR_NOT_FOUND ? "it never connected"
+                                                              : duet_status_str(s));
+            dn_fail(n, r, msg);
+        }
+    }
+    dn_poll_kv(n);
+    dn_arm_tick(n, events > 0);
+}
+
+/* ---- the step loop -------------------------------------------------------- */
+
+static void dn_step_cb(evutil_socket_t fd, short what, void *arg)
+{
+    dnode_t *n = arg;
+    const engine_out_t *outs;
+    int n_out = 0, n_items = 0;
+    duet_status_t s;
+
+    (void)fd;
+    (void)what;
+    if (!engine_has_work(n->engine))
+        return;
+    s = engine_step(n->engine, &outs, &n_out);
+    if (s != DUET_OK) {
+        log_error("engine step failed (%s): failing every request", duet_status_str(s));
+        dn_abort_all(n, false, NULL);
+        return;
+    }
+    /* First tokens (colocated) go as FIRST_TOKEN at once; the others as one
+     * TOKENS frame for the step; then the finishes. */
+    for (int i = 0; i < n_out; i++) {
+        dreq_t *r = dn_find(n, outs[i].req_id);
+
+        if (r == NULL || outs[i].token < 0)
+            continue;
+        if (r->n_gen == 0) {
+            frame_writer_t *w = ctl_client_writer(n->ctl);
+
+            n->queued_tokens -= (uint64_t)r->n_prompt;
+            frame_begin(w, FRAME_FIRST_TOKEN, 2);
+            frame_put_u64(w, "rid", r->rid);
+            frame_put_u64(w, "token", (uint64_t)outs[i].token);
+            ctl_client_send(n->ctl);
+        } else {
+            n_items++;
+        }
+        r->n_gen++;
+    }
+    if (n_items > 0) {
+        frame_writer_t *w = ctl_client_writer(n->ctl);
+        int k = 0;
+
+        frame_begin(w, FRAME_TOKENS, 1);
+        frame_key(w, "items");
+        msgpack_pack_array(&w->pk, (size_t)n_items);
+        for (int i = 0; i < n_out; i++) {
+            dreq_t *r = dn_find(n, outs[i].req_id);
+
+            if (r == NULL || outs[i].token < 0 || r->n_gen <= 1)
+                continue;
+            msgpack_pack_array(&w->pk, 2);
+            msgpack_pack_uint64(&w->pk, r->rid);
+            msgpack_pack_uint32(&w->pk, (uint32_t)outs[i].token);
+            k++;
+        }
+        if (k == n_items)
+            ctl_client_send(n->ctl);
+        else
+            log_error("TOKENS frame: %d items, expected %d (dropped)", k, n_items);
+    }
+    for (int i = 0; i < n_out; i++) {
+        dreq_t *r;
+
+        if (outs[i].finish == ENGINE_FINISH_NONE)
+            continue;
+        r = dn_find(n, outs[i].req_id);
+        if (r == NULL)
+            continue;
+        dn_send_finish(n, r->rid, outs[i].finish == ENGINE_FINISH_STOP ? "stop" : "length",
+                       r->n_gen, NULL);
+        dn_remove(n, r);
+    }
+    for (int i = 0; i < n->n_ranks; i++)
+        kvc_progress(n->kvc[i]);
+    if (engine_has_work(n->engine))
+        dn_schedule_step(n);
+}
+
+/* ---- frames from the router ----------------------------------------------- */
+
+static void dn_on_reserve(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
+{
+    char err[256], pname[65];
+    ctl_sampling_t sp;
+    engine_req_params_t p;
+    int32_t *toks = NULL, ntok = 0, nblocks;
+    const int32_t *blocks;
+    frame_writer_t *w;
+    dreq_t *r;
+    duet_status_t s;
+
+    if (n->o->colocated) {
+        ctl_client_send_error(n->ctl, rid, "RESERVE sent to a colocated node");
+        return;
+    }
+    if (n->draining) {
+        w = ctl_client_writer(n->ctl);
+        frame_begin(w, FRAME_NACK, 2);
+        frame_put_u64(w, "rid", rid);
+        frame_put_str(w, "reason", "draining");
+        ctl_client_send(n->ctl);
+        return;
+    }
+    if (dn_find(n, rid) != NULL) {
+        log_req(LOG_LEVEL_WARN, rid, "RESERVE for a rid already held: ignored");
+        return;
+    }
+    if (ctl_get_strbuf(msg, "prefill", pname, sizeof(pname)) != DUET_OK || !pname[0] ||
+        ctl_get_tokens(msg, "tokens", &toks, &ntok) != DUET_OK) {
+        ctl_client_send_error(n->ctl, rid, "RESERVE: bad 'prefill' or 'tokens'");
+        return;
+    }
+    if (ctl_sampling_parse(msg, &sp, err, sizeof(err)) != DUET_OK) {
+        ctl_client_send_error(n->ctl, rid, err);
+        goto out;
+    }
+    dn_params(n, &sp, &p);
+    r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        ctl_client_send_error(n->ctl, rid, "out of memory");
+        goto out;
+    }
+    s = engine_reserve(n->engine, rid, toks, ntok, &p, &blocks, &nblocks, err, sizeof(err));
+    if (s == DUET_ERR_NO_RESOURCE) {
+        free(r);
+        w = ctl_client_writer(n->ctl);
+        frame_begin(w, FRAME_NACK, 2);
+        frame_put_u64(w, "rid", rid);
+        frame_put_str(w, "reason", err);
+        ctl_client_send(n->ctl);
+        goto out;
+    }
+    if (s != DUET_OK) {
+        free(r);
+        ctl_client_send_error(n->ctl, rid, err);
+        goto out;
+    }
+    r->blocks = malloc(sizeof(*r->blocks) * (size_t)nblocks);
+    if (r->blocks == NULL) {
+        free(r);
+        engine_abort(n->engine, rid);
+        ctl_client_send_error(n->ctl, rid, "out of memory");
+        goto out;
+    }
+    memcpy(r->blocks, blocks, sizeof(*blocks) * (size_t)nblocks);
+    r->nblocks = nblocks;
+    r->rid = rid;
+    r->n_prompt = ntok;
+    r->prefill = ctl_node_hash(pname);
+    memcpy(r->prefill_name, pname, sizeof(pname));
+    r->wait_deadline = clock_now_s() + n->o->grant_wait_ms / 1000.0;
+    r->state = DR_WAIT_GRANT;
+    TAILQ_INSERT_TAIL(&n->reqs, r, link);
+    n->n_reqs++;
+    s = dn_try_grant(n, r);
+    if (s != DUET_OK && s != DUET_ERR_NOT_FOUND) {
+        snprintf(err, sizeof(err), "cannot grant KV blocks: %s", duet_status_str(s));
+        dn_fail(n, r, err);
+    }
+    dn_arm_tick(n, true);
+    log_req(LOG_LEVEL_DEBUG, rid, "reserved %d blocks for %d tokens from %s%s", nblocks, ntok,
+            pname, s == DUET_OK ? "" : " (prefill not connected yet)");
+out:
+    free(toks);
+}
+
+static void dn_on_prefill(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
+{
+    char err[256];
+    ctl_sampling_t sp;
+    engine_req_params_t p;
+    int32_t *toks = NULL, ntok = 0;
+    dreq_t *r;
+
+    if (!n->o->colocated || frame_get(msg, "decode") != NULL) {
+        ctl_client_send_error(n->ctl, rid, "PREFILL for a prefill node sent to a decode node");
+        return;
+    }
+    if (n->draining) {
+        ctl_client_send_error(n->ctl, rid, "node is draining");
+        return;
+    }
+    if (dn_find(n, rid) != NULL)
+        return;
+    if (ctl_get_tokens(msg, "tokens", &toks, &ntok) != DUET_OK) {
+        ctl_client_send_error(n->ctl, rid, "PREFILL: bad 'tokens'");
+        return;
+    }
+    if (ctl_sampling_parse(msg, &sp, err, sizeof(err)) != DUET_OK) {
+        ctl_client_send_error(n->ctl, rid, err);
+        goto out;
+    }
+    dn_params(n, &sp, &p);
+    r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        ctl_client_send_error(n->ctl, rid, "out of memory");
+        goto out;
+    }
+    if (engine_add(n->engine, rid, toks, ntok, &p, err, sizeof(err)) != DUET_OK) {
+        free(r);
+        ctl_client_send_error(n->ctl, rid, err);
+        goto out;
+    }
+    r->rid = rid;
+    r->n_prompt = ntok;
+    r->state = DR_RUNNING;
+    TAILQ_INSERT_TAIL(&n->reqs, r, link);
+    n->n_reqs++;
+    n->queued_tokens += (uint64_t)ntok;
+    dn_schedule_step(n);
+out:
+    free(toks);
+}
+
+static void dn_start_drain(dnode_t *n, const char *why);
+
+static void dn_on_frame(void *arg, const frame_msg_t *msg)
+{
+    dnode_t *n = arg;
+    uint64_t rid = 0;
+    dreq_t *r;
+
+    if (msg->type == FRAME_DRAIN) {
+        dn_start_drain(n, "the router asked");
+        return;
+    }
+    if (frame_get_u64(msg, "rid", &rid) != DUET_OK || rid == 0) {
+        log_warn("%s without a valid rid: ignored", frame_type_str(msg->type));
+        return;
+    }
+    switch (msg->type) {
+    case FRAME_RESERVE:
+        dn_on_reserve(n, msg, rid);
+        break;
+    case FRAME_PREFILL:
+        dn_on_prefill(n, msg, rid);
+        break;
+    case FRAME_ABORT:
+        r = dn_find(n, rid);
+        if (r != NULL) {
+            log_req(LOG_LEVEL_DEBUG, rid, "aborted by the router");
+            dn_abort(n, r, false, NULL);
+        }
+        break;
+    case FRAME_ERROR:
+        r = dn_find(n, rid);
+        if (r != NULL)
+            dn_abort(n, r, false, NULL);
+        break;
+    default:
+        break;
+    }
+}
+
+static void dn_on_down(void *arg)
+{
+    dnode_t *n = arg;
+
+    if (n->n_reqs > 0)
+        log_warn("router gone: dropping %d requests", n->n_reqs);
+    dn_abort_all(n, false, NULL);
+}
+
+static void dn_on_fatal(void *arg, const char *code, const char *msg)
+{
+    dnode_t *n = arg;
+
+    log_error("the router refused this node for good (%s: %s); exiting", code, msg);
+    n->exit_code = 1;
+    dn_abort_all(n, false, NULL);
+    event_base_loopbreak(n->base);
+}
+
+static void dn_load(void *arg, ctl_load_t *l)
+{
+    dnode_t *n = arg;
+    engine_stats_t st;
+
+    engine_stats(n->engine, &st);
+    l->running = (uint64_t)st.running;
+    l->waiting = (uint64_t)(st.waiting + st.reserved);
+    l->free_blocks = (uint64_t)st.kv_free;
+    l->queued_tokens = n->queued_tokens;
+}
+
+/* ---- drain and signals ----------------------------------------------------- */
+
+static void dn_shut_done(void *arg)
+{
+    dnode_t *n = arg;
+
+    event_base_loopexit(n->base, NULL);
+}
+
+static void dn_check_drained(dnode_t *n)
+{
+    if (!n->draining || n->stopping || n->n_reqs > 0)
+        return;
+    n->stopping = true;
+    log_info("drained: unregistering");
+    ctl_client_shutdown(n->ctl, dn_shut_done, n);
+}
+
+static void dn_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    dnode_t *n = arg;
+
+    (void)fd;
+    (void)what;
+    log_warn("drain timeout: aborting %d requests", n->n_reqs);
+    dn_abort_all(n, true, "node shut down");
+}
+
+static void dn_start_drain(dnode_t *n, const char *why)
+{
+    struct timeval tv;
+
+    if (n->draining)
+        return;
+    n->draining = true;
+    log_info("draining (%s): %d requests in flight", why, n->n_reqs);
+    ctl_client_drain(n->ctl);
+    tv.tv_sec = (time_t)n->o->drain_timeout_s;
+    tv.tv_usec = (suseconds_t)((n->o->drain_timeout_s - (double)tv.tv_sec) * 1e6);
+    evtimer_add(n->drain_ev, &tv);
+    dn_check_drained(n);
+}
+
+static void dn_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    dnode_t *n = arg;
+
+    (void)what;
+    if (n->draining) {
+        log_info("signal %d again: aborting what is left", (int)sig);
+        dn_abort_all(n, true, "node shut down");
+        if (!n->stopping) {
+            n->stopping = true;
+            ctl_client_shutdown(n->ctl, dn_shut_done, n);
+        }
+        return;
+    }
+    dn_start_drain(n, sig == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+
+#define SET_ERR(...) snprintf(err, errlen, __VA_ARGS__)
+
+int decode_node_run(const decode_node_opts_t *o, char *err, size_t errlen)
+{
+    dnode_t n = {.o = o, .exit_code = 1};
+    engine_opts_t eo = o->engine;
+    ctl_hello_t hello = {0};
+    ctl_client_cbs_t cbs = {0};
+    char addrs[DEC_MAX_TP][256];
+    duet_status_t s;
+
+    TAILQ_INIT(&n.reqs);
+    if (o->tp < 1 || o->tp > DEC_MAX_TP) {
+        SET_ERR("--tp %d: tensor-parallel decode needs the multi-process executor "
+                "(parallel/procgroup.h with a sharded forward pass), which is not in this "
+                "build yet; run --tp 1 (or several decode nodes)", o->tp);
+        return 2;
+    }
+    if (o->colocated && o->tp != 1) {
+        SET_ERR("a colocated node runs --tp 1");
+        return 2;
+    }
+    n.base = event_base_new();
+    if (n.base == NULL) {
+        SET_ERR("cannot create the event loop");
+        return 1;
+    }
+    eo.prefill_only = false;
+    eo.tp_rank = 0;
+    eo.tp_size = o->tp;
+    if (!o->colocated) {
+        kv_layout_t l = {
+            .n_layers = o->cfg->n_layers, .n_blocks = 1,
+            .n_kv_heads = o->cfg->n_kv_heads / o->tp,
+            .block_size = (int32_t)eo.block_size, .head_dim = o->cfg->head_dim,
+            .dtype = eo.kv_f32 ? DTYPE_F32 : DTYPE_F16,
+        };
+        int64_t nb = eo.kv_blocks > 0 ? eo.kv_blocks
+                                      : (int64_t)((size_t)eo.kv_mem_mib * (1u << 20) /
+                                                  kv_slab_bytes(&l));
+        if (nb < 2 || nb > INT32_MAX / 2) {
+            SET_ERR("KV pool of %lld blocks is unusable (raise --kv-mem or --kv-blocks)",
+                    (long long)nb);
+            goto err_base;
+        }
+        l.n_blocks = (int32_t)nb;
+        eo.kv_blocks = nb;
+        n.n_ranks = o->tp;
+        for (int i = 0; i < n.n_ranks; i++) {
+            kvc_params_t kp = {
+                .role = KVC_ROLE_DECODE, .node_id = ctl_node_hash(o->node_id),
+                .tp_rank = i, .tp_size = o->tp, .n_kv_heads_total = o->cfg->n_kv_heads,
+                .layout = l, .model_fp = o->cfg->fingerprint, .listen_ip = o->ucx_host,
+            };
+
+            s = kvc_create(&kp, &n.kvc[i]);
+            if (s != DUET_OK) {
+                SET_ERR("cannot create the KV connector of rank %d: %s", i,
+                        duet_status_str(s));
+                goto err_kvc;
+            }
+            s = kvc_listen_address(n.kvc[i], addrs[i], sizeof(addrs[i]));
+            if (s != DUET_OK) {
+                SET_ERR("no KV listener address: %s", duet_status_str(s));
+                goto err_kvc;
+            }
+            hello.ucx[i] = addrs[i];
+        }
+        hello.n_ucx = (uint32_t)n.n_ranks;
+        eo.kv_slab = kvc_slab(n.kvc[0]);
+    }
+    s = engine_create(o->g, o->cfg, &eo, &n.engine, err, errlen);
+    if (s != DUET_OK)
+        goto err_kvc;
+    {
+        const kv_layout_t *l = engine_kv_layout(n.engine);
+
+        hello.role = o->colocated ? "colocated" : "decode";
+        hello.node = o->node_id;
+        hello.token = o->token;
+        hello.model_fp = o->cfg->fingerprint;
+        hello.tp = (uint32_t)o->tp;
+        hello.block_size = (uint32_t)l->block_size;
+        hello.blocks = (uint32_t)l->n_blocks;
+        hello.n_layers = (uint32_t)l->n_layers;
+        hello.n_kv_heads = (uint32_t)o->cfg->n_kv_heads;
+        hello.head_dim = (uint32_t)l->head_dim;
+        hello.kv_dtype = l->dtype == DTYPE_F32 ? "f32" : "f16";
+    }
+    n.step_ev = evtimer_new(n.base, dn_step_cb, &n);
+    n.tick_ev = evtimer_new(n.base, dn_tick_cb, &n);
+    n.drain_ev = evtimer_new(n.base, dn_drain_timeout_cb, &n);
+    n.sigint_ev = evsignal_new(n.base, SIGINT, dn_signal_cb, &n);
+    n.sigterm_ev = evsignal_new(n.base, SIGTERM, dn_signal_cb, &n);
+    if (n.step_ev == NULL || n.tick_ev == NULL || n.drain_ev == NULL ||
+        n.sigint_ev == NULL || n.sigterm_ev == NULL || evsignal_add(n.sigint_ev, NULL) != 0 ||
+        evsignal_add(n.sigterm_ev, NULL) != 0) {
+        SET_ERR("cannot set up events");
+        goto err_events;
+    }
+    dn_arm_tick(&n, false);
+    cbs = (ctl_client_cbs_t){
+        .on_down = dn_on_down, .on_frame = dn_on_frame, .on_fatal = dn_on_fatal,
+        .load = dn_load, .arg = &n,
+    };
+    s = ctl_client_create(n.base, o->router_host, o->router_port, &hello, &cbs, &n.ctl);
+    if (s != DUET_OK) {
+        SET_ERR("cannot start the control-plane client: %s", duet_status_str(s));
+        goto err_events;
+    }
+    log_info("%s node '%s': %d KV blocks of %d tokens, KV listener %s, router %s:%u",
+             hello.role, o->node_id, (int)hello.blocks, (int)hello.block_size,
+             n.n_ranks > 0 ? addrs[0] : "-", o->router_host, o->router_port);
+    n.exit_code = 0;
+    event_base_dispatch(n.base);
+    dn_abort_all(&n, false, NULL);
+    /* Requests still on loan (aborted at exit): the connector drops them. */
+    ctl_client_destroy(n.ctl);
+    if (n.exit_code != 0)
+        SET_ERR("refused by the router");
+
+err_events:
+    while (!TAILQ_EMPTY(&n.reqs)) {
+        dreq_t *r = TAILQ_FIRST(&n.reqs);
+
+        TAILQ_REMOVE(&n.reqs, r, link);
+        free(r->blocks);
+        free(r);
+    }
+    if (n.step_ev != NULL)
+        event_free(n.step_ev);
+    if (n.tick_ev != NULL)
+        event_free(n.tick_ev);
+    if (n.drain_ev != NULL)
+        event_free(n.drain_ev);
+    if (n.sigint_ev != NULL)
+        event_free(n.sigint_ev);
+    if (n.sigterm_ev != NULL)
+        event_free(n.sigterm_ev);
+    engine_destroy(n.engine);
+err_kvc:
+    for (int i = 0; i < DEC_MAX_TP; i++)
+        if (n.kvc[i] != NULL)
+            kvc_destroy(n.kvc[i]);
+err_base:
+    event_base_free(n.base);
+    return n.exit_code;
+}
