@@ -468,3 +468,35 @@ def test_lease_expiry_frees_both_sides(duet_bin, medium):
     finally:
         res = c.stop()
     assert all(code == 0 for code, _ in res.values()), res
+
+
+def test_prefill_drain_under_load_loses_nothing(duet_bin, medium):
+    """SIGTERM a prefill node with prompts in flight: it finishes them (compute
+    and KV transfer), sends their first tokens, then leaves; nothing fails."""
+    serve = Serve(duet_bin, medium, "--prefill", "2", "--decode", "1", "--kv-mem", "64")
+    try:
+        mid = model_id(serve)
+        rng = random.Random(9)
+        results = [None] * 8
+
+        def one(i):
+            prompt = [rng.randrange(100, 49000) for _ in range(300)]
+            results[i] = stream_all(serve, {"model": mid, "prompt": prompt, "max_tokens": 6,
+                                            "temperature": 0, "ignore_eos": True})
+
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in ts:
+            t.start()
+        time.sleep(0.3)
+        pid = serve.node_pid("prefill-0")
+        os.kill(pid, signal.SIGTERM)
+        for t in ts:
+            t.join(120)
+        assert results == [(6, None)] * 8, results
+        assert wait_for(lambda: not alive(pid), 15)
+        assert wait_for(lambda: "prefill-0" not in serve.nodes(), 5)
+        assert wait_for(lambda: serve.all_blocks_free(), 10), serve.nodes()
+    finally:
+        code, err = serve.stop()
+    assert code == 0, err[-3000:]
+    assert "prefill-0 exited with status" not in err and "prefill-0 killed" not in err, err
