@@ -22,6 +22,7 @@
 #include "common/flags.h"
 #include "common/log.h"
 #include "engine/bench_batch.h"
+#include "engine/executor.h"
 #include "engine/forward.h"
 #include "kernels/cpu/cpu.h"
 #include "model/config.h"
@@ -85,8 +86,8 @@ static int parse_batches(const char *list, bench_batch_opts_t *o)
     return o->n_batches > 0 ? 0 : -1;
 }
 
-static int bench_batch_cmd(const char *model, int64_t threads, const bench_batch_opts_t *bo,
-                           bool json)
+static int bench_batch_cmd(const char *model, int64_t threads, int64_t tp,
+                           const bench_batch_opts_t *bo, bool json)
 {
     bench_batch_result_t res;
     engine_opts_t eo;
@@ -101,14 +102,15 @@ static int bench_batch_cmd(const char *model, int64_t threads, const bench_batch
         goto out;
     }
     engine_opts_default(&eo);
-    eo.threads = threads > 0 ? threads : cpu_n_cores();
+    eo.threads = threads > 0 ? threads : cpu_n_cores() / tp > 1 ? cpu_n_cores() / tp : 1;
+    eo.tp_size = (int32_t)tp;
     if (bench_batch_run(g, &cfg, &eo, bo, &res, err, sizeof(err)) != DUET_OK) {
         fprintf(stderr, "duet bench engine: --batch: %s\n", err);
         goto out;
     }
     if (!json)
-        printf("model: %s (%s, %lld threads)\n", model, cpu_isa_name(cpu_isa_best()),
-               (long long)eo.threads);
+        printf("model: %s (%s, %lld threads x %lld ranks)\n", model,
+               cpu_isa_name(cpu_isa_best()), (long long)eo.threads, (long long)tp);
     bench_batch_print(stdout, &res, json);
     rc = 0;
 out:
@@ -119,15 +121,16 @@ out:
 static int bench_engine_run(int argc, char **argv)
 {
     const char *model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    int64_t threads = 0, pp = 512, tg = 128, reps = 3, membw_mib = 1024;
+    int64_t threads = 0, pp = 512, tg = 128, reps = 3, membw_mib = 1024, tp = 1;
     bool json = false, act_q8 = false;
     const char *batch = NULL;
     int64_t b_prompt = 32, b_steps = 32, p_reqs = 4, p_len = 512, b_chunk = 256;
     bench_batch_opts_t bo;
     const flag_t flags[] = {
         {"model", 'm', FLAG_STRING, &model, "GGUF model file", "FILE", 0, 0, 0, 0},
-        {"threads", 't', FLAG_INT, &threads, "compute threads (default: all cores)", "N",
-         1, 1024, 0, 0},
+        {"threads", 't', FLAG_INT, &threads,
+         "compute threads per rank (default: the cores divided by --tp)", "N", 1, 1024, 0, 0},
+        {"tp", 0, FLAG_INT, &tp, "tensor parallel ranks (worker processes)", "N", 1, 64, 0, 0},
         {"pp", 'p', FLAG_INT, &pp, "prompt tokens (0: skip)", "N", 0, 1 << 20, 0, 0},
         {"tg", 'n', FLAG_INT, &tg, "generated tokens (0: skip)", "N", 0, 1 << 20, 0, 0},
         {"reps", 'r', FLAG_INT, &reps, "repetitions of each test", "N", 1, 1000, 0, 0},
@@ -156,7 +159,8 @@ static int bench_engine_run(int argc, char **argv)
     duet_status_t s = flags_parse(&u, flags, FLAGS_COUNT(flags), argc, argv, NULL, 0, NULL);
     gguf_t *g = NULL;
     model_config_t cfg;
-    fwd_t *f = NULL;
+    exec_t *f = NULL;
+    exec_opts_t xo = {0};
     fwd_opts_t fo;
     int32_t *toks = NULL, *table = NULL, n_blocks, max_tok;
     float *logits = NULL;
@@ -183,7 +187,7 @@ static int bench_engine_run(int argc, char **argv)
                     "[1, 4096], e.g. 1,4,16,64\n", batch, BENCH_BATCH_MAX);
             return 2;
         }
-        return bench_batch_cmd(model, threads, &bo, json);
+        return bench_batch_cmd(model, threads, tp, &bo, json);
     }
     if (membw_mib != 0 && membw_mib < 4) {
         fprintf(stderr, "duet bench engine: --membw-mib must be 0 or at least 4\n");
@@ -203,7 +207,7 @@ static int bench_engine_run(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    nth = threads > 0 ? (int)threads : cpu_n_cores();
+    nth = threads > 0 ? (int)threads : cpu_n_cores() / (int)tp > 1 ? cpu_n_cores() / (int)tp : 1;
     /* the backend fwd_create picks (DUET_CPU_ISA may override the best) */
     snprintf(backend, sizeof(backend), "%s", cpu_isa_name(cpu_isa_best()));
     if (getenv("DUET_CPU_ISA") != NULL && *getenv("DUET_CPU_ISA") != '\0')
@@ -211,10 +215,11 @@ static int bench_engine_run(int argc, char **argv)
     n_blocks = (max_tok + BENCH_BLOCK - 1) / BENCH_BLOCK + 1;
     fo = (fwd_opts_t){.n_threads = nth, .n_blocks = n_blocks, .block_size = BENCH_BLOCK,
                       .kv_dtype = DTYPE_F16, .tp_rank = 0, .tp_size = 1, .act_q8 = act_q8};
-    s = fwd_create(g, &cfg, &fo, &f);
+    xo.tp_size = (int)tp;
+    s = exec_create(g, &cfg, &fo, &xo, &f, err, sizeof(err));
     if (s != DUET_OK) {
-        fprintf(stderr, "duet bench engine: cannot set up the forward pass: %s\n",
-                duet_status_str(s));
+        fprintf(stderr, "duet bench engine: cannot set up the forward pass: %s\n", err);
+        rc = s == DUET_ERR_INVALID ? 2 : 1;
         goto out;
     }
     toks = malloc(sizeof(int32_t) * (size_t)(max_tok > 0 ? max_tok : 1));
@@ -234,7 +239,7 @@ static int bench_engine_run(int argc, char **argv)
         fwd_seq_t sq = {.tokens = toks, .n_new = (int32_t)(pp > 0 ? pp : 1), .n_past = 0,
                         .block_table = table, .n_blocks = n_blocks, .want_logits = true};
 
-        if (fwd_run(f, &sq, 1, logits) != DUET_OK)
+        if (exec_run(f, &sq, 1, logits) != DUET_OK)
             goto err_run;
     }
     for (int r = 0; r < reps; r++) {
@@ -243,7 +248,7 @@ static int bench_engine_run(int argc, char **argv)
                             .block_table = table, .n_blocks = n_blocks, .want_logits = true};
             double t0 = clock_now_s();
 
-            if (fwd_run(f, &sq, 1, logits) != DUET_OK)
+            if (exec_run(f, &sq, 1, logits) != DUET_OK)
                 goto err_run;
             pp_tps[r] = (double)pp / (clock_now_s() - t0);
         }
@@ -254,7 +259,7 @@ static int bench_engine_run(int argc, char **argv)
                 fwd_seq_t sq = {.tokens = toks + i, .n_new = 1, .n_past = i,
                                 .block_table = table, .n_blocks = n_blocks, .want_logits = true};
 
-                if (fwd_run(f, &sq, 1, logits) != DUET_OK)
+                if (exec_run(f, &sq, 1, logits) != DUET_OK)
                     goto err_run;
             }
             tg_tps[r] = (double)tg / (clock_now_s() - t0);
@@ -274,17 +279,17 @@ static int bench_engine_run(int argc, char **argv)
     eff = membw > 0.0 ? gbps / membw : 0.0;
 
     if (json) {
-        printf("{\"model\": \"%s\", \"backend\": \"%s\", \"threads\": %d, "
+        printf("{\"model\": \"%s\", \"backend\": \"%s\", \"threads\": %d, \"tp\": %" PRId64 ", "
                "\"pp\": %" PRId64 ", \"pp_tps\": %.2f, \"pp_tps_sd\": %.2f, "
                "\"tg\": %" PRId64 ", \"tg_tps\": %.2f, \"tg_tps_sd\": %.2f, "
                "\"weight_bytes_per_token\": %" PRIu64 ", \"tg_gbps\": %.3f, "
                "\"membw_gbps\": %.3f, \"efficiency\": %.3f, \"reps\": %" PRId64 ", "
                "\"activations\": \"%s\"}\n",
-               model, backend, nth, pp, pp_m, pp_sd, tg, tg_m, tg_sd,
+               model, backend, nth, tp, pp, pp_m, pp_sd, tg, tg_m, tg_sd,
                wbytes, gbps, membw, eff, reps, act_q8 ? "q8" : "q8x2");
     } else {
-        printf("model: %s (%s, %d threads, %" PRId64 " reps, %s activations)\n", model,
-               backend, nth, reps, act_q8 ? "8-bit" : "two-level 8-bit");
+        printf("model: %s (%s, %d threads x %" PRId64 " ranks, %" PRId64 " reps, %s activations)\n",
+               model, backend, nth, tp, reps, act_q8 ? "8-bit" : "two-level 8-bit");
         if (pp > 0)
             printf("pp%-6" PRId64 " %10.2f ± %.2f tokens/s\n", pp, pp_m, pp_sd);
         if (tg > 0)
@@ -305,7 +310,7 @@ out:
     free(logits);
     free(table);
     free(toks);
-    fwd_destroy(f);
+    exec_destroy(f);
     gguf_close(g);
     return rc;
 }

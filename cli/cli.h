@@ -21,10 +21,12 @@ extern const cli_cmd_t cli_cmd_router;
 extern const cli_cmd_t cli_cmd_decode;
 extern const cli_cmd_t cli_cmd_prefill;
 extern const cli_cmd_t cli_cmd_serve;
+extern const cli_cmd_t cli_cmd_plan;
 
 /* Benchmarks, dispatched by cli_cmd_bench (cmd_bench.c). */
 extern const cli_cmd_t cli_bench_engine;
 extern const cli_cmd_t cli_bench_allreduce;
 extern const cli_cmd_t cli_bench_kv;
+extern const cli_cmd_t cli_bench_serve;
 
 #endif

@@ -11,6 +11,7 @@ static const cli_cmd_t *const benches[] = {
     &cli_bench_engine,
     &cli_bench_allreduce,
     &cli_bench_kv,
+    &cli_bench_serve,
     NULL,   /* keep last */
 };
 

@@ -19,6 +19,7 @@
 #include "common/clock.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "engine/executor.h"
 #include "engine/forward.h"
 #include "kernels/cpu/cpu.h"
 #include "engine/sampler.h"
@@ -113,7 +114,7 @@ static int generate_run(int argc, char **argv)
 {
     const char *model = "models/SmolLM2-135M-Instruct.Q4_1.gguf", *prompt = NULL;
     const char *tokens = NULL, *dump = NULL;
-    int64_t n_gen = 64, threads = 0, top_k = 0, seed = 0, chunk = 512;
+    int64_t n_gen = 64, threads = 0, top_k = 0, seed = 0, chunk = 512, tp = 1;
     double temp = 0.0, top_p = 1.0, min_p = 0.0;
     bool chat = false, ignore_eos = false, kv_f32 = false, act_q8 = false;
     const flag_t flags[] = {
@@ -129,8 +130,9 @@ static int generate_run(int argc, char **argv)
         {"min-p", 0, FLAG_DOUBLE, &min_p, "drop tokens below min-p * max prob", "P",
          0, 0, 0.0, 1.0},
         {"seed", 0, FLAG_INT, &seed, "sampling seed", "S", 0, INT64_MAX, 0, 0},
-        {"threads", 't', FLAG_INT, &threads, "compute threads (default: all cores)", "N",
-         1, 1024, 0, 0},
+        {"threads", 't', FLAG_INT, &threads,
+         "compute threads per rank (default: the cores divided by --tp)", "N", 1, 1024, 0, 0},
+        {"tp", 0, FLAG_INT, &tp, "tensor parallel ranks (worker processes)", "N", 1, 64, 0, 0},
         {"ignore-eos", 0, FLAG_BOOL, &ignore_eos, "keep going past end-of-sequence",
          NULL, 0, 0, 0, 0},
         {"kv-f32", 0, FLAG_BOOL, &kv_f32, "keep the KV cache in f32 (default f16)",
@@ -146,7 +148,8 @@ static int generate_run(int argc, char **argv)
     duet_status_t s;
     gguf_t *g = NULL;
     model_config_t cfg;
-    fwd_t *f = NULL;
+    exec_t *f = NULL;
+    exec_opts_t xo = {0};
     fwd_opts_t fo = {0};
     int32_t *ids = NULL, *table = NULL, n_prompt = 0, n_blocks, eos = -1;
     float *logits = NULL;
@@ -271,9 +274,11 @@ static int generate_run(int argc, char **argv)
     fo = (fwd_opts_t){.n_threads = (int)threads, .n_blocks = n_blocks, .block_size = GEN_BLOCK,
                       .kv_dtype = kv_f32 ? DTYPE_F32 : DTYPE_F16, .tp_rank = 0, .tp_size = 1,
                       .act_q8 = act_q8};
-    s = fwd_create(g, &cfg, &fo, &f);
+    xo.tp_size = (int)tp;
+    s = exec_create(g, &cfg, &fo, &xo, &f, err, sizeof(err));
     if (s != DUET_OK) {
-        fprintf(stderr, "duet generate: cannot set up the forward pass: %s\n", duet_status_str(s));
+        fprintf(stderr, "duet generate: cannot set up the forward pass: %s\n", err);
+        rc = s == DUET_ERR_INVALID ? 2 : 1;
         goto out;
     }
     table = malloc(sizeof(int32_t) * (size_t)n_blocks);
@@ -300,7 +305,7 @@ static int generate_run(int argc, char **argv)
             fwd_seq_t sq = {.tokens = ids + past, .n_new = n, .n_past = past,
                             .block_table = table, .n_blocks = n_blocks, .want_logits = true};
 
-            s = fwd_run(f, &sq, 1, logits);
+            s = exec_run(f, &sq, 1, logits);
             if (s != DUET_OK) {
                 fprintf(stderr, "duet generate: forward pass failed: %s\n", duet_status_str(s));
                 goto out;
@@ -332,7 +337,7 @@ static int generate_run(int argc, char **argv)
             n_out++;
             if (n_out == n_gen || past + 1 >= cfg.ctx_len)
                 break;
-            s = fwd_run(f, &sq, 1, logits);
+            s = exec_run(f, &sq, 1, logits);
             if (s != DUET_OK) {
                 fprintf(stderr, "duet generate: forward pass failed: %s\n", duet_status_str(s));
                 goto out;
@@ -361,7 +366,7 @@ out:
     sampler_destroy(smp);
     free(logits);
     free(table);
-    fwd_destroy(f);
+    exec_destroy(f);
     tok_destroy(tok);
     gguf_close(g);
     free(ids);

@@ -17,6 +17,7 @@ static const cli_cmd_t *const cli_commands[] = {
     &cli_cmd_serve,
     &cli_cmd_prefill,
     &cli_cmd_decode,
+    &cli_cmd_plan,
 };
 
 #define NCOMMANDS ((int)(sizeof(cli_commands) / sizeof(cli_commands[0])))

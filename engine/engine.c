@@ -11,6 +11,7 @@
 #include "common/kv_layout.h"
 #include "common/log.h"
 #include "engine/block_manager.h"
+#include "engine/executor.h"
 #include "engine/forward.h"
 #include "engine/scheduler.h"
 
@@ -20,7 +21,7 @@ struct engine {
     int32_t               vocab, eos, eot, max_model_len;
     bm_t                 *bm;
     sched_t              *sched;
-    fwd_t                *fwd;
+    exec_t               *exec;       /* the forward pass on tp_size ranks */
     sampler_ws_t         *ws;
     sched_item_t         *items;      /* (max_running) */
     fwd_seq_t            *seqs;       /* (max_running) */
@@ -108,6 +109,7 @@ duet_status_t engine_create(const gguf_t *g, const model_config_t *cfg,
     duet_status_t status = DUET_ERR_NOMEM;
     kv_layout_t layout;
     fwd_opts_t fo;
+    exec_opts_t xo;
     bm_opts_t bo;
     sched_opts_t so;
     engine_t *e;
@@ -115,7 +117,8 @@ duet_status_t engine_create(const gguf_t *g, const model_config_t *cfg,
     int64_t n_blocks, cap_tokens;
 
     if (opts->block_size <= 0 || opts->max_running <= 0 || opts->max_step_tokens <= 0 ||
-        opts->threads < 0 || opts->tp_size <= 0 || !(opts->watermark >= 0 && opts->watermark < 0.5)) {
+        opts->threads < 0 || opts->tp_size <= 0 || opts->tp_rank != 0 || opts->tp_timeout_s < 0 ||
+        !(opts->watermark >= 0 && opts->watermark < 0.5)) {
         SET_ERR("bad engine options (block size %lld, max running %lld, step tokens %lld, "
                 "threads %lld, watermark %g)", (long long)opts->block_size,
                 (long long)opts->max_running, (long long)opts->max_step_tokens,
@@ -198,11 +201,18 @@ duet_status_t engine_create(const gguf_t *g, const model_config_t *cfg,
         SET_ERR("out of memory for %lld running requests", (long long)opts->max_running);
         goto err_free;
     }
-    status = fwd_create(g, cfg, &fo, &e->fwd);
-    if (status != DUET_OK) {
-        SET_ERR("forward pass setup failed: %s", duet_status_str(status));
+    xo = (exec_opts_t){
+        .tp_size = opts->tp_size,
+        .timeout_s = opts->tp_timeout_s,
+        /* the largest step: every token of the budget, every block table whole */
+        .plan_capacity = 64 + sizeof(int32_t) * ((size_t)opts->max_step_tokens +
+                         (size_t)opts->max_running * (4 + (size_t)e->max_model_len /
+                                                          (size_t)bo.block_size + 2)),
+        .hooks = opts->rank_hooks,
+    };
+    status = exec_create(g, cfg, &fo, &xo, &e->exec, err, errlen);
+    if (status != DUET_OK)
         goto err_free;
-    }
     log_info("engine: %d KV blocks of %d tokens (%.1f MiB), context %d, %lld running, "
              "%lld tokens per step, chunked prefill %s, prefix caching %s",
              bo.n_blocks, bo.block_size,
@@ -230,7 +240,7 @@ void engine_destroy(engine_t *e)
         }
         sched_destroy(e->sched);
     }
-    fwd_destroy(e->fwd);
+    exec_destroy(e->exec);
     bm_destroy(e->bm);
     sampler_ws_destroy(e->ws);
     free(e->items);
@@ -251,14 +261,19 @@ int32_t engine_vocab(const engine_t *e)
     return e->vocab;
 }
 
+exec_t *engine_executor(engine_t *e)
+{
+    return e->exec;
+}
+
 const kv_layout_t *engine_kv_layout(const engine_t *e)
 {
-    return fwd_kv_layout(e->fwd);
+    return exec_kv_layout(e->exec);
 }
 
 void *engine_kv_slab(engine_t *e)
 {
-    return fwd_kv_slab(e->fwd);
+    return exec_kv_slab(e->exec);
 }
 
 /* --- adding requests --------------------------------------------------------- */
@@ -460,7 +475,7 @@ duet_status_t engine_step(engine_t *e, const engine_out_t **outs_p, int *n_out_p
         };
     }
     if (n_items > 0) {
-        status = fwd_run(e->fwd, e->seqs, n_items, e->logits);
+        status = exec_run(e->exec, e->seqs, n_items, e->logits);
         if (status != DUET_OK) {
             /* Nothing advanced: the same plan can run again next step. */
             log_error("forward pass failed: %s", duet_status_str(status));

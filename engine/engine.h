@@ -21,6 +21,7 @@
 #include "common/flags.h"
 #include "common/kv_layout.h"
 #include "common/status.h"
+#include "engine/executor.h"
 #include "engine/sampler.h"
 #include "model/config.h"
 #include "model/gguf.h"
@@ -61,6 +62,11 @@ typedef struct {
     void                 *cb_arg;
     void                 *kv_slab;    /* NULL: allocate; else borrowed */
     int32_t               tp_rank, tp_size;
+    /* tp_size > 1: engine_create starts the executor's tp_size - 1 worker
+     * processes (engine/executor.h; call it before creating threads, event
+     * loops or sockets) and every step runs on all ranks. tp_rank is 0. */
+    double                tp_timeout_s;   /* a rank late inside a step; 0: 10 s */
+    exec_hooks_t          rank_hooks;     /* per-rank setup (KV connector) */
 } engine_opts_t;
 
 void engine_opts_default(engine_opts_t *o);
@@ -154,6 +160,10 @@ duet_status_t engine_check(const engine_t *e, char *err, size_t errlen);
 
 int32_t engine_eos(const engine_t *e);
 int32_t engine_vocab(const engine_t *e);
+
+/* The executor that runs the forward pass (tp_size ranks): exec_call and
+ * exec_rank_reply reach the rank hooks. */
+exec_t *engine_executor(engine_t *e);
 
 /* The KV slab and its layout (common/kv_layout.h), for the KV connector. */
 const kv_layout_t *engine_kv_layout(const engine_t *e);

@@ -15,6 +15,7 @@
 #include "engine/forward.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/ops.h"
+#include "parallel/shard.h"
 
 typedef struct {
     float        *attn_norm;    /* (hidden) f32 copy */
@@ -26,6 +27,8 @@ typedef struct {
     ops_weight_t  w_gate;       /* (ffn, hidden) */
     ops_weight_t  w_up;         /* (ffn, hidden) */
     ops_weight_t  w_down;       /* (hidden, ffn) */
+    void         *own_o;        /* TP: the copied column slices of wo and */
+    void         *own_down;     /* w_down (row-parallel shards) */
 } fwd_layer_t;
 
 struct fwd {
@@ -55,6 +58,15 @@ struct fwd {
     int32_t       *pos;         /* (T) */
     ops_seq_t     *oseqs;       /* (n_seqs) */
     int32_t       *last;        /* (n_seqs) rows that want logits */
+
+    /* Tensor parallel (tp_size > 1). cfg then holds this rank's n_heads,
+     * n_kv_heads and ffn; every weight above is this rank's shard. */
+    tp_shard_t     shard;
+    group_t       *tp;          /* borrowed; NULL at tp_size 1 */
+    int32_t       *tp_ids;      /* (cap_tp_ids) token ids local to the vocab slice */
+    int32_t        cap_tp_ids;
+    float         *gath;        /* (tp_size, cap_gath, vocab_per_rank) logits slices */
+    int32_t        cap_gath;
 };
 
 static duet_status_t weight_get(const gguf_t *g, const char *name, ops_weight_t *w)
@@ -152,6 +164,8 @@ void fwd_destroy(fwd_t *f)
         for (int32_t i = 0; i < f->cfg.n_layers; i++) {
             free(f->layers[i].attn_norm);
             free(f->layers[i].ffn_norm);
+            free(f->layers[i].own_o);
+            free(f->layers[i].own_down);
         }
         free(f->layers);
     }
@@ -159,8 +173,209 @@ void fwd_destroy(fwd_t *f)
     if (f->own_slab && f->slab != NULL)
         munmap(f->slab, f->slab_bytes);
     scratch_free(f);
+    free(f->tp_ids);
+    free(f->gath);
     ops_destroy(f->ops);
     free(f);
+}
+
+/* ---- tensor parallel shards (tp_size > 1) -------------------------------- */
+
+duet_status_t fwd_tp_plan(const gguf_t *g, const model_config_t *cfg, int tp_rank, int tp_size,
+                          tp_shard_t *shard_p, char *err, size_t errlen)
+{
+    const gguf_tensor_t *o = gguf_find_tensor(g, "blk.0.attn_output.weight");
+    const gguf_tensor_t *d = gguf_find_tensor(g, "blk.0.ffn_down.weight");
+    tp_dims_t dims = {.n_heads = cfg->n_heads, .n_kv_heads = cfg->n_kv_heads,
+                      .head_dim = cfg->head_dim, .ffn = cfg->ffn, .vocab = cfg->vocab,
+                      .in_block = 1};
+    char why[160];
+
+    if (o != NULL && dtype_block_elems(o->type) > dims.in_block)
+        dims.in_block = (int32_t)dtype_block_elems(o->type);
+    if (d != NULL && dtype_block_elems(d->type) > dims.in_block)
+        dims.in_block = (int32_t)dtype_block_elems(d->type);
+    if (tp_shard_plan(&dims, tp_rank, tp_size, shard_p, why, sizeof(why)) != DUET_OK) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "tensor parallel size %d does not fit the model: %s",
+                     tp_size, why);
+        return DUET_ERR_INVALID;
+    }
+    return DUET_OK;
+}
+
+/* This rank's shard; f->cfg then holds the rank's heads, KV heads and FFN
+ * rows, which the scratch, the KV layout and the layer code use as they
+ * are. */
+static duet_status_t tp_plan(fwd_t *f, const gguf_t *g, const fwd_opts_t *opts)
+{
+    char err[256];
+
+    if (fwd_tp_plan(g, &f->cfg, opts->tp_rank, opts->tp_size, &f->shard, err,
+                    sizeof(err)) != DUET_OK) {
+        log_error("forward: %s", err);
+        return DUET_ERR_INVALID;
+    }
+    f->tp = opts->tp_group;
+    f->cfg.n_heads = f->shard.n_q_heads;
+    f->cfg.n_kv_heads = f->shard.n_kv_heads;
+    f->cfg.ffn = f->shard.n_ffn;
+    return DUET_OK;
+}
+
+/* Column-parallel: keep output rows [r0, r0 + n) of w (rows of `rows`). */
+static duet_status_t keep_rows(ops_weight_t *w, const char *what, int32_t layer, int64_t rows,
+                               int64_t r0, int64_t n)
+{
+    if (w->d != rows) {
+        log_error("forward: layer %d %s has %lld rows, expected %lld", layer, what,
+                  (long long)w->d, (long long)rows);
+        return DUET_ERR_INVALID;
+    }
+    w->data = (const uint8_t *)w->data + (size_t)r0 * dtype_row_bytes(w->type, w->n);
+    w->d = n;
+    return DUET_OK;
+}
+
+/* Row-parallel: copy input columns [c0, c0 + n) of every row of w (rows of
+ * `cols`) into *own_p, which w then points at. Quantized rows split only at
+ * block boundaries: the slice must be whole blocks. */
+static duet_status_t keep_cols(ops_weight_t *w, const char *what, int32_t layer, int64_t cols,
+                               int64_t c0, int64_t n, void **own_p)
+{
+    int64_t be = dtype_block_elems(w->type);
+    size_t src_row, dst_row, off;
+    uint8_t *dst;
+    void *mem;
+
+    if (w->n != cols) {
+        log_error("forward: layer %d %s has rows of %lld, expected %lld", layer, what,
+                  (long long)w->n, (long long)cols);
+        return DUET_ERR_INVALID;
+    }
+    if (c0 % be != 0 || n % be != 0) {
+        log_error("forward: layer %d %s: the columns %lld..%lld of this rank are not whole "
+                  "%lld-element blocks of %s", layer, what, (long long)c0,
+                  (long long)(c0 + n - 1), (long long)be, dtype_name(w->type));
+        return DUET_ERR_INVALID;
+    }
+    src_row = dtype_row_bytes(w->type, w->n);
+    dst_row = dtype_row_bytes(w->type, n);
+    off = dtype_row_bytes(w->type, c0);
+    if (posix_memalign(&mem, 64, dst_row * (size_t)w->d + 64) != 0)
+        return DUET_ERR_NOMEM;
+    dst = mem;
+    for (int64_t r = 0; r < w->d; r++)
+        memcpy(dst + (size_t)r * dst_row, (const uint8_t *)w->data + (size_t)r * src_row + off,
+               dst_row);
+    w->data = dst;
+    w->n = n;
+    *own_p = mem;
+    return DUET_OK;
+}
+
+/* Cut every weight down to this rank's shard: q, k, v, gate, up by rows
+ * (views into the file), o and down by columns (copies), the embedding and
+ * the output head by vocabulary rows. full: the whole model's shape. */
+static duet_status_t tp_shard_weights(fwd_t *f, const model_config_t *full)
+{
+    const tp_shard_t *s = &f->shard;
+    int64_t hd = full->head_dim;
+
+    CHECK(keep_rows(&f->tok_embd, "token_embd", -1, full->vocab, s->vocab0, s->n_vocab));
+    CHECK(keep_rows(&f->output, "output", -1, full->vocab, s->vocab0, s->n_vocab));
+    for (int32_t l = 0; l < full->n_layers; l++) {
+        fwd_layer_t *L = &f->layers[l];
+
+        CHECK(keep_rows(&L->wq, "attn_q", l, full->n_heads * hd, s->q_head0 * hd,
+                        s->n_q_heads * hd));
+        CHECK(keep_rows(&L->wk, "attn_k", l, full->n_kv_heads * hd, s->kv_head0 * hd,
+                        s->n_kv_heads * hd));
+        CHECK(keep_rows(&L->wv, "attn_v", l, full->n_kv_heads * hd, s->kv_head0 * hd,
+                        s->n_kv_heads * hd));
+        CHECK(keep_rows(&L->w_gate, "ffn_gate", l, full->ffn, s->ffn0, s->n_ffn));
+        CHECK(keep_rows(&L->w_up, "ffn_up", l, full->ffn, s->ffn0, s->n_ffn));
+        CHECK(keep_cols(&L->wo, "attn_output", l, full->n_heads * hd, s->q_head0 * hd,
+                        s->n_q_heads * hd, &L->own_o));
+        CHECK(keep_cols(&L->w_down, "ffn_down", l, full->ffn, s->ffn0, s->n_ffn,
+                        &L->own_down));
+    }
+    return DUET_OK;
+}
+
+/* Row-parallel output y (n) = the sum of every rank's partial y, in rank
+ * order (deterministic, bit-identical on every rank). */
+static duet_status_t tp_sum(fwd_t *f, float *y, int64_t n)
+{
+    if (f->tp == NULL)
+        return DUET_OK;
+    return group_all_reduce(f->tp, y, y, (size_t)n, GROUP_F32);
+}
+
+/* x (T, hidden) = embedding rows of f->tok. TP: each rank looks up the
+ * tokens of its vocabulary slice and leaves zeros for the others; the
+ * all-reduce adds exactly one non-zero row per token, so x is exact. */
+static duet_status_t tp_embed(fwd_t *f, int32_t T)
+{
+    const tp_shard_t *s = &f->shard;
+    size_t row = (size_t)f->cfg.hidden;
+
+    if (f->tp == NULL)
+        return ops_embed(f->ops, f->x, &f->tok_embd, f->tok, T);
+    if (T > f->cap_tp_ids) {
+        free(f->tp_ids);
+        f->tp_ids = malloc(sizeof(int32_t) * (size_t)T);
+        f->cap_tp_ids = f->tp_ids != NULL ? T : 0;
+        if (f->tp_ids == NULL)
+            return DUET_ERR_NOMEM;
+    }
+    for (int32_t t = 0; t < T; t++) {
+        int32_t id = f->tok[t] - s->vocab0;
+
+        f->tp_ids[t] = id >= 0 && id < s->n_vocab ? id : 0;
+    }
+    CHECK(ops_embed(f->ops, f->x, &f->tok_embd, f->tp_ids, T));
+    for (int32_t t = 0; t < T; t++) {
+        int32_t id = f->tok[t] - s->vocab0;
+
+        if (id < 0 || id >= s->n_vocab)
+            memset(f->x + (size_t)t * row, 0, sizeof(float) * row);
+    }
+    return tp_sum(f, f->x, (int64_t)T * f->cfg.hidden);
+}
+
+/* logits (n, vocab) for the normed rows xn (n, hidden). TP: each rank
+ * computes its vocabulary slice into its block of the gather buffer
+ * (tp, n, vocab_per_rank), the blocks are all-gathered, and rank 0
+ * reassembles the rows (workers pass logits NULL). */
+static duet_status_t tp_logits(fwd_t *f, float *logits, int32_t n)
+{
+    const tp_shard_t *s = &f->shard;
+    size_t vpr = (size_t)s->vocab_per_rank, blk = (size_t)n * vpr;
+
+    if (f->tp == NULL)
+        return ops_logits(f->ops, logits, f->xn, &f->output, n);
+    if (n > f->cap_gath) {
+        free(f->gath);
+        f->gath = calloc((size_t)s->tp_size * blk, sizeof(float));
+        f->cap_gath = f->gath != NULL ? n : 0;
+        if (f->gath == NULL)
+            return DUET_ERR_NOMEM;
+    }
+    CHECK(ops_logits(f->ops, f->gath + (size_t)s->tp_rank * blk, f->xn, &f->output, n));
+    CHECK(group_all_gather(f->tp, f->gath, f->gath + (size_t)s->tp_rank * blk, blk, GROUP_F32));
+    if (logits == NULL)
+        return DUET_OK;
+    for (int r = 0; r < s->tp_size; r++) {
+        size_t v0 = (size_t)r * vpr;
+        size_t nv = (size_t)f->cfg.vocab - v0 < vpr ? (size_t)f->cfg.vocab - v0 : vpr;
+
+        /* rank r's block holds its rows packed at nv floats each */
+        for (int32_t i = 0; i < n; i++)
+            memcpy(logits + (size_t)i * (size_t)f->cfg.vocab + v0,
+                   f->gath + (size_t)r * blk + (size_t)i * nv, sizeof(float) * nv);
+    }
+    return DUET_OK;
 }
 
 duet_status_t fwd_create(const gguf_t *g, const model_config_t *cfg,
@@ -179,10 +394,13 @@ duet_status_t fwd_create(const gguf_t *g, const model_config_t *cfg,
                   opts->n_threads, opts->n_blocks, opts->block_size, dtype_name(opts->kv_dtype));
         return DUET_ERR_INVALID;
     }
-    if (opts->tp_size != 1 || opts->tp_rank != 0) {
-        log_error("forward: tensor parallel shards (tp %d/%d) are not implemented on CPU yet",
+    if (opts->tp_size < 1 || opts->tp_rank < 0 || opts->tp_rank >= opts->tp_size ||
+        (opts->tp_size > 1 && (opts->tp_group == NULL ||
+                               group_size(opts->tp_group) != opts->tp_size ||
+                               group_rank(opts->tp_group) != opts->tp_rank))) {
+        log_error("forward: tensor parallel rank %d of %d needs its TP group of that size",
                   opts->tp_rank, opts->tp_size);
-        return DUET_ERR_UNSUPPORTED;
+        return DUET_ERR_INVALID;
     }
     if (cfg->rope_scaling != ROPE_SCALING_NONE && cfg->rope_scaling != ROPE_SCALING_LINEAR) {
         log_error("forward: rope scaling other than linear is not supported");
@@ -192,6 +410,9 @@ duet_status_t fwd_create(const gguf_t *g, const model_config_t *cfg,
     if (f == NULL)
         return DUET_ERR_NOMEM;
     f->cfg = *cfg;
+    f->shard = (tp_shard_t){.tp_rank = 0, .tp_size = 1};
+    if (opts->tp_size > 1)
+        CHECK_GOTO(tp_plan(f, g, opts), st, err_fwd);
     co.n_threads = opts->n_threads;
     CHECK_GOTO(cpu_backend_create(&co, &f->ops), st, err_fwd);
 
@@ -226,9 +447,11 @@ duet_status_t fwd_create(const gguf_t *g, const model_config_t *cfg,
     f->output.precise = !opts->act_q8;
     f->rope = (ops_rope_t){.base = cfg->rope_base, .rot_dim = cfg->rope_dim,
                            .scale = cfg->rope_scaling == ROPE_SCALING_LINEAR ? cfg->rope_scale : 1.0f};
+    if (f->tp != NULL)
+        CHECK_GOTO(tp_shard_weights(f, cfg), st, err_fwd);
 
     f->layout = (kv_layout_t){.n_layers = cfg->n_layers, .n_blocks = opts->n_blocks,
-                              .n_kv_heads = cfg->n_kv_heads, .block_size = opts->block_size,
+                              .n_kv_heads = f->cfg.n_kv_heads, .block_size = opts->block_size,
                               .head_dim = cfg->head_dim, .dtype = opts->kv_dtype};
     f->slab_bytes = kv_slab_bytes(&f->layout);
     if (opts->kv_slab != NULL) {
@@ -284,6 +507,7 @@ static duet_status_t fwd_layer(fwd_t *f, const fwd_layer_t *L, int32_t layer, in
     CHECK(ops_attn(o, f->att, f->q, &kv, f->oseqs, n_seqs, c->n_heads,
                    1.0f / sqrtf((float)c->head_dim)));
     CHECK(ops_matmul(o, f->xn, f->att, &L->wo, T));
+    CHECK(tp_sum(f, f->xn, nh));
     CHECK(ops_add(o, f->x, f->x, f->xn, nh));
 
     /* feed-forward block: x += W_down . (silu(W_gate xn) * W_up xn) */
@@ -292,6 +516,7 @@ static duet_status_t fwd_layer(fwd_t *f, const fwd_layer_t *L, int32_t layer, in
     CHECK(ops_matmul(o, f->up, f->xn, &L->w_up, T));
     CHECK(ops_silu_mul(o, f->gate, f->gate, f->up, (int64_t)T * c->ffn));
     CHECK(ops_matmul(o, f->xn, f->gate, &L->w_down, T));
+    CHECK(tp_sum(f, f->xn, nh));
     CHECK(ops_add(o, f->x, f->x, f->xn, nh));
     return DUET_OK;
 }
@@ -324,7 +549,7 @@ duet_status_t fwd_run(fwd_t *f, const fwd_seq_t *seqs, int n_seqs, float *logits
         total += q->n_new;
         n_want += q->want_logits ? 1 : 0;
     }
-    if (total > INT32_MAX || (n_want > 0 && logits == NULL))
+    if (total > INT32_MAX || (n_want > 0 && logits == NULL && f->shard.tp_rank == 0))
         return DUET_ERR_INVALID;
     T = (int32_t)total;
     CHECK(scratch_grow(f, T, n_seqs));
@@ -340,7 +565,7 @@ duet_status_t fwd_run(fwd_t *f, const fwd_seq_t *seqs, int n_seqs, float *logits
         row += q->n_new;
         f->last[s] = row - 1;
     }
-    CHECK(ops_embed(f->ops, f->x, &f->tok_embd, f->tok, T));
+    CHECK(tp_embed(f, T));
     for (int32_t l = 0; l < c->n_layers; l++)
         CHECK(fwd_layer(f, &f->layers[l], l, T, n_seqs));
     if (n_want == 0)
@@ -353,6 +578,6 @@ duet_status_t fwd_run(fwd_t *f, const fwd_seq_t *seqs, int n_seqs, float *logits
             memcpy(f->xn + (size_t)row++ * (size_t)c->hidden,
                    f->x + (size_t)f->last[s] * (size_t)c->hidden, sizeof(float) * (size_t)c->hidden);
     CHECK(ops_rmsnorm(f->ops, f->xn, f->xn, f->out_norm, n_want, c->hidden, c->rms_eps));
-    CHECK(ops_logits(f->ops, logits, f->xn, &f->output, n_want));
+    CHECK(tp_logits(f, logits, n_want));
     return DUET_OK;
 }
