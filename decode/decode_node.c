@@ -541,8 +541,12 @@ static void dn_step_cb(evutil_socket_t fd, short what, void *arg)
         return;
     s = engine_step(n->engine, &outs, &n_out);
     if (s != DUET_OK) {
+        if (n->ex != NULL && !exec_ok(n->ex)) {
+            dn_broken(n);
+            return;
+        }
         log_error("engine step failed (%s): failing every request", duet_status_str(s));
-        dn_abort_all(n, false, NULL);
+        dn_abort_all(n, true, "engine step failed");
         return;
     }
     /* First tokens (colocated) go as FIRST_TOKEN at once; the others as one
