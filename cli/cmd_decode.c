@@ -19,8 +19,8 @@ static int decode_run(int argc, char **argv)
     int rc;
 
     nf = node_cli_init(&c, flags);
-    flags[nf++] = (flag_t){"tp", 0, FLAG_INT, &tp, "tensor-parallel ranks (1 until the "
-                           "multi-process executor lands)", "N", 1, 64, 0, 0};
+    flags[nf++] = (flag_t){"tp", 0, FLAG_INT, &tp, "tensor-parallel ranks (one process "
+                           "each; each receives its KV heads itself)", "N", 1, 64, 0, 0};
     flags[nf++] = (flag_t){"colocated", 0, FLAG_BOOL, &colocated, "serve whole requests "
                            "(prefill and decode in one engine) instead of decoding for "
                            "prefill nodes", NULL, 0, 0, 0, 0};

@@ -203,13 +203,6 @@ static int serve_run(int argc, char **argv)
         fprintf(stderr, "duet serve: --port and --ctl-port must differ\n");
         return 2;
     }
-    if (!colocated && decode_tp > 1) {
-        /* Checked here too so the error is one clear line, not D crashing children. */
-        fprintf(stderr, "duet serve: --decode-tp %lld: tensor-parallel decode needs the "
-                "multi-process executor, which is not in this build yet; use --decode-tp 1 "
-                "(or more decode nodes)\n", (long long)decode_tp);
-        return 2;
-    }
     len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (len <= 0) {
         fprintf(stderr, "duet serve: cannot find this executable: %s\n", strerror(errno));

@@ -16,9 +16,10 @@
 #include "common/ctl_client.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "engine/executor.h"
 #include "kvconnector/kvc.h"
 
-#define DEC_MAX_TP        1      /* ranks the driver runs today (see the header) */
+#define DEC_MAX_TP        CTL_MAX_UCX
 #define DEC_TICK_US       2000   /* KV connector progress period with transfers on */
 #define DEC_IDLE_TICK_US  20000  /* ... and without (accepting connections, keepalive) */
 
@@ -39,8 +40,10 @@ typedef struct dreq {
     int32_t     *blocks;         /* copy of the reservation (grant retries) */
     int32_t      nblocks;
     double       wait_deadline;  /* DR_WAIT_GRANT: give up then */
+    bool         rank_granted[DEC_MAX_TP];
     bool         rank_done[DEC_MAX_TP];
     duet_status_t kv_status;
+    char         fail_msg[160];  /* DR_ABORTING: report ERROR with this when done */
     kvc_end_t    end;
     uint32_t     n_gen;          /* tokens generated, the first included */
     bool         notify;         /* report the outcome to the router */
@@ -52,17 +55,185 @@ typedef struct {
     const decode_node_opts_t *o;
     struct event_base *base;
     engine_t          *engine;
-    kvc_t             *kvc[DEC_MAX_TP];
-    int                n_ranks;
+    exec_t            *ex;              /* the engine's executor: one kvc per rank */
+    int                n_ranks;         /* 0: colocated, no KV connector */
+    struct dec_rank_arg *rank_arg;
+    uint8_t           *msg;             /* rank-call scratch */
+    size_t             msg_cap;
     ctl_client_t      *ctl;
     struct dreq_list   reqs;
     int                n_reqs;
     uint64_t           queued_tokens;   /* colocated: prompts not started */
     struct event      *step_ev, *tick_ev, *sigint_ev, *sigterm_ev, *drain_ev;
-    bool               draining, stopping;
+    bool               draining, stopping, broken;
     int                exit_code;
+    const char        *fail_why;        /* why exit_code is not 0 */
     uint64_t           seed_ctr;
 } dnode_t;
+
+/* ---- KV connector ranks -------------------------------------------------------
+ *
+ * Every TP rank owns a decode kvc_t in its own process (the executor's rank
+ * hooks): its slab is the rank's KV shard, used by the rank's forward pass,
+ * and it listens on its own address. The driver reaches the ranks with
+ * exec_call; with one rank that is a plain function call. */
+
+typedef struct dec_rank_arg {
+    uint64_t node_id, model_fp;
+    int32_t  n_kv_heads_total;
+    char     ucx_host[64];
+} dec_rank_arg_t;
+
+enum { DRC_PROGRESS = 1, DRC_GRANT, DRC_RECV, DRC_ABORT };
+
+typedef struct {
+    int32_t  op;
+    uint32_t lease_ms;
+    uint64_t rid, prefill;
+    int32_t  n_tokens, n_blocks;
+    int32_t  only_rank;      /* GRANT: -1 every rank, else just this one */
+    int32_t  pad;
+    int32_t  blocks[];       /* (n_blocks), GRANT only */
+} drc_msg_t;
+
+typedef struct {
+    int32_t  status;         /* PROGRESS: events handled */
+    int32_t  first_token;    /* RECV OK */
+    uint32_t state_len;
+    uint8_t  state[EXEC_REPLY_MAX - 12];
+} drc_reply_t;
+
+static duet_status_t drc_init(void *arg, int rank, int tp, const kv_layout_t *l, void **slab_p,
+                              void **state_p, char *reply, size_t cap)
+{
+    const dec_rank_arg_t *a = arg;
+    kvc_params_t p = {.role = KVC_ROLE_DECODE, .node_id = a->node_id, .tp_rank = rank,
+                      .tp_size = tp, .n_kv_heads_total = a->n_kv_heads_total, .layout = *l,
+                      .model_fp = a->model_fp, .listen_ip = a->ucx_host};
+    kvc_t *k = NULL;
+    duet_status_t s = kvc_create(&p, &k);
+
+    if (s != DUET_OK) {
+        log_error("rank %d: cannot create the KV connector: %s", rank, duet_status_str(s));
+        return s;
+    }
+    s = kvc_listen_address(k, reply, cap);
+    if (s != DUET_OK) {
+        kvc_destroy(k);
+        return s;
+    }
+    *slab_p = kvc_slab(k);
+    *state_p = k;
+    return DUET_OK;
+}
+
+static duet_status_t drc_call(void *arg, void *state, int rank, const void *msg, size_t len,
+                              char *reply, size_t cap)
+{
+    kvc_t *k = state;
+    drc_msg_t m;
+    drc_reply_t rep;
+    kvc_end_t end;
+
+    (void)arg;
+    (void)rank;
+    if (len < sizeof(m) || cap < sizeof(rep))
+        return DUET_ERR_INVALID;
+    memcpy(&m, msg, sizeof(m));
+    memset(&rep, 0, sizeof(rep));
+    rep.status = kvc_progress(k);
+    switch (m.op) {
+    case DRC_GRANT:
+        if (len != sizeof(m) + sizeof(int32_t) * (size_t)m.n_blocks)
+            return DUET_ERR_INVALID;
+        if (m.only_rank >= 0 && m.only_rank != rank) {
+            rep.status = DUET_INPROGRESS;   /* not asked */
+            break;
+        }
+        rep.status = kvc_grant(k, m.prefill, m.rid, m.n_tokens,
+                               (const int32_t *)((const uint8_t *)msg + sizeof(m)),
+                               m.n_blocks, m.lease_ms);
+        if (rep.status == DUET_ERR_BUSY)
+            rep.status = DUET_OK;    /* granted by an earlier, partial call */
+        break;
+    case DRC_RECV:
+        rep.status = kvc_recv_kv_cache(k, m.rid, &end);
+        if (rep.status == DUET_OK) {
+            rep.first_token = end.first_token;
+            if (end.state_len <= sizeof(rep.state)) {
+                rep.state_len = end.state_len;
+                memcpy(rep.state, end.state, end.state_len);
+            }
+        }
+        break;
+    case DRC_ABORT:
+        rep.status = kvc_abort(k, m.rid);
+        break;
+    default:
+        break;
+    }
+    memcpy(reply, &rep, sizeof(rep));
+    return DUET_OK;
+}
+
+static void drc_step(void *arg, void *state, int rank)
+{
+    (void)arg;
+    (void)rank;
+    kvc_progress(state);
+}
+
+static void drc_fini(void *arg, void *state, int rank)
+{
+    (void)arg;
+    (void)rank;
+    kvc_destroy(state);
+}
+
+static void dn_broken(dnode_t *n);
+
+/* Run op on every rank; *reps_p gets n_ranks replies. NULL on failure (a
+ * rank died: the node is broken). */
+static const drc_reply_t *dn_call_rank(dnode_t *n, int op, const dreq_t *r, int only_rank,
+                                       drc_reply_t *reps)
+{
+    size_t len = sizeof(drc_msg_t) + (op == DRC_GRANT ? sizeof(int32_t) * (size_t)r->nblocks : 0);
+    drc_msg_t m = {.op = op, .only_rank = only_rank};
+    const char *replies;
+
+    if (n->broken)
+        return NULL;
+    if (len > n->msg_cap) {
+        uint8_t *p = realloc(n->msg, len);
+
+        if (p == NULL)
+            return NULL;
+        n->msg = p;
+        n->msg_cap = len;
+    }
+    if (r != NULL) {
+        m.rid = r->rid;
+        m.prefill = r->prefill;
+        m.n_tokens = r->n_prompt;
+        m.n_blocks = r->nblocks;
+        m.lease_ms = n->o->lease_ms;
+    }
+    memcpy(n->msg, &m, sizeof(m));
+    if (op == DRC_GRANT)
+        memcpy(n->msg + sizeof(m), r->blocks, sizeof(int32_t) * (size_t)r->nblocks);
+    if (exec_call(n->ex, n->msg, len, &replies) != DUET_OK) {
+        dn_broken(n);
+        return NULL;
+    }
+    for (int i = 0; i < n->n_ranks; i++)
+        memcpy(&reps[i], replies + (size_t)i * EXEC_REPLY_MAX, sizeof(reps[i]));
+    return reps;
+}
+
+static const drc_reply_t *dn_call(dnode_t *n, int op, const dreq_t *r, drc_reply_t *reps)
+{
+    return dn_call_rank(n, op, r, -1, reps);
+}
 
 /* ---- requests ----------------------------------------------------------- */
 
@@ -119,19 +290,29 @@ static void dn_abort(dnode_t *n, dreq_t *r, bool notify, const char *why)
 {
     switch (r->state) {
     case DR_WAIT_GRANT:
-    case DR_RUNNING:
-        engine_abort(n->engine, r->rid);
-        if (notify)
-            dn_send_finish(n, r->rid, "abort", r->n_gen, why);
-        dn_remove(n, r);
-        break;
-    case DR_GRANTED:
-        for (int i = 0; i < n->n_ranks; i++)
-            if (!r->rank_done[i])
-                kvc_abort(n->kvc[i], r->rid);
+    case DR_RUNNING: {
+        bool lent = false;
+
+        for (int i = 0; i < n->n_ranks && r->state == DR_WAIT_GRANT; i++)
+            lent |= r->rank_granted[i];
+        if (!lent) {
+            engine_abort(n->engine, r->rid);
+            if (notify)
+                dn_send_finish(n, r->rid, "abort", r->n_gen, why);
+            dn_remove(n, r);
+            break;
+        }
+        /* some ranks lent the blocks */
+        __attribute__((fallthrough));
+    }
+    case DR_GRANTED: {
+        drc_reply_t reps[DEC_MAX_TP];
+
         r->state = DR_ABORTING;
         r->notify = notify;
+        dn_call(n, DRC_ABORT, r, reps);
         break;
+    }
     case DR_ABORTING:
         break;
     }
@@ -141,7 +322,7 @@ static void dn_abort_all(dnode_t *n, bool notify, const char *why)
 {
     dreq_t *r, *next;
 
-    for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
+    for (r = TAILQ_FIRST(&n->reqs); r != NULL && !n->broken; r = next) {
         next = TAILQ_NEXT(r, link);
         dn_abort(n, r, notify, why);
     }
@@ -171,20 +352,44 @@ static void dn_params(dnode_t *n, const ctl_sampling_t *s, engine_req_params_t *
  * not all connected. */
 static duet_status_t dn_try_grant(dnode_t *n, dreq_t *r)
 {
-    for (int i = 0; i < n->n_ranks; i++) {
-        duet_status_t s = kvc_grant(n->kvc[i], r->prefill, r->rid, r->n_prompt, r->blocks,
-                                    r->nblocks, n->o->lease_ms);
+    drc_reply_t reps[DEC_MAX_TP];
+    duet_status_t worst = DUET_OK;
+    int last = n->n_ranks - 1;
 
-        if (s != DUET_OK)
-            return s;   /* t = 1: nothing to undo on other ranks */
+    /* A prefill node connects to the ranks in rank order, and a GRANT it
+     * receives binds the request to every rank, so the last rank grants
+     * first: once it can, the prefill node has endpoints to all of them. */
+    if (last > 0 && !r->rank_granted[last]) {
+        if (dn_call_rank(n, DRC_GRANT, r, last, reps) == NULL)
+            return DUET_ERR_PEER;
+        if (reps[last].status != DUET_OK)
+            return reps[last].status;
+        r->rank_granted[last] = true;
     }
-    r->state = DR_GRANTED;
-    return DUET_OK;
+    if (dn_call(n, DRC_GRANT, r, reps) == NULL)
+        return DUET_ERR_PEER;
+    for (int i = 0; i < n->n_ranks; i++) {
+        if (reps[i].status == DUET_OK)
+            r->rank_granted[i] = true;
+        else if (worst == DUET_OK || worst == DUET_ERR_NOT_FOUND)
+            worst = reps[i].status;
+    }
+    if (worst == DUET_OK)
+        r->state = DR_GRANTED;
+    return worst;
 }
 
 static void dn_fail(dnode_t *n, dreq_t *r, const char *msg)
 {
     log_req(LOG_LEVEL_WARN, r->rid, "%s", msg);
+    for (int i = 0; i < n->n_ranks && r->state == DR_WAIT_GRANT; i++) {
+        if (r->rank_granted[i]) {
+            /* Some ranks lent the blocks: take them back first, report then. */
+            snprintf(r->fail_msg, sizeof(r->fail_msg), "%s", msg);
+            dn_abort(n, r, false, NULL);
+            return;
+        }
+    }
     engine_abort(n->engine, r->rid);
     ctl_client_send_error(n->ctl, r->rid, msg);
     dn_remove(n, r);
@@ -194,7 +399,8 @@ static void dn_fail(dnode_t *n, dreq_t *r, const char *msg)
 static void dn_poll_kv(dnode_t *n)
 {
     dreq_t *r, *next;
-    char msg[160];
+    drc_reply_t reps[DEC_MAX_TP];
+    char msg[200];
 
     for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
         bool all = true;
@@ -202,27 +408,35 @@ static void dn_poll_kv(dnode_t *n)
         next = TAILQ_NEXT(r, link);
         if (r->state != DR_GRANTED && r->state != DR_ABORTING)
             continue;
+        if (dn_call(n, DRC_RECV, r, reps) == NULL)
+            return;
         for (int i = 0; i < n->n_ranks; i++) {
-            if (!r->rank_done[i]) {
-                kvc_end_t end;
-                duet_status_t s = kvc_recv_kv_cache(n->kvc[i], r->rid, &end);
+            duet_status_t s = reps[i].status;
 
-                if (s == DUET_INPROGRESS) {
-                    all = false;
-                    continue;
-                }
-                r->rank_done[i] = true;
-                if (s != DUET_OK && r->kv_status == DUET_OK)
-                    r->kv_status = s;
-                if (i == 0 && s == DUET_OK)
-                    r->end = end;
+            if (r->rank_done[i])
+                continue;
+            if (s == DUET_INPROGRESS) {
+                all = false;
+                continue;
+            }
+            r->rank_done[i] = true;
+            if (s == DUET_ERR_NOT_FOUND && r->state == DR_ABORTING)
+                continue;   /* this rank never lent the blocks */
+            if (s != DUET_OK && r->kv_status == DUET_OK)
+                r->kv_status = s;
+            if (i == 0 && s == DUET_OK) {
+                r->end.first_token = reps[0].first_token;
+                r->end.state_len = reps[0].state_len;
+                memcpy(r->end.state, reps[0].state, reps[0].state_len);
             }
         }
         if (!all)
             continue;
         if (r->state == DR_ABORTING) {
             engine_abort(n->engine, r->rid);
-            if (r->notify)
+            if (r->fail_msg[0])
+                ctl_client_send_error(n->ctl, r->rid, r->fail_msg);
+            else if (r->notify)
                 dn_send_finish(n, r->rid, "abort", 0, "aborted");
             dn_remove(n, r);
             continue;
@@ -280,8 +494,14 @@ static void dn_tick_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    for (int i = 0; i < n->n_ranks; i++)
-        events += kvc_progress(n->kvc[i]);
+    {
+        drc_reply_t reps[DEC_MAX_TP];
+
+        if (dn_call(n, DRC_PROGRESS, NULL, reps) == NULL)
+            return;
+        for (int i = 0; i < n->n_ranks; i++)
+            events += reps[i].status;
+    }
     for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
         next = TAILQ_NEXT(r, link);
         if (r->state != DR_WAIT_GRANT)
@@ -290,6 +510,8 @@ static void dn_tick_cb(evutil_socket_t fd, short what, void *arg)
             duet_status_t s = dn_try_grant(n, r);
             char msg[160];
 
+            if (n->broken)
+                return;
             if (s == DUET_OK)
                 continue;
             if (s == DUET_ERR_NOT_FOUND && now < r->wait_deadline)
@@ -319,8 +541,12 @@ static void dn_step_cb(evutil_socket_t fd, short what, void *arg)
         return;
     s = engine_step(n->engine, &outs, &n_out);
     if (s != DUET_OK) {
+        if (n->ex != NULL && !exec_ok(n->ex)) {
+            dn_broken(n);
+            return;
+        }
         log_error("engine step failed (%s): failing every request", duet_status_str(s));
-        dn_abort_all(n, false, NULL);
+        dn_abort_all(n, true, "engine step failed");
         return;
     }
     /* First tokens (colocated) go as FIRST_TOKEN at once; the others as one
@@ -377,8 +603,6 @@ static void dn_step_cb(evutil_socket_t fd, short what, void *arg)
                        r->n_gen, NULL);
         dn_remove(n, r);
     }
-    for (int i = 0; i < n->n_ranks; i++)
-        kvc_progress(n->kvc[i]);
     if (engine_has_work(n->engine))
         dn_schedule_step(n);
 }
@@ -460,6 +684,8 @@ static void dn_on_reserve(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
     TAILQ_INSERT_TAIL(&n->reqs, r, link);
     n->n_reqs++;
     s = dn_try_grant(n, r);
+    if (n->broken)
+        goto out;
     if (s != DUET_OK && s != DUET_ERR_NOT_FOUND) {
         snprintf(err, sizeof(err), "cannot grant KV blocks: %s", duet_status_str(s));
         dn_fail(n, r, err);
@@ -574,6 +800,7 @@ static void dn_on_fatal(void *arg, const char *code, const char *msg)
 
     log_error("the router refused this node for good (%s: %s); exiting", code, msg);
     n->exit_code = 1;
+    n->fail_why = "refused by the router";
     dn_abort_all(n, false, NULL);
     event_base_loopbreak(n->base);
 }
@@ -588,6 +815,35 @@ static void dn_load(void *arg, ctl_load_t *l)
     l->waiting = (uint64_t)(st.waiting + st.reserved);
     l->free_blocks = (uint64_t)st.kv_free;
     l->queued_tokens = n->queued_tokens;
+}
+
+static void dn_shut_done(void *arg);
+
+/* A rank died or hung (the executor says so within seconds): every request
+ * fails, and the node leaves with exit status 1 for its supervisor to
+ * restart it. */
+static void dn_broken(dnode_t *n)
+{
+    dreq_t *r;
+
+    if (n->broken)
+        return;
+    n->broken = true;
+    n->exit_code = 1;
+    n->fail_why = "a tensor-parallel rank failed";
+    log_error("a tensor-parallel rank failed: failing %d requests and leaving", n->n_reqs);
+    while ((r = TAILQ_FIRST(&n->reqs)) != NULL) {
+        engine_abort(n->engine, r->rid);
+        ctl_client_send_error(n->ctl, r->rid, "the decode node lost a tensor-parallel rank");
+        TAILQ_REMOVE(&n->reqs, r, link);
+        n->n_reqs--;
+        free(r->blocks);
+        free(r);
+    }
+    if (!n->stopping) {
+        n->stopping = true;
+        ctl_client_shutdown(n->ctl, dn_shut_done, n);
+    }
 }
 
 /* ---- drain and signals ----------------------------------------------------- */
@@ -660,72 +916,50 @@ int decode_node_run(const decode_node_opts_t *o, char *err, size_t errlen)
     engine_opts_t eo = o->engine;
     ctl_hello_t hello = {0};
     ctl_client_cbs_t cbs = {0};
-    char addrs[DEC_MAX_TP][256];
+    static char addrs[DEC_MAX_TP][EXEC_REPLY_MAX];
     duet_status_t s;
 
     TAILQ_INIT(&n.reqs);
     if (o->tp < 1 || o->tp > DEC_MAX_TP) {
-        SET_ERR("--tp %d: tensor-parallel decode needs the multi-process executor "
-                "(parallel/procgroup.h with a sharded forward pass), which is not in this "
-                "build yet; run --tp 1 (or several decode nodes)", o->tp);
+        SET_ERR("--tp %d: between 1 and %d ranks", o->tp, DEC_MAX_TP);
         return 2;
     }
-    if (o->colocated && o->tp != 1) {
-        SET_ERR("a colocated node runs --tp 1");
-        return 2;
-    }
-    n.base = event_base_new();
-    if (n.base == NULL) {
-        SET_ERR("cannot create the event loop");
-        return 1;
-    }
+    /* The engine first: with tp > 1 it forks the rank processes, which must
+     * happen before any event loop, socket or UCX context exists here. */
     eo.prefill_only = false;
     eo.tp_rank = 0;
     eo.tp_size = o->tp;
     if (!o->colocated) {
-        kv_layout_t l = {
-            .n_layers = o->cfg->n_layers, .n_blocks = 1,
-            .n_kv_heads = o->cfg->n_kv_heads / o->tp,
-            .block_size = (int32_t)eo.block_size, .head_dim = o->cfg->head_dim,
-            .dtype = eo.kv_f32 ? DTYPE_F32 : DTYPE_F16,
-        };
-        int64_t nb = eo.kv_blocks > 0 ? eo.kv_blocks
-                                      : (int64_t)((size_t)eo.kv_mem_mib * (1u << 20) /
-                                                  kv_slab_bytes(&l));
-        if (nb < 2 || nb > INT32_MAX / 2) {
-            SET_ERR("KV pool of %lld blocks is unusable (raise --kv-mem or --kv-blocks)",
-                    (long long)nb);
-            goto err_base;
+        n.rank_arg = calloc(1, sizeof(*n.rank_arg));
+        if (n.rank_arg == NULL) {
+            SET_ERR("out of memory");
+            return 1;
         }
-        l.n_blocks = (int32_t)nb;
-        eo.kv_blocks = nb;
+        *n.rank_arg = (dec_rank_arg_t){.node_id = ctl_node_hash(o->node_id),
+                                       .model_fp = o->cfg->fingerprint,
+                                       .n_kv_heads_total = o->cfg->n_kv_heads};
+        snprintf(n.rank_arg->ucx_host, sizeof(n.rank_arg->ucx_host), "%s", o->ucx_host);
+        eo.rank_hooks = (exec_hooks_t){drc_init, drc_call, drc_step, drc_fini, n.rank_arg};
         n.n_ranks = o->tp;
-        for (int i = 0; i < n.n_ranks; i++) {
-            kvc_params_t kp = {
-                .role = KVC_ROLE_DECODE, .node_id = ctl_node_hash(o->node_id),
-                .tp_rank = i, .tp_size = o->tp, .n_kv_heads_total = o->cfg->n_kv_heads,
-                .layout = l, .model_fp = o->cfg->fingerprint, .listen_ip = o->ucx_host,
-            };
-
-            s = kvc_create(&kp, &n.kvc[i]);
-            if (s != DUET_OK) {
-                SET_ERR("cannot create the KV connector of rank %d: %s", i,
-                        duet_status_str(s));
-                goto err_kvc;
-            }
-            s = kvc_listen_address(n.kvc[i], addrs[i], sizeof(addrs[i]));
-            if (s != DUET_OK) {
-                SET_ERR("no KV listener address: %s", duet_status_str(s));
-                goto err_kvc;
-            }
-            hello.ucx[i] = addrs[i];
-        }
-        hello.n_ucx = (uint32_t)n.n_ranks;
-        eo.kv_slab = kvc_slab(n.kvc[0]);
     }
     s = engine_create(o->g, o->cfg, &eo, &n.engine, err, errlen);
-    if (s != DUET_OK)
-        goto err_kvc;
+    if (s != DUET_OK) {
+        free(n.rank_arg);
+        return s == DUET_ERR_INVALID ? 2 : 1;
+    }
+    n.ex = engine_executor(n.engine);
+    for (int i = 0; i < n.n_ranks; i++) {
+        const char *a = exec_rank_reply(n.ex, i);
+
+        snprintf(addrs[i], sizeof(addrs[i]), "%s", a != NULL ? a : "");
+        hello.ucx[i] = addrs[i];
+    }
+    hello.n_ucx = (uint32_t)n.n_ranks;
+    n.base = event_base_new();
+    if (n.base == NULL) {
+        SET_ERR("cannot create the event loop");
+        goto err_events;
+    }
     {
         const kv_layout_t *l = engine_kv_layout(n.engine);
 
@@ -771,7 +1005,7 @@ int decode_node_run(const decode_node_opts_t *o, char *err, size_t errlen)
     /* Requests still on loan (aborted at exit): the connector drops them. */
     ctl_client_destroy(n.ctl);
     if (n.exit_code != 0)
-        SET_ERR("refused by the router");
+        SET_ERR("%s", n.fail_why != NULL ? n.fail_why : "failed");
 
 err_events:
     while (!TAILQ_EMPTY(&n.reqs)) {
@@ -791,12 +1025,10 @@ err_events:
         event_free(n.sigint_ev);
     if (n.sigterm_ev != NULL)
         event_free(n.sigterm_ev);
-    engine_destroy(n.engine);
-err_kvc:
-    for (int i = 0; i < DEC_MAX_TP; i++)
-        if (n.kvc[i] != NULL)
-            kvc_destroy(n.kvc[i]);
-err_base:
-    event_base_free(n.base);
+    engine_destroy(n.engine);   /* stops the ranks; their hooks destroy the kvc_t */
+    free(n.rank_arg);
+    free(n.msg);
+    if (n.base != NULL)
+        event_base_free(n.base);
     return n.exit_code;
 }

@@ -5,10 +5,10 @@
  * engine_step, and streams TOKENS / FINISH to the router. ABORT works in
  * every state; SIGTERM/SIGINT or DRAIN drain the node.
  *
- * The driver is written for t ranks (one kvc_t per rank, grants and
- * completions over every rank); today only t = 1 runs, because the
- * multi-process executor (parallel/procgroup.h with a sharded forward pass)
- * is not on main yet: decode_node_run refuses tp > 1 with a clear message. */
+ * With tp > 1 the engine's executor runs one process per rank; each rank
+ * owns its own decode kvc_t (rank hooks), receives its KV heads from the
+ * prefill node itself, and the driver grants, polls and aborts on every
+ * rank through exec_call (docs/nodes.md, "Tensor parallelism"). */
 #ifndef DUET_DECODE_DECODE_NODE_H
 #define DUET_DECODE_DECODE_NODE_H
 
@@ -23,7 +23,7 @@
 typedef struct {
     const gguf_t         *g;            /* borrowed, outlives the node */
     const model_config_t *cfg;          /* borrowed */
-    engine_opts_t         engine;       /* kv_slab/prefill_only are set here */
+    engine_opts_t         engine;       /* tp_size/rank_hooks/prefill_only are set here */
     bool                  colocated;    /* take whole requests (PREFILL) */
     const char           *node_id;
     const char           *router_host;

@@ -55,7 +55,9 @@ def complete_all(serve, model_id, prompts, max_tokens=MAX_TOKENS):
     ["--colocated"],
     ["--prefill", "1", "--decode", "1"],
     ["--prefill", "2", "--decode", "2"],
-], ids=["colocated", "1P1D", "2P2D"])
+    ["--prefill", "1", "--decode", "1", "--decode-tp", "2"],
+    ["--colocated", "--decode-tp", "2"],
+], ids=["colocated", "1P1D", "2P2D", "1P1D-TP2", "colocated-TP2"])
 def test_greedy_equals_generate(duet_bin, small, topology, request):
     prompts = prompts16()
     serve = Serve(duet_bin, small, *topology, "--kv-mem", "32")
@@ -101,6 +103,25 @@ def test_smollm2_chat_disaggregated_equals_colocated(duet_bin, smollm2):
         assert code == 0, err[-3000:]
     assert texts["--colocated"] == texts["--prefill"], texts
     assert all(texts["--colocated"]), texts
+
+
+def test_smollm2_tp3_decode_equals_generate(duet_bin, smollm2):
+    """1P:1D with a TP3 decode node on SmolLM2 (9 heads, 3 KV heads: one per
+    rank): every rank receives its own KV head from the prefill node."""
+    prompts = [[1, 9690, 198, 2683, 314, 253, 5356, 11173, 30], [504, 3458, 282, 4649, 314]]
+    serve = Serve(duet_bin, smollm2, "--prefill", "1", "--decode", "1", "--decode-tp", "3",
+                  "--kv-mem", "64")
+    try:
+        ucx = serve.nodes()["decode-0"]["ucx"]
+        assert len(ucx) == 3 and len(set(ucx)) == 3, ucx
+        got = complete_all(serve, serve.get_json("/v1/models")["data"][0]["id"], prompts,
+                           max_tokens=6)
+        for p, g in zip(prompts, got):
+            assert g[0] == generate_text(duet_bin, smollm2, p, 6), (p, g)
+        assert wait_for(serve.all_blocks_free, 5), serve.nodes()
+    finally:
+        code, err = serve.stop()
+    assert code == 0, err[-3000:]
 
 
 def test_streaming_and_usage(duet_bin, small):
@@ -150,12 +171,12 @@ def test_seeded_sampling_same_through_disaggregation(duet_bin, small):
 def test_serve_flags(duet_bin, small):
     r = run_duet(duet_bin, "serve", "--help")
     assert r.returncode == 0 and "--decode-tp" in r.stdout and "--colocated" in r.stdout
-    r = run_duet(duet_bin, "serve", "--model", small, "--decode-tp", "2")
-    assert r.returncode == 2 and "executor" in r.stderr
+    r = run_duet(duet_bin, "serve", "--model", small, "--decode-tp", "100")
+    assert r.returncode == 2 and "decode-tp" in r.stderr
     r = run_duet(duet_bin, "serve", "--model", "/nonexistent.gguf")
     assert r.returncode == 2 and "nonexistent" in r.stderr
-    r = run_duet(duet_bin, "decode", "--model", small, "--tp", "2", "--router", "127.0.0.1:1")
-    assert r.returncode == 2 and "executor" in r.stderr
+    r = run_duet(duet_bin, "decode", "--model", small, "--tp", "3", "--router", "127.0.0.1:1")
+    assert r.returncode == 2 and "split" in r.stderr, r.stderr   # 4 heads, 3 ranks
     r = run_duet(duet_bin, "prefill", "--model", small, "--router", "nocolon")
     assert r.returncode == 2 and "HOST:PORT" in r.stderr
     r = run_duet(duet_bin, "prefill", "--model", small, "--node-id", "bad id")

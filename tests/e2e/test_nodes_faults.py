@@ -424,7 +424,7 @@ def test_restart_and_stop_mid_stream(duet_bin, small):
         assert (n, err) == (4, None)
         conns = []
         for i in range(4):
-            c = stream_request(serve, {"model": mid, "prompt": [60 + i, 7], "max_tokens": 2000,
+            c = stream_request(serve, {"model": mid, "prompt": [60 + i, 7], "max_tokens": 900,
                                        "temperature": 0, "ignore_eos": True})
             read_events(c.getresponse(), 2)
             conns.append(c)
@@ -468,3 +468,67 @@ def test_lease_expiry_frees_both_sides(duet_bin, medium):
     finally:
         res = c.stop()
     assert all(code == 0 for code, _ in res.values()), res
+
+
+def test_prefill_drain_under_load_loses_nothing(duet_bin, medium):
+    """SIGTERM a prefill node with prompts in flight: it finishes them (compute
+    and KV transfer), sends their first tokens, then leaves; nothing fails."""
+    serve = Serve(duet_bin, medium, "--prefill", "2", "--decode", "1", "--kv-mem", "64")
+    try:
+        mid = model_id(serve)
+        rng = random.Random(9)
+        results = [None] * 8
+
+        def one(i):
+            prompt = [rng.randrange(100, 49000) for _ in range(300)]
+            results[i] = stream_all(serve, {"model": mid, "prompt": prompt, "max_tokens": 6,
+                                            "temperature": 0, "ignore_eos": True})
+
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in ts:
+            t.start()
+        time.sleep(0.3)
+        pid = serve.node_pid("prefill-0")
+        os.kill(pid, signal.SIGTERM)
+        for t in ts:
+            t.join(120)
+        assert results == [(6, None)] * 8, results
+        assert wait_for(lambda: not alive(pid), 15)
+        assert wait_for(lambda: "prefill-0" not in serve.nodes(), 5)
+        assert wait_for(lambda: serve.all_blocks_free(), 10), serve.nodes()
+    finally:
+        code, err = serve.stop()
+    assert code == 0, err[-3000:]
+    assert "prefill-0 exited with status" not in err and "prefill-0 killed" not in err, err
+
+
+def test_kill_tp_worker_rank_mid_stream(duet_bin, small):
+    """kill -9 of a decode node's TP worker rank: the executor notices, the
+    node fails its requests and leaves (exit 1, reported by duet serve);
+    the prefill node holds nothing afterwards."""
+    from nodes_util import children
+    serve = Serve(duet_bin, small, "--prefill", "1", "--decode", "1", "--decode-tp", "2",
+                  "--kv-mem", "32")
+    try:
+        mid = model_id(serve)
+        conns = []
+        for i in range(3):
+            c = stream_request(serve, {"model": mid, "prompt": [70 + i, 8], "max_tokens": 900,
+                                       "temperature": 0, "ignore_eos": True})
+            resp = c.getresponse()
+            read_events(resp, 2)
+            conns.append((c, resp))
+        workers = list(children(serve.node_pid("decode-0")))
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        results = [finish_stream(resp) for _, resp in conns]
+        assert all(err is not None for _, err in results), results
+        assert wait_for(lambda: "decode-0" not in serve.nodes(), 15)
+        assert wait_for(lambda: serve.all_blocks_free(["prefill-0"]), 10), serve.nodes()
+        assert wait_for(lambda: serve.node_pid("decode-0") is None, 20)   # exited, reaped
+        for c, _ in conns:
+            c.close()
+    finally:
+        code, err = serve.stop()
+    assert code == 0, err[-3000:]
+    assert "decode-0 exited with status 1" in err, err[-3000:]
