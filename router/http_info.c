@@ -47,12 +47,13 @@ void http_cluster(router_t *r, struct evhttp_request *hreq, const char *body,
     char ratio[32], fp[24];
 
     TAILQ_FOREACH(n, &r->nodes, link) {
-        json_t *ucx = json_array();
+        json_t *ucx;
         double usage = n->total_blocks ?
             1.0 - (double)n->free_blocks / (double)n->total_blocks : 0.0;
 
         if (!n->registered || n->closing)
             continue;
+        ucx = json_array();
         for (uint32_t i = 0; i < n->nucx; i++)
             json_array_append_new(ucx, json_string(n->ucx[i]));
         json_array_append_new(nodes, json_pack(
