@@ -84,6 +84,8 @@ duet_status_t router_create(struct event_base *base, const router_config_t *cfg,
             status = DUET_ERR_IO;
             goto err_free;
         }
+        /* a big buffer: few write(2)s on the event loop while tokens stream */
+        setvbuf(r->token_trace, NULL, _IOFBF, 1 << 20);
     }
     CHECK_GOTO(http_listen(r), status, err_free);
     CHECK_GOTO(ctl_listen(r), status, err_free);
