@@ -62,6 +62,9 @@ static int router_run(int argc, char **argv)
     env = getenv("DUET_CLUSTER_TOKEN");
     if (env != NULL)
         cfg.cluster_token = env;
+    env = getenv("DUET_ROUTER_TOKEN_TRACE");
+    if (env != NULL && env[0])
+        cfg.token_trace = env;
     {
         const flag_t flags[] = {
             {"model", 'm', FLAG_STRING, &model, "GGUF file whose tokenizer and chat template "
@@ -97,6 +100,9 @@ static int router_run(int argc, char **argv)
              "N", 1024, 1 << 30, 0, 0},
             {"heartbeat-timeout", 0, FLAG_DOUBLE, &hb, "seconds without a heartbeat before "
              "a node is dropped", "S", 0, 0, 0.5, 3600},
+            {"token-trace", 0, FLAG_STRING, &cfg.token_trace, "write 'rid read_ns "
+             "queued_ns' per streamed token to FILE (benchmarks; default "
+             "$DUET_ROUTER_TOKEN_TRACE)", "FILE", 0, 0, 0, 0},
         };
         const flags_usage_t u = {"duet router", NULL,
             "Serve the OpenAI API and route requests to prefill/decode nodes."};

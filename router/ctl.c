@@ -536,6 +536,7 @@ static void ctl_read_cb(struct bufferevent *bev, void *arg)
     node_t *node = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
 
+    node->r->t_read = clock_now_ns();
     while (!node->closing) {
         frame_msg_t msg;
         duet_status_t s = frame_decode(in, CTL_MAX_FRAME, &msg);

@@ -100,6 +100,8 @@ void http_metrics(router_t *r, struct evhttp_request *hreq, const char *body,
     histogram_write(&m->e2e, labels, out);
     histogram_write(&m->queue, labels, out);
     histogram_write(&m->kv_transfer, labels, out);
+    histogram_write(&m->node_itl, labels, out);
+    histogram_write(&m->token_delay, labels, out);
     evbuffer_add_printf(out,
         "# HELP duet:num_requests_running Requests dispatched to nodes.\n"
         "# TYPE duet:num_requests_running gauge\n"

@@ -388,8 +388,20 @@ static void rreq_token(rreq_t *req, int32_t token)
         rreq_fail(req, 502, "a node sent a token outside the vocabulary");
         return;
     }
-    if (req->delta.n)
+    if (req->delta.n) {
+        uint64_t t_read = r->t_read != 0 ? r->t_read : now;
+        uint64_t queued;
+
         http_emit_token(req, req->delta.p, req->delta.n);
+        queued = clock_now_ns();
+        histogram_observe(&r->m.token_delay, (double)(queued - t_read) * 1e-9);
+        if (req->t_read_last != 0)
+            histogram_observe(&r->m.node_itl, (double)(t_read - req->t_read_last) * 1e-9);
+        req->t_read_last = t_read;
+        if (r->token_trace != NULL)
+            fprintf(r->token_trace, "%llu %llu %llu\n", (unsigned long long)req->rid,
+                    (unsigned long long)t_read, (unsigned long long)queued);
+    }
     if (stopped)
         rreq_complete(req, FINISH_STOP, true);
     else if (!req->job->p.ignore_eos && rtok_is_eos(r->tok, token))

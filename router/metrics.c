@@ -14,6 +14,12 @@ static const double metrics_itl_bounds[] = {
     0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
 };
 
+/* the router's own per-token work: microseconds to tens of milliseconds */
+static const double metrics_delay_bounds[] = {
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+};
+
 #define NB(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 const char *finish_reason_str(finish_reason_t r)
@@ -51,6 +57,14 @@ void metrics_init(metrics_t *m)
     histogram_init(&m->kv_transfer, "duet:kv_transfer_seconds",
                    "Time a prefill node spent moving a request's KV cache to its decode node.",
                    metrics_latency_bounds, NB(metrics_latency_bounds));
+    histogram_init(&m->node_itl, "duet:node_inter_token_latency_seconds",
+                   "Time between the router reading consecutive text-producing tokens of a "
+                   "request from its node (the nodes' inter-token latency).",
+                   metrics_itl_bounds, NB(metrics_itl_bounds));
+    histogram_init(&m->token_delay, "duet:router_token_delay_seconds",
+                   "Time from the router reading a token's frame from a node to the token's "
+                   "SSE chunk being queued on the client connection.",
+                   metrics_delay_bounds, NB(metrics_delay_bounds));
 }
 
 void histogram_observe(histogram_t *h, double v)

@@ -32,6 +32,8 @@ const char *finish_reason_str(finish_reason_t r);
 
 typedef struct {
     histogram_t ttft, itl, e2e, queue, kv_transfer;
+    histogram_t node_itl;       /* gaps between arrivals of chunk-producing tokens */
+    histogram_t token_delay;    /* token frame read -> its SSE chunk queued */
     uint64_t    prompt_tokens;
     uint64_t    generation_tokens;
     uint64_t    success[FINISH_NREASONS];

@@ -2,6 +2,7 @@
 #define DUET_LOG_COMPONENT "router"
 #include "router_int.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,6 +77,16 @@ duet_status_t router_create(struct event_base *base, const router_config_t *cfg,
         status = DUET_ERR_INVALID;
         goto err_free;
     }
+    if (cfg->token_trace != NULL && cfg->token_trace[0] != '\0') {
+        r->token_trace = fopen(cfg->token_trace, "w");
+        if (r->token_trace == NULL) {
+            log_error("cannot write the token trace %s: %s", cfg->token_trace, strerror(errno));
+            status = DUET_ERR_IO;
+            goto err_free;
+        }
+        /* a big buffer: few write(2)s on the event loop while tokens stream */
+        setvbuf(r->token_trace, NULL, _IOFBF, 1 << 20);
+    }
     CHECK_GOTO(http_listen(r), status, err_free);
     CHECK_GOTO(ctl_listen(r), status, err_free);
     r->tick = event_new(base, -1, EV_PERSIST, router_tick_cb, r);
@@ -139,6 +150,8 @@ void router_destroy(router_t *r)
     frame_writer_destroy(&r->fw);
     if (r->scratch != NULL)
         evbuffer_free(r->scratch);
+    if (r->token_trace != NULL)
+        fclose(r->token_trace);
     rtok_destroy(r->tok);
     free(r);
 }

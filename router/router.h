@@ -27,6 +27,8 @@ typedef struct {
     int         max_queue;         /* requests waiting for admission; more: 429 */
     size_t      max_body;          /* bytes of a request body; more: 413 */
     double      heartbeat_timeout; /* seconds without HEARTBEAT before a node is dropped */
+    const char *token_trace;       /* NULL: none; else a file: "rid read_ns queued_ns chunk"
+                                    * per token (benchmarks, bench/router_overhead) */
 } router_config_t;
 
 /* Defaults for every field. */

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/queue.h>
 
 #include "common/frame.h"
@@ -119,6 +120,7 @@ typedef struct rreq {
     bool                     role_sent;
     finish_reason_t          reason;       /* once DONE after a success */
     uint64_t                 t_dispatch, t_first, t_last;
+    uint64_t                 t_read_last;  /* frame read time of the last chunk's token */
 } rreq_t;
 
 /* One HTTP generation request: its connection, parameters and sequences. */
@@ -163,6 +165,8 @@ struct router {
     int64_t                     created;
     frame_writer_t              fw;
     struct evbuffer            *scratch;   /* one SSE event at a time */
+    uint64_t                    t_read;    /* when the node bytes being handled were read */
+    FILE                       *token_trace;   /* --token-trace: one line per token */
 };
 
 /* --- registry.c --------------------------------------------------------- */

@@ -404,7 +404,8 @@ def test_metrics_parse(router):
     fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
     for name in ["duet:time_to_first_token_seconds", "duet:inter_token_latency_seconds",
                  "duet:e2e_request_latency_seconds", "duet:request_queue_time_seconds",
-                 "duet:kv_transfer_seconds"]:
+                 "duet:kv_transfer_seconds", "duet:node_inter_token_latency_seconds",
+                 "duet:router_token_delay_seconds"]:
         assert fams[name].type == "histogram", name
     for name in ["duet:num_requests_running", "duet:num_requests_waiting",
                  "duet:kv_cache_usage_perc", "duet:nodes"]:
@@ -417,6 +418,26 @@ def test_metrics_parse(router):
     assert samples[("duet:nodes", (("role", "colocated"),))] == 1
     assert samples[("duet:time_to_first_token_seconds_count", (("model_name", "duet-byte"),))] == 1
     assert ("duet:kv_cache_usage_perc", (("node", "c0"), ("role", "colocated"))) in samples
+    # 7 text-producing tokens (the EOS has no text): 7 delays, 6 gaps between them
+    mn = (("model_name", "duet-byte"),)
+    assert samples[("duet:router_token_delay_seconds_count", mn)] == 7
+    assert samples[("duet:node_inter_token_latency_seconds_count", mn)] == 6
+
+
+def test_token_trace(duet_bin, tmp_path):
+    trace = tmp_path / "tokens.trace"
+    r = Router(duet_bin, "--token-trace", str(trace))
+    try:
+        ProtocolTestPeer(r, "colocated", "c0", script="trace")
+        chunks = list(client(r).completions.create(model="duet-byte", prompt="q",
+                                                   max_tokens=20, stream=True))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == "trace"
+    finally:
+        r.stop()
+    rows = [list(map(int, line.split())) for line in trace.read_text().splitlines()]
+    assert len(rows) == 5 and len({row[0] for row in rows}) == 1
+    assert all(q >= t for _, t, q in rows)
+    assert [t for _, t, _ in rows] == sorted(t for _, t, _ in rows)
 
 
 def test_admission_queue_full_gives_429(duet_bin):
