@@ -107,7 +107,19 @@ static int ar_worker(procgroup_t *pg, void *arg)
     return ar_body(pg, arg) == DUET_OK ? 0 : 1;
 }
 
-/* Single-thread memcpy bandwidth (GB/s) for bytes, over about budget_s. */
+/* Per-core L2 size in bytes (0: unknown). */
+static size_t l2_bytes(void)
+{
+    long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+
+    return v > 0 ? (size_t)v : 0;
+}
+
+/* Single-thread memcpy bandwidth (GB/s) for bytes, over about budget_s.
+ * Two buffers of the message size copied back and forth, like the
+ * collective's own src and dst (reused every iteration): they stay in L2
+ * when both fit there and come from L3 or memory otherwise, which is the
+ * cache state of the collective's data of the same size. */
 static double memcpy_gbps(size_t bytes, double budget_s)
 {
     uint8_t *a = malloc(bytes), *b = malloc(bytes);
@@ -219,15 +231,19 @@ static int allreduce_run(int argc, char **argv)
 
     if (json)
         printf("{\"bench\": \"allreduce\", \"backend\": \"shm\", \"dtype\": \"%s\", "
-               "\"cpus\": %ld, \"slot_bytes\": %zu, \"staged\": %s, \"results\": [",
-               group_dtype_name(p->dt), ncpu, p->slot ? p->slot : (size_t)1 << 20,
+               "\"cpus\": %ld, \"l2_bytes\": %zu, \"slot_bytes\": %zu, \"staged\": %s, "
+               "\"memcpy\": \"one thread, src and dst of the message size, reused: in L2 "
+               "when 2 x bytes fits (memcpy_in_l2), else from L3 or memory\", \"results\": [",
+               group_dtype_name(p->dt), ncpu, l2_bytes(), p->slot ? p->slot : (size_t)1 << 20,
                staged ? "true" : "false");
     else
-        printf("# all-reduce (%s, shm, one process per rank%s) on %ld CPUs; memcpy: one thread,"
-               " same size\n# %5s %11s %8s %11s %9s %10s %10s %11s %6s\n",
-               group_dtype_name(p->dt), staged ? ", staged input" : "", ncpu, "ranks",
-               "bytes", "iters", "lat_us", "cpu_us",
-               "algbw_GB/s", "busbw_GB/s", "memcpy_GB/s", "ratio");
+        printf("# all-reduce (%s, shm, one process per rank%s) on %ld CPUs, L2 %zu KiB/core\n"
+               "# memcpy: one thread, src and dst of the message size reused like the "
+               "collective's (l2: both fit in L2, hot; out: from L3 or memory)\n"
+               "# %5s %11s %8s %11s %9s %10s %10s %11s %6s %6s\n",
+               group_dtype_name(p->dt), staged ? ", staged input" : "", ncpu, l2_bytes() >> 10,
+               "ranks", "bytes", "iters", "lat_us", "cpu_us",
+               "algbw_GB/s", "busbw_GB/s", "memcpy_GB/s", "cache", "ratio");
     for (int n = (int)min_ranks; n <= max_ranks; n++) {
         procgroup_opts_t o = {.world_size = n, .worker_main = ar_worker, .worker_arg = p,
                               .timeout_s = 30};
@@ -248,17 +264,19 @@ static int allreduce_run(int argc, char **argv)
         for (int k = 0; k < p->nsizes; k++) {
             double alg = (double)p->sizes[k] / (p->lat_us[k] * 1e-6) * 1e-9;
             double bus = alg * 2.0 * (n - 1) / n;
+            bool in_l2 = 2 * p->sizes[k] <= l2_bytes();
 
             if (json)
                 printf("%s\n  {\"ranks\": %d, \"bytes\": %zu, \"iters\": %d, \"lat_us\": %.6g, "
                        "\"cpu_us\": %.6g, \"algbw_gbps\": %.6g, \"busbw_gbps\": %.6g, "
-                       "\"memcpy_gbps\": %.6g, "
+                       "\"memcpy_gbps\": %.6g, \"memcpy_in_l2\": %s, "
                        "\"ratio\": %.6g}", first ? "" : ",", n, p->sizes[k], p->iters[k],
-                       p->lat_us[k], p->cpu_us[k], alg, bus, mc[k], mc[k] > 0 ? alg / mc[k] : 0);
-            else
-                printf("  %5d %11zu %8d %11.2f %9.2f %10.2f %10.2f %11.2f %6.2f\n", n, p->sizes[k],
-                       p->iters[k], p->lat_us[k], p->cpu_us[k], alg, bus, mc[k],
+                       p->lat_us[k], p->cpu_us[k], alg, bus, mc[k], in_l2 ? "true" : "false",
                        mc[k] > 0 ? alg / mc[k] : 0);
+            else
+                printf("  %5d %11zu %8d %11.2f %9.2f %10.2f %10.2f %11.2f %6s %6.2f\n", n,
+                       p->sizes[k], p->iters[k], p->lat_us[k], p->cpu_us[k], alg, bus, mc[k],
+                       in_l2 ? "l2" : "out", mc[k] > 0 ? alg / mc[k] : 0);
             first = false;
         }
     }

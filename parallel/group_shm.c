@@ -1,22 +1,27 @@
 /* Shared-memory group backend: CPU ranks on one host, one process each.
  *
  * Segment (named, created by rank 0, unlinked once every rank attached):
- *   header | rank areas (n) | data [parity 2][rank n][slot_bytes]
+ *   header | rank areas (n) | data [buffer 3][rank n][slot_bytes]
  * Every collective runs as a sequence of steps over chunks that fit a slot.
- * Step k uses data parity k & 1 (ping-pong), so a rank may fill its slot for
- * step k+1 while slower peers still read step k. Each rank advances its own
+ * Step k uses data buffer k % 3 (a ring of three), so a rank may fill its
+ * slot for step k+1 while slower peers still read step k (and, in the
+ * pipelined all-reduce, step k-1). Each rank advances its own
  * sequence word once per sync point; a sync waits until every peer's word
  * reached ours (32-bit wrapping compare; peers are never more than two posts
- * apart, so no ABA). Reuse of a parity is safe: writing step k+2 happens
- * after the first sync of step k+1, which every peer posts only after it
- * finished reading step k.
+ * apart, so no ABA). Reuse of a buffer is safe: writing step k+3 happens
+ * after the first sync of step k+2 (all-reduce: the sync that ends step k+1),
+ * which every peer posts only after it finished reading step k.
  *
  * all_reduce, large: copy in the parts the peers sum, sync, rank r sums part
  * r over ranks 0..n-1 in rank order (group_reduce.c) into its slot and its
- * output, sync, copy the other parts out (reduce-scatter + all-gather, two
- * syncs per chunk).
- * all_reduce, small (<= SMALL_BYTES): copy in, sync, every rank sums the whole
- * chunk in the same rank order (one sync; same bytes on every rank).
+ * output, sync, copy the other parts out (reduce-scatter + all-gather).
+ * Pipelined over chunks with one sync per chunk: after summing chunk k a
+ * rank copies in chunk k+1, and one sync both publishes chunk k's sums and
+ * chunk k+1's inputs; chunk k's copy-out then runs. A message of s steps
+ * takes s + 1 syncs, not 2 s.
+ * all_reduce, small (<= SMALL_BYTES, one chunk): copy in, sync, every rank
+ * sums the whole chunk in the same rank order (one sync; same bytes on every
+ * rank).
  * The first sync of each collective also compares the ranks' descriptors
  * (op, dtype, count, root): a mismatch fails on every rank. */
 #define DUET_LOG_COMPONENT "parallel"
@@ -34,10 +39,11 @@
 #include "common/log.h"
 
 #define SHM_MAGIC       0x3147534d54455544ull    /* "DUETSMG1" */
-#define SHM_VERSION     1u
+#define SHM_VERSION     2u
 #define SHM_SPIN_NS     (30ull * 1000)          /* spin before sleeping */
 #define SHM_YIELD_MAX_NS (2ull * 1000 * 1000)   /* yield-poll cap before sleeping */
 #define SMALL_BYTES     (32u * 1024)            /* one-shot all-reduce */
+#define SHM_BUFS        3                       /* data buffers, used in turn */
 
 enum {
     OP_INVALID = 0,             /* a rank got bad arguments (poison) */
@@ -84,7 +90,7 @@ typedef struct {
     size_t        size;
     shm_hdr_t    *hdr;
     shm_rank_t   *ranks;        /* (n) */
-    uint8_t      *data;         /* (2, n, slot) */
+    uint8_t      *data;         /* (SHM_BUFS, n, slot) */
     int           rank, n;
     size_t        slot;
     uint32_t      seq;          /* our last posted sequence value */
@@ -106,7 +112,7 @@ static size_t hdr_bytes(int n)
 
 static uint8_t *slot_at(shm_ctx_t *c, uint64_t step, int r)
 {
-    return c->data + ((size_t)(step & 1) * (size_t)c->n + (size_t)r) * c->slot;
+    return c->data + ((size_t)(step % SHM_BUFS) * (size_t)c->n + (size_t)r) * c->slot;
 }
 
 /* ---- sync points -------------------------------------------------------- */
@@ -236,13 +242,37 @@ static size_t nsteps(size_t count, size_t chunk)
     return count == 0 ? 1 : (count + chunk - 1) / chunk;
 }
 
+/* All-reduce step k's copy-in: the parts of chunk k the peers sum (all of it
+ * on the one-shot path), into our slot of step c->step + k. */
+static void ar_copy_in(shm_ctx_t *c, const uint8_t *src, size_t count, size_t chunk,
+                       size_t esz, size_t k, bool small)
+{
+    size_t off = k * chunk;
+    size_t cnt = count - off < chunk ? count - off : chunk;
+    uint8_t *mine = slot_at(c, c->step + k, c->rank);
+    const uint8_t *in = src + off * esz;
+    size_t lo, hi;
+
+    if (in == mine)
+        return;                 /* staged in group_input_buffer() */
+    if (small) {
+        memcpy(mine, in, cnt * esz);
+        return;
+    }
+    /* two-shot: we sum our own part straight from src, so the peers only
+     * need the other parts */
+    part_range(cnt, c->rank, c->n, &lo, &hi);
+    memcpy(mine, in, lo * esz);
+    memcpy(mine + hi * esz, in + hi * esz, (cnt - hi) * esz);
+}
+
 static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
                                     size_t count, group_dtype_t dt)
 {
     shm_ctx_t *c = ctx;
     size_t esz = group_dtype_size(dt), chunk = c->slot / esz;
     size_t steps = nsteps(count, chunk);
-    bool small = count * esz <= SMALL_BYTES;
+    bool small = count * esz <= SMALL_BYTES && steps == 1;
     uint8_t *srcs[SHM_MAX_RANKS];
     duet_status_t s;
 
@@ -251,51 +281,54 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
      * one-shot path must not write while peers still read it */
     if (dst == slot_at(c, c->step, c->rank))
         small = false;
+    if (small) {
+        /* one chunk: copy in, sync, every rank sums the whole of it */
+        ar_copy_in(c, src, count, chunk, esz, 0, true);
+        CHECK(sync_first(c, OP_ALL_REDUCE, dt, count, 0, "all_reduce", count * esz));
+        for (int j = 0; j < c->n; j++)
+            srcs[j] = slot_at(c, c->step, j);
+        group_reduce(dt, dst, NULL, srcs, c->n, count);
+        c->step++;
+        return DUET_OK;
+    }
+
+    /* Step k (chunk k) uses the buffers of c->step + k. Sync k+1 publishes
+     * our sums of chunk k and our inputs of chunk k+1. Buffer reuse: our
+     * copy-in of chunk k+1 overwrites chunk k-2's buffer, which peers
+     * finished reading (copy-out of k-2) before they posted sync k. */
+    ar_copy_in(c, src, count, chunk, esz, 0, false);
+    s = sync_first(c, OP_ALL_REDUCE, dt, count, 0, "all_reduce",
+                   (count < chunk ? count : chunk) * esz);
+    if (s != DUET_OK)
+        return s;   /* sync_first advanced the step */
     for (size_t k = 0; k < steps; k++) {
         size_t off = k * chunk;
         size_t cnt = count - off < chunk ? count - off : chunk;
         uint8_t *out = (uint8_t *)dst + off * esz;
-        uint8_t *mine = slot_at(c, c->step, c->rank);
+        uint8_t *mine = slot_at(c, c->step + k, c->rank);
         const uint8_t *in = (const uint8_t *)src + off * esz;
         size_t lo, hi;
 
         part_range(cnt, c->rank, c->n, &lo, &hi);
-        if (in != mine && small) {
-            memcpy(mine, in, cnt * esz);
-        } else if (in != mine) {
-            /* two-shot: we sum our own part straight from src, so the peers
-             * only need the other parts */
-            memcpy(mine, in, lo * esz);
-            memcpy(mine + hi * esz, in + hi * esz, (cnt - hi) * esz);
-        }
-        if (k == 0)
-            CHECK(sync_first(c, OP_ALL_REDUCE, dt, count, 0, "all_reduce", cnt * esz));
-        else
-            CHECK(shm_sync(c, "all_reduce", cnt * esz));
         for (int j = 0; j < c->n; j++)
-            srcs[j] = slot_at(c, c->step, j);
-        if (small) {
-            group_reduce(dt, out, NULL, srcs, c->n, cnt);
-            c->step++;
-            continue;
-        }
-        for (int j = 0; j < c->n; j++)
-            srcs[j] += lo * esz;
+            srcs[j] = slot_at(c, c->step + k, j) + lo * esz;
         srcs[c->rank] = (uint8_t *)in + lo * esz;
         group_reduce(dt, out + lo * esz, mine + lo * esz, srcs, c->n, hi - lo);
+        if (k + 1 < steps)
+            ar_copy_in(c, src, count, chunk, esz, k + 1, false);
         s = shm_sync(c, "all_reduce", cnt * esz);
         if (s != DUET_OK) {
-            c->step++;
+            c->step += steps;
             return s;
         }
         for (int j = 0; j < c->n; j++) {
             if (j == c->rank)
                 continue;
             part_range(cnt, j, c->n, &lo, &hi);
-            memcpy(out + lo * esz, slot_at(c, c->step, j) + lo * esz, (hi - lo) * esz);
+            memcpy(out + lo * esz, slot_at(c, c->step + k, j) + lo * esz, (hi - lo) * esz);
         }
-        c->step++;
     }
+    c->step += steps;
     return DUET_OK;
 }
 
@@ -514,7 +547,7 @@ duet_status_t group_shm_create(const group_config_t *cfg, void **ctx_p)
     c->slot = cfg->slot_bytes ? cfg->slot_bytes : (size_t)1 << 20;
     c->slot = (c->slot + 63) & ~(size_t)63;
     c->timeout_ns = (uint64_t)(timeout_s * 1e9);
-    size = hdr_bytes(c->n) + 2 * (size_t)c->n * c->slot;
+    size = hdr_bytes(c->n) + SHM_BUFS * (size_t)c->n * c->slot;
     deadline = clock_now_ns() + c->timeout_ns;
 
     if (c->rank == 0) {
