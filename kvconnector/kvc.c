@@ -381,8 +381,14 @@ static void data_ep_open(kvc_t *kvc, kvc_conn_t *c)
     ucp_ep_params_t ep_params = {0};
     ucs_status_t us;
 
+    const char *env = getenv("DUET_KVC_SHM_EP");
+
     if (c->ack_extra == NULL)
         return;
+    if (env != NULL && strcmp(env, "0") == 0) {
+        log_info("DUET_KVC_SHM_EP=0: puts stay on the sockaddr endpoint");
+        return;
+    }
     ep_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
                            UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
     ep_params.address = (const ucp_address_t *)((const char *)c->ack_extra + c->ack_rkey_len);
