@@ -215,6 +215,24 @@ static void wait_req(kvc_t *kvc, void *r, uint64_t deadline_ns)
     ucp_request_free(r);
 }
 
+/* Close the shared-memory data endpoint. It was created without error
+ * handling, so it is closed in flush mode (a forced close needs
+ * UCP_ERR_HANDLING_MODE_PEER); over shared memory the flush is local and
+ * needs nothing from the peer. */
+static void data_ep_close(kvc_t *kvc, kvc_conn_t *c)
+{
+    ucp_request_param_t prm = {0};
+
+    if (c->dep == NULL)
+        return;
+    if (c->drkey) {
+        ucp_rkey_destroy(c->drkey);
+        c->drkey = NULL;
+    }
+    wait_req(kvc, ucp_ep_close_nbx(c->dep, &prm), clock_now_ns() + 1000000000ull);
+    c->dep = NULL;
+}
+
 /* Close the endpoint: flush what was sent while the peer is alive (at most
  * 100 ms) so that the last messages are not dropped, then force the close,
  * which needs nothing from the peer. */
@@ -224,6 +242,7 @@ static void conn_close(kvc_t *kvc, kvc_conn_t *c)
 
     if (c->ep && kvc_conn_alive(c))
         wait_req(kvc, ucp_ep_flush_nbx(c->ep, &prm), clock_now_ns() + 100000000ull);
+    data_ep_close(kvc, c);
     if (c->rkey) {
         ucp_rkey_destroy(c->rkey);
         c->rkey = NULL;
@@ -277,7 +296,8 @@ static void on_hello(kvc_t *kvc, kvc_conn_t *c, const void *data, size_t len)
     const kvc_msg_hello_t *m = data;
     kvc_msg_hello_ack_t *a;
     void *rkey_buf = NULL;
-    size_t rkey_len = 0;
+    size_t rkey_len = 0, waddr_len = 0;
+    ucp_address_t *waddr = NULL;
     duet_status_t s;
 
     if (len != sizeof(*m) || c->state != KVC_CONN_HELLO || kvc->p.role != KVC_ROLE_DECODE) {
@@ -288,7 +308,12 @@ static void on_hello(kvc_t *kvc, kvc_conn_t *c, const void *data, size_t len)
     if (s == DUET_OK && (kvc->memh == NULL ||
                          ucp_rkey_pack(kvc->ctx, kvc->memh, &rkey_buf, &rkey_len) != UCS_OK))
         s = DUET_ERR_UCX;
-    a = kvc_msg_new(sizeof(*a) + rkey_len, KVC_MSG_HELLO_ACK, 0);
+    /* our worker address, for a shared-memory data endpoint (see on_hello_ack) */
+    if (s == DUET_OK && kvc->shm && ucp_worker_get_address(kvc->worker, &waddr, &waddr_len) != UCS_OK) {
+        waddr = NULL;
+        waddr_len = 0;
+    }
+    a = kvc_msg_new(sizeof(*a) + rkey_len + waddr_len, KVC_MSG_HELLO_ACK, 0);
     if (a == NULL) {
         s = DUET_ERR_NOMEM;
         goto out;
@@ -297,17 +322,98 @@ static void on_hello(kvc_t *kvc, kvc_conn_t *c, const void *data, size_t len)
     a->rkey_len = (uint32_t)rkey_len;
     kvc_fp_fill(kvc, &a->fp);
     a->slab_base = (uint64_t)(uintptr_t)kvc->slab;
+    a->waddr_len = (uint32_t)waddr_len;
+    memcpy(a->boot_id, kvc->boot_id, sizeof(a->boot_id));
     if (rkey_len)
         memcpy(a + 1, rkey_buf, rkey_len);
+    if (waddr_len)
+        memcpy((char *)(a + 1) + rkey_len, waddr, waddr_len);
     c->peer = m->fp;
-    kvc_am_send(c, a, sizeof(*a) + rkey_len, NULL);
+    kvc_am_send(c, a, sizeof(*a) + rkey_len + waddr_len, NULL);
 out:
     if (rkey_buf)
         ucp_rkey_buffer_release(rkey_buf);
+    if (waddr)
+        ucp_worker_release_address(kvc->worker, waddr);
     c->state = s == DUET_OK ? KVC_CONN_READY : KVC_CONN_REJECTED;
     if (s == DUET_OK)
         log_info("prefill node %llu rank %d/%d connected",
                  (unsigned long long)m->fp.node_id, (int)m->fp.tp_rank, (int)m->fp.tp_size);
+}
+
+/* Does ep put over shared memory? UCX 1.13 has no query for an endpoint's
+ * transports, so read its lane table (ucp_ep_print_info): every lane used for
+ * RMA must be a shared-memory transport. */
+static bool ep_puts_over_shm(ucp_ep_h ep)
+{
+    char *buf = NULL, *line, *save = NULL;
+    size_t len = 0;
+    int shm = 0, other = 0;
+    FILE *f = open_memstream(&buf, &len);
+
+    if (f == NULL)
+        return false;
+    ucp_ep_print_info(ep, f);
+    fclose(f);
+    for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (strstr(line, "lane[") == NULL || strstr(line, "rma") == NULL)
+            continue;
+        if (strstr(line, "posix/") || strstr(line, "sysv/") || strstr(line, "cma/") ||
+            strstr(line, "xpmem/") || strstr(line, "knem/"))
+            shm++;
+        else
+            other++;
+    }
+    free(buf);
+    return shm > 0 && other == 0;
+}
+
+/* Prefill: when the decode rank runs on this host and both contexts have a
+ * shared-memory transport, open a second endpoint from the decode worker's
+ * address for the puts. It is created without error handling, so UCX may pick
+ * posix/sysv/cma (which offer peer error handling only with
+ * UCX_{POSIX,SYSV}_ERROR_HANDLING=y, and which the sockaddr endpoint cannot
+ * use at all); the sockaddr endpoint keeps the messages and detects the peer's
+ * death. If the new endpoint would not put over shared memory it is closed
+ * again and the puts stay on the sockaddr endpoint. */
+static void data_ep_open(kvc_t *kvc, kvc_conn_t *c)
+{
+    ucp_ep_params_t ep_params = {0};
+    ucs_status_t us;
+
+    const char *env = getenv("DUET_KVC_SHM_EP");
+
+    if (c->ack_extra == NULL)
+        return;
+    if (env != NULL && strcmp(env, "0") == 0) {
+        log_info("DUET_KVC_SHM_EP=0: puts stay on the sockaddr endpoint");
+        return;
+    }
+    ep_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                           UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    ep_params.address = (const ucp_address_t *)((const char *)c->ack_extra + c->ack_rkey_len);
+    ep_params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+    us = ucp_ep_create(kvc->worker, &ep_params, &c->dep);
+    if (us != UCS_OK) {
+        log_info("no shared-memory endpoint to the decode rank: %s", ucs_status_string(us));
+        c->dep = NULL;
+        return;
+    }
+    if (!ep_puts_over_shm(c->dep)) {
+        log_info("the address endpoint to the decode rank does not put over shared memory; "
+                 "puts stay on the sockaddr endpoint");
+        data_ep_close(kvc, c);
+        return;
+    }
+    us = ucp_ep_rkey_unpack(c->dep, c->ack_extra, &c->drkey);
+    if (us != UCS_OK) {
+        log_info("the decode slab's key does not unpack on the shared-memory endpoint: %s; "
+                 "puts stay on the sockaddr endpoint", ucs_status_string(us));
+        c->drkey = NULL;
+        data_ep_close(kvc, c);
+        return;
+    }
+    log_info("puts to decode rank %d go over shared memory", (int)c->peer.tp_rank);
 }
 
 /* Prefill: the decode rank answered our HELLO. */
@@ -317,7 +423,8 @@ static void on_hello_ack(kvc_t *kvc, kvc_conn_t *c, const void *data, size_t len
     duet_status_t s;
     int32_t first, count;
 
-    if (len < sizeof(*a) || len != sizeof(*a) + a->rkey_len || c->state != KVC_CONN_HELLO ||
+    if (len < sizeof(*a) || len != sizeof(*a) + (uint64_t)a->rkey_len + a->waddr_len ||
+        c->state != KVC_CONN_HELLO ||
         kvc->p.role != KVC_ROLE_PREFILL) {
         kvc->stats.rejected++;
         return;
@@ -344,6 +451,16 @@ static void on_hello_ack(kvc_t *kvc, kvc_conn_t *c, const void *data, size_t len
     c->peer_layout.n_blocks = a->fp.n_blocks;
     kvc_tp_route(kvc->p.n_kv_heads_total, kvc->p.tp_size, kvc->p.tp_rank,
                  a->fp.tp_size, a->fp.tp_rank, &c->src_head, &c->dst_head, &c->nheads);
+    /* same host, both with shared memory: keep the rkey and the worker
+     * address for data_ep_open, called by kvc_connect outside this callback
+     * (creating and closing endpoints progresses the worker) */
+    if (a->waddr_len > 0 && kvc->shm && kvc->boot_id[0] != '\0' &&
+        strncmp(a->boot_id, kvc->boot_id, sizeof(a->boot_id)) == 0 &&
+        (c->ack_extra = malloc((size_t)a->rkey_len + a->waddr_len)) != NULL) {
+        memcpy(c->ack_extra, a + 1, (size_t)a->rkey_len + a->waddr_len);
+        c->ack_rkey_len = a->rkey_len;
+        c->ack_waddr_len = a->waddr_len;
+    }
     c->hello_status = DUET_OK;
     c->state = KVC_CONN_READY;
     return;
@@ -568,6 +685,30 @@ static duet_status_t listen_start(kvc_t *kvc)
     return DUET_OK;
 }
 
+/* This host's boot id and whether the context has a shared-memory transport
+ * (both sides need one for the data endpoint; see data_ep_open). */
+static void host_probe(kvc_t *kvc)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+
+    if (f != NULL) {
+        if (fgets(kvc->boot_id, sizeof(kvc->boot_id), f) == NULL)
+            kvc->boot_id[0] = '\0';
+        kvc->boot_id[strcspn(kvc->boot_id, "\n")] = '\0';
+        fclose(f);
+    }
+    f = open_memstream(&buf, &len);
+    if (f == NULL)
+        return;
+    ucp_context_print_info(kvc->ctx, f);
+    fclose(f);
+    kvc->shm = buf && (strstr(buf, "posix/") || strstr(buf, "sysv/") || strstr(buf, "cma/") ||
+                       strstr(buf, "xpmem/") || strstr(buf, "knem/"));
+    free(buf);
+}
+
 duet_status_t kvc_create(const kvc_params_t *params, kvc_t **kvc_p)
 {
     ucp_params_t up = {0};
@@ -616,6 +757,7 @@ duet_status_t kvc_create(const kvc_params_t *params, kvc_t **kvc_p)
         goto err_worker;
     }
     CHECK_GOTO(slab_map(kvc), s, err_worker);
+    host_probe(kvc);
     if (params->role == KVC_ROLE_DECODE) {
         kvc->p.listen_ip = params->listen_ip;
         s = listen_start(kvc);
@@ -746,6 +888,9 @@ duet_status_t kvc_connect(kvc_t *kvc, const char *addr, int timeout_ms,
         log_error("connecting to decode rank at %s: %s", addr, duet_status_str(s));
         goto err_close;
     }
+    data_ep_open(kvc, c);
+    free(c->ack_extra);
+    c->ack_extra = NULL;
     log_info("connected to decode node %llu rank %d/%d at %s (%d heads from local head %d)",
              (unsigned long long)c->peer.node_id, (int)c->peer.tp_rank, (int)c->peer.tp_size,
              addr, c->nheads, c->src_head);
@@ -753,6 +898,8 @@ duet_status_t kvc_connect(kvc_t *kvc, const char *addr, int timeout_ms,
     return DUET_OK;
 
 err_close:
+    free(c->ack_extra);
+    c->ack_extra = NULL;
     conn_close(kvc, c);
     c->state = KVC_CONN_DEAD;
     return s;
@@ -836,7 +983,7 @@ duet_status_t kvc_test_quiesce(kvc_t *kvc, int timeout_ms)
 
         if (!kvc_conn_alive(c) || c->ep == NULL)
             continue;
-        r = ucp_ep_flush_nbx(c->ep, &prm);
+        r = ucp_ep_flush_nbx(kvc_conn_put_ep(c), &prm);
         if (UCS_PTR_IS_ERR(r)) {
             us = UCS_PTR_STATUS(r);
         } else if (r != NULL) {

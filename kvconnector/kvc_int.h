@@ -63,7 +63,11 @@ typedef struct {
     uint32_t  rkey_len;
     kvc_fp_t  fp;
     uint64_t  slab_base;
-    /* rkey_len bytes of packed rkey follow */
+    uint32_t  waddr_len;   /* bytes of worker address after the rkey (0: none) */
+    uint32_t  pad2;
+    char      boot_id[40]; /* the decode host's boot id (same host: shared memory) */
+    /* rkey_len bytes of packed rkey, then waddr_len bytes of the decode
+     * worker's address follow */
 } kvc_msg_hello_ack_t;
 
 typedef struct {
@@ -132,7 +136,14 @@ typedef struct kvc_conn {
     kvc_fp_t         peer;          /* the peer's fingerprint (after HELLO) */
     kv_layout_t      peer_layout;   /* the peer's slab (prefill: decode rank's) */
     uint64_t         remote_base;   /* prefill: decode slab address */
-    ucp_rkey_h       rkey;          /* prefill: decode slab key */
+    ucp_rkey_h       rkey;          /* prefill: decode slab key, unpacked on the put ep */
+    ucp_ep_h         dep;           /* prefill: shared-memory data endpoint from the
+                                       decode worker's address (puts only), or NULL:
+                                       puts go on ep */
+    ucp_rkey_h       drkey;         /* prefill: decode slab key unpacked on dep */
+    void            *ack_extra;     /* prefill, until kvc_connect returns: the
+                                       HELLO_ACK's packed rkey + worker address */
+    size_t           ack_rkey_len, ack_waddr_len;
     int32_t          src_head, dst_head, nheads;  /* route, see kvc_tp_route */
 } kvc_conn_t;
 
@@ -146,6 +157,8 @@ struct kvc {
     void          *slab;
     ucp_listener_h listener;
     char           listen_addr[64];
+    char           boot_id[40];     /* this host's boot id ("" if unknown) */
+    bool           shm;             /* the context has a shared-memory transport */
     kvc_conn_t    *conns[KVC_MAX_CONNS];
     int            nconns;
     bool           conn_failed;     /* some conn is KVC_CONN_FAILED */
@@ -172,6 +185,18 @@ duet_status_t kvc_am_send(kvc_conn_t *conn, void *buf, size_t len, int *outstand
 void *kvc_msg_new(size_t len, int type, uint64_t req);
 
 bool kvc_conn_alive(const kvc_conn_t *conn);
+
+/* The endpoint puts (and the flushes that order LAYER_DONE/ABORT behind them)
+ * go on: the shared-memory data endpoint when there is one. */
+static inline ucp_ep_h kvc_conn_put_ep(const kvc_conn_t *conn)
+{
+    return conn->dep ? conn->dep : conn->ep;
+}
+
+static inline ucp_rkey_h kvc_conn_put_rkey(const kvc_conn_t *conn)
+{
+    return conn->dep ? conn->drkey : conn->rkey;
+}
 kvc_conn_t *kvc_conn_find(kvc_t *kvc, uint64_t node, int tp_rank);
 
 /* Layout fingerprint of this rank. */

@@ -155,7 +155,10 @@ static void flush_then(kvc_t *kvc, sreq_t *r, int dest, int kind, const sjob_t *
     prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     prm.cb.send = flush_done;
     prm.user_data = f;
-    q = ucp_ep_flush_nbx(r->dest[dest].conn->ep, &prm);
+    /* LAYER_DONE and ABORT follow the puts: flush the put endpoint;
+     * KV_END went on the message endpoint: flush that one */
+    q = ucp_ep_flush_nbx(kind == KVC_MSG_KV_END ? r->dest[dest].conn->ep
+                                                : kvc_conn_put_ep(r->dest[dest].conn), &prm);
     if (q == NULL) {
         flush_done(NULL, UCS_OK, f);
     } else if (UCS_PTR_IS_ERR(q)) {
@@ -271,7 +274,8 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
             prm.cb.send = put_done;
             prm.user_data = p;
-            q = ucp_put_nbx(c->ep, src, len, c->remote_base + ro, c->rkey, &prm);
+            q = ucp_put_nbx(kvc_conn_put_ep(c), src, len, c->remote_base + ro,
+                            kvc_conn_put_rkey(c), &prm);
             kvc->stats.puts++;
             r->bytes += len;
             n++;
