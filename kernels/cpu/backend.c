@@ -175,6 +175,9 @@ typedef struct {
     int32_t           n_act;     /* activation rows: n_tok, or 2 n_tok when precise */
     dtype_t           type;
     cpu_dot_fn        dot;
+    cpu_pack_fn       pack;      /* 16-row panels, or NULL */
+    void             *panels;    /* (nth, panel_bytes) scratch when pack */
+    size_t            panel_bytes;
 } mm_t;
 
 static void mm_convert(void *arg, int64_t b, int64_t e, int ith)
@@ -216,9 +219,26 @@ static void mm_convert(void *arg, int64_t b, int64_t e, int ith)
 static void mm_rows(void *arg, int64_t r0, int64_t r1, int ith)
 {
     mm_t *m = arg;
-    const char *w = (const char *)m->w + (size_t)r0 * m->w_stride;
+    const char *w;
     float *o = m->out2 != NULL ? m->out2 : m->out;
+    int nlev = m->out2 != NULL ? 2 : 1;
 
+    if (m->pack != NULL) {
+        /* whole panels: chunks are multiples of 16 rows, so only the last
+         * d % 16 rows of the matrix take the tile path below, whatever the
+         * thread count */
+        void *panel = (char *)m->panels + (size_t)ith * m->panel_bytes;
+
+        for (; r0 + CPU_PANEL_ROWS <= r1; r0 += CPU_PANEL_ROWS) {
+            m->pack(panel, (const char *)m->w + (size_t)r0 * m->w_stride, m->w_stride,
+                    m->n / QK);
+            m->k->dot_panel(m->n / QK, panel, m->xa, m->xa_stride, nlev, m->n_tok,
+                            m->out + r0, (size_t)m->d);
+        }
+        if (r0 == r1)
+            return;
+    }
+    w = (const char *)m->w + (size_t)r0 * m->w_stride;
     for (int32_t t = 0; t < m->n_act; t += CPU_TILE) {
         int nx = m->n_act - t < CPU_TILE ? m->n_act - t : CPU_TILE;
 
@@ -269,6 +289,13 @@ static duet_status_t cpu_matmul(void *ctx, float *out, const float *x,
     }
     if (quant)
         m.xa_stride = (size_t)(m.n / QK) * sizeof(block_q8a_t);
+    /* Panels once several tokens share each packed weight block (n_tok only,
+     * so the path never depends on the thread count). */
+    if (quant && c->k->dot_panel != NULL && n_tok >= CPU_PANEL_MIN_TOK) {
+        m.pack = w->type == DTYPE_Q8_0 ? c->k->pack_q8_0 :
+                 w->type == DTYPE_Q4_0 ? c->k->pack_q4_0 : c->k->pack_q4_1;
+        m.panel_bytes = (size_t)(m.n / QK) * CPU_PANEL_BLOCK_BYTES;
+    }
     if (w->type == DTYPE_F32) {
         m.xa = (void *)x;
     } else {
@@ -277,8 +304,13 @@ static duet_status_t cpu_matmul(void *ctx, float *out, const float *x,
             out2_bytes = ((size_t)m.n_act * (size_t)m.d * sizeof(float) + 63) & ~(size_t)63;
             resid_bytes = (size_t)c->nth * (size_t)m.n * sizeof(float);
         }
-        CHECK(grow(&c->act, &c->act_bytes, act_bytes + out2_bytes + resid_bytes));
+        CHECK(grow(&c->act, &c->act_bytes,
+                   act_bytes + out2_bytes + ((resid_bytes + 63) & ~(size_t)63) +
+                   (size_t)c->nth * m.panel_bytes));
         m.xa = c->act;
+        if (m.pack != NULL)
+            m.panels = (char *)c->act + act_bytes + out2_bytes +
+                       ((resid_bytes + 63) & ~(size_t)63);
         if (precise) {
             m.out2 = (float *)(void *)((char *)c->act + act_bytes);
             m.resid = (float *)(void *)((char *)c->act + act_bytes + out2_bytes);
@@ -288,6 +320,8 @@ static duet_status_t cpu_matmul(void *ctx, float *out, const float *x,
     /* ~16 chunks per thread for balance on shared cores, 4..64 rows each */
     chunk = m.d / ((int64_t)c->nth * 16);
     chunk = chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
+    if (m.pack != NULL)
+        chunk = (chunk + CPU_PANEL_ROWS - 1) / CPU_PANEL_ROWS * CPU_PANEL_ROWS;
     par_for(c, m.d, chunk, mm_rows, &m);
     return DUET_OK;
 }

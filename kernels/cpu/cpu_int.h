@@ -37,6 +37,24 @@ typedef void (*cpu_dot_fn)(int64_t n, const void *w, size_t w_stride, int nr,
 
 #define CPU_TILE 4   /* activation rows per weight-row pass */
 
+/* Multi-token quantized matmul on 16-row panels (filled only where the ISA
+ * has a fast int8 dot, AVX-512 VNNI; NULL elsewhere). A pack function
+ * turns 16 weight rows (row r at (const char *)w + r * w_stride, nb blocks
+ * each) into a panel: per block, 8 vectors of 16 dwords, where dword j of
+ * vector k holds elements 4k..4k+3 of row j as unsigned bytes (Q4 nibbles
+ * 0..15, Q8_0 as w + 128), then the 16 scales d_w and the 16 constant
+ * terms c_w (Q4_1: m, Q4_0: -8 d_w, Q8_0: -128 d_w), all as float. The
+ * panel function dots one panel with ntok tokens of nlev (1 or 2)
+ * block_q8a_t activation rows each (token t, level l at row t * nlev + l,
+ * rows x_stride bytes apart), summing the levels:
+ * out[t * out_stride + j] = sum_l sum_b d_w d_x isum + c_w ds_x. */
+#define CPU_PANEL_ROWS 16
+#define CPU_PANEL_MIN_TOK 1   /* tokens from which the matmul uses panels */
+#define CPU_PANEL_BLOCK_BYTES (8 * 64 + 2 * 64)
+typedef void (*cpu_pack_fn)(void *panel, const void *w, size_t w_stride, int64_t nb);
+typedef void (*cpu_panel_fn)(int64_t nb, const void *panel, const void *x, size_t x_stride,
+                             int nlev, int ntok, float *out, size_t out_stride);
+
 /* One attention task: n_q <= CPU_ATTN_MAX_Q query rows that share one KV
  * head; row i attends to positions 0 .. len[i] - 1. */
 #define CPU_ATTN_MAX_Q 16
@@ -68,6 +86,9 @@ typedef struct {
     void (*to_bf16)(uint16_t *y, const float *x, int64_t n);
 
     cpu_dot_fn dot_f32, dot_f16, dot_bf16, dot_q8_0, dot_q4_0, dot_q4_1;
+    /* 16-row panels (see cpu_pack_fn); all NULL or all set */
+    cpu_pack_fn  pack_q8_0, pack_q4_0, pack_q4_1;
+    cpu_panel_fn dot_panel;
 
     /* sum of x(n)^2 */
     float (*sumsq)(const float *x, int64_t n);

@@ -9,6 +9,7 @@
  * vpmaddubsw + vpmaddwd otherwise. backend.c picks one table from cpuid. */
 #include <immintrin.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "kernels/cpu/cpu_int.h"
@@ -484,6 +485,155 @@ DOT_TILE(x86_dot_q4_1, block_q4_1_t, HAVE_PAIR_Q4)
 DOT_TILE(x86_dot_q4_0, block_q4_0_t, HAVE_PAIR_Q4)
 DOT_TILE(x86_dot_q8_0, block_q8_0_t, HAVE_PAIR_Q8)
 
+#ifdef __AVX512VNNI__
+/* --- 16-row panels (multi-token quantized matmul) ---------------------------
+ * One zmm holds one int32 sum per weight row, so a block costs 8 vpdpbusd
+ * (weights in registers, the activation dword broadcast from memory), one
+ * convert and two FMAs per token for 16 rows, and the outputs are stored
+ * without any horizontal reduction. See cpu_pack_fn for the layout. */
+
+/* byte offsets of the 16 rows' blocks */
+ALWAYS_INLINE __m512i panel_rows(size_t ws)
+{
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32((int)ws));
+}
+
+ALWAYS_INLINE __m512 panel_f16_lo(__m512i v)   /* f16 in the low half of each dword */
+{
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
+}
+
+static void x86_pack_q4(void *panel, const void *w, size_t ws, int64_t nb, bool q4_1)
+{
+    const __m512i idx = panel_rows(ws), m4 = _mm512_set1_epi8(0x0f);
+    __m512i *p = panel;
+
+    for (int64_t b = 0; b < nb; b++, p += 10) {
+        const char *blk = (const char *)w + b * (int64_t)sizeof(block_q4_1_t);
+        __m512i dm;
+
+        if (!q4_1)
+            blk = (const char *)w + b * (int64_t)sizeof(block_q4_0_t);
+        for (int k = 0; k < 4; k++) {
+            /* dword k of the packed nibbles: elements 4k.. low, 16+4k.. high */
+            __m512i v = _mm512_i32gather_epi32(idx, blk + (q4_1 ? 4 : 2) + 4 * k, 1);
+
+            _mm512_store_si512(p + k, _mm512_and_si512(v, m4));
+            _mm512_store_si512(p + 4 + k, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+        }
+        dm = _mm512_i32gather_epi32(idx, blk, 1);
+        if (q4_1) {
+            _mm512_store_ps(p + 8, panel_f16_lo(dm));
+            _mm512_store_ps(p + 9, panel_f16_lo(_mm512_srli_epi32(dm, 16)));
+        } else {
+            __m512 d = panel_f16_lo(dm);
+
+            _mm512_store_ps(p + 8, d);
+            _mm512_store_ps(p + 9, _mm512_mul_ps(d, _mm512_set1_ps(-8.0f)));
+        }
+    }
+}
+
+static void x86_pack_q4_1(void *panel, const void *w, size_t ws, int64_t nb)
+{
+    x86_pack_q4(panel, w, ws, nb, true);
+}
+
+static void x86_pack_q4_0(void *panel, const void *w, size_t ws, int64_t nb)
+{
+    x86_pack_q4(panel, w, ws, nb, false);
+}
+
+static void x86_pack_q8_0(void *panel, const void *w, size_t ws, int64_t nb)
+{
+    const __m512i idx = panel_rows(ws), bias = _mm512_set1_epi8((char)0x80);
+    __m512i *p = panel;
+
+    for (int64_t b = 0; b < nb; b++, p += 10) {
+        const char *blk = (const char *)w + b * (int64_t)sizeof(block_q8_0_t);
+        __m512 d;
+
+        for (int k = 0; k < 8; k++)
+            _mm512_store_si512(p + k, _mm512_xor_si512(
+                _mm512_i32gather_epi32(idx, blk + 2 + 4 * k, 1), bias));
+        d = panel_f16_lo(_mm512_i32gather_epi32(idx, blk, 1));
+        _mm512_store_ps(p + 8, d);
+        _mm512_store_ps(p + 9, _mm512_mul_ps(d, _mm512_set1_ps(-128.0f)));
+    }
+}
+
+ALWAYS_INLINE void x86_panel_tile(int64_t nb, const __m512i *p, const void *x, size_t xs,
+                                  const int NL, const int T, float *out, size_t os)
+{
+    __m512 acc[8];
+    const block_q8a_t *xr[16];
+
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)
+        acc[t] = _mm512_setzero_ps();
+    _Pragma("GCC unroll 16") for (int i = 0; i < T * NL; i++)
+        xr[i] = ROW(x, i, xs);
+    for (int64_t b = 0; b < nb; b++, p += 10) {
+        __m512i w0 = _mm512_load_si512(p), w1 = _mm512_load_si512(p + 1);
+        __m512i w2 = _mm512_load_si512(p + 2), w3 = _mm512_load_si512(p + 3);
+        __m512i w4 = _mm512_load_si512(p + 4), w5 = _mm512_load_si512(p + 5);
+        __m512i w6 = _mm512_load_si512(p + 6), w7 = _mm512_load_si512(p + 7);
+        __m512 dw = _mm512_load_ps(p + 8), cw = _mm512_load_ps(p + 9);
+
+        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {
+            _Pragma("GCC unroll 2") for (int l = 0; l < NL; l++) {
+                const block_q8a_t *xb = &xr[t * NL + l][b];
+                const int32_t *q = (const int32_t *)(const void *)xb->qs;
+                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_set1_epi32(q[0]));
+                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_set1_epi32(q[1]));
+
+                s0 = _mm512_dpbusd_epi32(s0, w2, _mm512_set1_epi32(q[2]));
+                s1 = _mm512_dpbusd_epi32(s1, w3, _mm512_set1_epi32(q[3]));
+                s0 = _mm512_dpbusd_epi32(s0, w4, _mm512_set1_epi32(q[4]));
+                s1 = _mm512_dpbusd_epi32(s1, w5, _mm512_set1_epi32(q[5]));
+                s0 = _mm512_dpbusd_epi32(s0, w6, _mm512_set1_epi32(q[6]));
+                s1 = _mm512_dpbusd_epi32(s1, w7, _mm512_set1_epi32(q[7]));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
+                                         _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
+                acc[t] = _mm512_fmadd_ps(cw, _mm512_set1_ps(xb->ds), acc[t]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)
+        _mm512_storeu_ps(out + (size_t)t * os, acc[t]);
+}
+
+#define PANEL_T 8   /* tokens per panel pass */
+
+static void x86_dot_panel(int64_t nb, const void *panel, const void *x, size_t xs,
+                          int nlev, int ntok, float *out, size_t os)
+{
+    for (int t = 0; t < ntok; t += PANEL_T) {
+        int nt = ntok - t < PANEL_T ? ntok - t : PANEL_T;
+        const void *xt = ROW(x, (size_t)t * (size_t)nlev, xs);
+        float *ot = out + (size_t)t * os;
+
+#define PANEL_CASE(NT)                                                         \
+        case NT:                                                               \
+            if (nlev == 2)                                                     \
+                x86_panel_tile(nb, panel, xt, xs, 2, NT, ot, os);              \
+            else                                                               \
+                x86_panel_tile(nb, panel, xt, xs, 1, NT, ot, os);              \
+            break;
+        switch (nt) {
+        PANEL_CASE(8) PANEL_CASE(7) PANEL_CASE(6) PANEL_CASE(5)
+        PANEL_CASE(4) PANEL_CASE(3) PANEL_CASE(2)
+        default: PANEL_CASE(1)
+        }
+#undef PANEL_CASE
+    }
+}
+#define PANEL_FNS .pack_q8_0 = x86_pack_q8_0, .pack_q4_0 = x86_pack_q4_0, \
+                  .pack_q4_1 = x86_pack_q4_1, .dot_panel = x86_dot_panel,
+#else
+#define PANEL_FNS
+#endif
+
 /* --- elementwise ---------------------------------------------------------- */
 
 static float x86_sumsq(const float *x, int64_t n)
@@ -685,6 +835,7 @@ const cpu_kern_t KERN_NAME = {
     .dot_q8_0 = x86_dot_q8_0,
     .dot_q4_0 = x86_dot_q4_0,
     .dot_q4_1 = x86_dot_q4_1,
+    PANEL_FNS
     .sumsq = x86_sumsq,
     .scale_mul = x86_scale_mul,
     .silu_mul = x86_silu_mul,
