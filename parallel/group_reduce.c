@@ -44,6 +44,7 @@ static void reduce_f32_direct(float *out1, float *out2, uint8_t *const *srcs, in
 }
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 
 /* n = 2 with AVX: the 2-rank all-reduce's whole sum. One cache line per
@@ -171,8 +172,21 @@ static bool have_f16c(void)
 {
     static int cached = -1;     /* one process-wide CPU fact */
 
-    if (cached < 0)
-        cached = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+    if (cached < 0) {
+        /* cpuid leaf 1 ECX: avx (28), f16c (29), osxsave (27); and the OS
+         * must save the YMM state (xgetbv bits 1-2). __builtin_cpu_supports
+         * has no "f16c" in clang 14, so ask cpuid directly. */
+        unsigned a, b, c, d;
+
+        cached = 0;
+        if (__get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 27)) &&
+            (c & (1u << 28)) && (c & (1u << 29))) {
+            unsigned lo, hi;
+
+            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            cached = (lo & 6u) == 6u;
+        }
+    }
     return cached;
 }
 #endif
