@@ -330,20 +330,7 @@ static void dn_abort_all(dnode_t *n, bool notify, const char *why)
 
 static void dn_params(dnode_t *n, const ctl_sampling_t *s, engine_req_params_t *p)
 {
-    engine_req_params_default(p);
-    p->max_tokens = (int32_t)s->max_tokens;
-    p->sampling.temperature = (float)s->temperature;
-    p->sampling.top_p = (float)s->top_p;
-    p->sampling.min_p = (float)s->min_p;
-    p->sampling.top_k = s->top_k < 0 ? 0 : s->top_k > INT32_MAX ? INT32_MAX : (int32_t)s->top_k;
-    p->sampling.presence_penalty = (float)s->presence_penalty;
-    p->sampling.frequency_penalty = (float)s->frequency_penalty;
-    p->sampling.repetition_penalty = (float)s->repetition_penalty;
-    p->sampling.ignore_eos = s->ignore_eos;
-    p->sampling.seed = s->has_seed ? (uint64_t)s->seed
-                                   : (uint64_t)clock_now_ns() ^ (++n->seed_ctr << 32);
-    for (uint32_t i = 0; i < s->n_eos && p->sampling.n_stop < SAMPLER_MAX_STOP; i++)
-        p->sampling.stop_ids[p->sampling.n_stop++] = (int32_t)s->eos[i];
+    engine_req_params_from_ctl(s, (uint64_t)clock_now_ns() ^ (++n->seed_ctr << 32), p);
 }
 
 /* ---- KV grants and completions ------------------------------------------- */

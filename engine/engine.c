@@ -96,6 +96,24 @@ void engine_req_params_default(engine_req_params_t *p)
     sampler_params_default(&p->sampling);
 }
 
+void engine_req_params_from_ctl(const ctl_sampling_t *s, uint64_t default_seed,
+                                engine_req_params_t *p)
+{
+    engine_req_params_default(p);
+    p->max_tokens = s->max_tokens > INT32_MAX ? INT32_MAX : (int32_t)s->max_tokens;
+    p->sampling.temperature = (float)s->temperature;
+    p->sampling.top_p = (float)s->top_p;
+    p->sampling.min_p = (float)s->min_p;
+    p->sampling.top_k = s->top_k < 0 ? 0 : s->top_k > INT32_MAX ? INT32_MAX : (int32_t)s->top_k;
+    p->sampling.presence_penalty = (float)s->presence_penalty;
+    p->sampling.frequency_penalty = (float)s->frequency_penalty;
+    p->sampling.repetition_penalty = (float)s->repetition_penalty;
+    p->sampling.ignore_eos = s->ignore_eos;
+    p->sampling.seed = s->has_seed ? (uint64_t)s->seed : default_seed;
+    for (uint32_t i = 0; i < s->n_eos && p->sampling.n_stop < SAMPLER_MAX_STOP; i++)
+        p->sampling.stop_ids[p->sampling.n_stop++] = (int32_t)s->eos[i];
+}
+
 #define SET_ERR(...)                                     \
     do {                                                 \
         if (err != NULL && errlen > 0)                   \

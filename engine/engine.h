@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/ctl_client.h"
 #include "common/flags.h"
 #include "common/kv_layout.h"
 #include "common/status.h"
@@ -81,6 +82,12 @@ typedef struct {
 } engine_req_params_t;
 
 void engine_req_params_default(engine_req_params_t *p);
+
+/* Request parameters from the sampling fields of a RESERVE / PREFILL frame
+ * (both node services use this one translation). A request without a seed
+ * gets default_seed. The frame's EOS ids become stop ids. */
+void engine_req_params_from_ctl(const ctl_sampling_t *s, uint64_t default_seed,
+                                engine_req_params_t *p);
 
 /* One event of a step. */
 typedef struct {

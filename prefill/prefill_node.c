@@ -440,18 +440,10 @@ static void pn_on_prefill(pnode_t *n, const frame_msg_t *msg, uint64_t rid)
      * (penalties, seed); the stop rules are the decode node's, so the KV is
      * always handed over and the decode node ends a request whose first
      * token stops it. */
-    engine_req_params_default(&p);
+    engine_req_params_from_ctl(&sp, (uint64_t)clock_now_ns() ^ (++n->seed_ctr << 32), &p);
     p.max_tokens = 2;
-    p.sampling.temperature = (float)sp.temperature;
-    p.sampling.top_p = (float)sp.top_p;
-    p.sampling.min_p = (float)sp.min_p;
-    p.sampling.top_k = sp.top_k < 0 ? 0 : sp.top_k > INT32_MAX ? INT32_MAX : (int32_t)sp.top_k;
-    p.sampling.presence_penalty = (float)sp.presence_penalty;
-    p.sampling.frequency_penalty = (float)sp.frequency_penalty;
-    p.sampling.repetition_penalty = (float)sp.repetition_penalty;
     p.sampling.ignore_eos = true;
-    p.sampling.seed = sp.has_seed ? (uint64_t)sp.seed
-                                  : (uint64_t)clock_now_ns() ^ (++n->seed_ctr << 32);
+    p.sampling.n_stop = 0;
     r = calloc(1, sizeof(*r));
     if (r == NULL) {
         ctl_client_send_error(n->ctl, rid, "out of memory");
