@@ -280,13 +280,20 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
         else
             out.lat_s[i] = (double)(t1 - t0) * 1e-9;
     }
-    /* wait for the reference run to end */
+    /* wait for the reference run to end; keep progressing the connectors
+     * too: the prefill's flush after its last KV_END completes only when
+     * this side acknowledges it */
     {
         int64_t tag;
 
-        while (rd(rfd, &tag, sizeof(tag)) < 0)
-            if (ucp_worker_progress(w) == 0)
+        while (rd(rfd, &tag, sizeof(tag)) < 0) {
+            int n = ucp_worker_progress(w);
+
+            for (int r = 0; r < c->d; r++)
+                n += kvc_progress(k[r]);
+            if (n == 0)
                 usleep(50);
+        }
     }
     fcntl(wfd, F_SETFL, 0);
     wr(wfd, &out, sizeof(out));

@@ -83,7 +83,9 @@ typedef struct {
 } kvc_params_t;
 
 typedef struct {
-    uint64_t staged;       /* bytes copied through the host staging buffers */
+    uint64_t staged;       /* bytes copied out of a device slab by stage_copy (into
+                              the host staging buffers, or straight into a mapped
+                              decode slab) */
     uint64_t bytes;        /* KV bytes put (prefill) or received (decode) */
     double   seconds;      /* sum over finished requests of first send/grant to done */
     uint64_t transfers;    /* requests finished with DUET_OK */

@@ -141,6 +141,9 @@ typedef struct kvc_conn {
                                        decode worker's address (puts only), or NULL:
                                        puts go on ep */
     ucp_rkey_h       drkey;         /* prefill: decode slab key unpacked on dep */
+    char            *rptr;          /* prefill: the decode slab mapped here
+                                       (ucp_rkey_ptr on drkey), or NULL: writes
+                                       into it are plain stores, not puts */
     void            *ack_extra;     /* prefill, until kvc_connect returns: the
                                        HELLO_ACK's packed rkey + worker address */
     size_t           ack_rkey_len, ack_waddr_len;

@@ -3,6 +3,7 @@
  * and the abort paths. */
 #define DUET_LOG_COMPONENT "kvc"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -152,6 +153,8 @@ static void flush_then(kvc_t *kvc, sreq_t *r, int dest, int kind, const sjob_t *
         f->tok1 = job->tok1;
     }
     r->outstanding++;
+    if (r->dest[dest].conn->rptr != NULL)
+        atomic_thread_fence(memory_order_release);   /* our stores before the message */
     prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     prm.cb.send = flush_done;
     prm.user_data = f;
@@ -245,6 +248,25 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             src = (char *)kvc->slab + lo + d->off;
             ro += d->off;
             len -= d->off;
+            if (c->rptr != NULL) {
+                /* the decode slab is mapped here: one copy, done when it
+                 * returns (a device slab copies straight into it) */
+                if (kvc->staging) {
+                    if (kvc->p.stage_copy(kvc->p.stage_arg, c->rptr + ro, src, len) != DUET_OK) {
+                        sreq_fail(kvc, r, DUET_ERR_CUDA);
+                        return n;
+                    }
+                    kvc->stats.staged += len;
+                } else {
+                    memcpy(c->rptr + ro, src, len);
+                }
+                kvc->stats.puts++;
+                r->bytes += len;
+                n++;
+                d->seg = s;
+                d->off = 0;
+                continue;
+            }
             stage = -1;
             if (kvc->staging) {
                 /* device -> pinned host buffer, then put from there; the

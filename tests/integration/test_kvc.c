@@ -742,7 +742,7 @@ static void run(const cfg_t *c)
     if (c->sc == SC_NACK)
         ok(pr.nacks >= 1, "nack: prefill counted it");
     if (c->sc == SC_STAGED)
-        ok(pr.staged > 0, "staged: %llu bytes went through the host buffers",
+        ok(pr.staged > 0, "staged: %llu bytes copied out of the device slab by stage_copy",
            (unsigned long long)pr.staged);
     if (c->sc == SC_EXPIRED)
         ok(dr.expired >= 1, "expired: decode counted it");
