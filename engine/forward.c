@@ -156,10 +156,35 @@ static duet_status_t scratch_grow(fwd_t *f, int32_t n_tok, int32_t n_seqs)
     return DUET_OK;
 }
 
+/* Every matrix the matmul reads, repacked once for the backend (ops.prepare),
+ * or released. */
+static duet_status_t prepare_weights(fwd_t *f, bool prepare)
+{
+    for (int32_t i = 0; f->layers != NULL && i < f->cfg.n_layers; i++) {
+        fwd_layer_t *L = &f->layers[i];
+        ops_weight_t *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up,
+                                &L->w_down};
+
+        for (size_t m = 0; m < sizeof(mats) / sizeof(mats[0]); m++) {
+            if (!prepare)
+                ops_release(f->ops, mats[m]);
+            else if (mats[m]->data != NULL)
+                CHECK(ops_prepare(f->ops, mats[m]));
+        }
+    }
+    if (!prepare)
+        ops_release(f->ops, &f->output);
+    else
+        CHECK(ops_prepare(f->ops, &f->output));
+    return DUET_OK;
+}
+
 void fwd_destroy(fwd_t *f)
 {
     if (f == NULL)
         return;
+    if (f->ops != NULL)
+        prepare_weights(f, false);
     if (f->layers != NULL) {
         for (int32_t i = 0; i < f->cfg.n_layers; i++) {
             free(f->layers[i].attn_norm);
@@ -449,6 +474,7 @@ duet_status_t fwd_create(const gguf_t *g, const model_config_t *cfg,
                            .scale = cfg->rope_scaling == ROPE_SCALING_LINEAR ? cfg->rope_scale : 1.0f};
     if (f->tp != NULL)
         CHECK_GOTO(tp_shard_weights(f, cfg), st, err_fwd);
+    CHECK_GOTO(prepare_weights(f, true), st, err_fwd);
 
     f->layout = (kv_layout_t){.n_layers = cfg->n_layers, .n_blocks = opts->n_blocks,
                               .n_kv_heads = f->cfg.n_kv_heads, .block_size = opts->block_size,

@@ -35,6 +35,10 @@ typedef struct {
      * still read once). For matrices whose inputs have outliers that make
      * 8-bit blocks too coarse (see docs/kernels.md). */
     bool        precise;
+    /* This matrix repacked by ops.prepare for the backend's matmul (owned by
+     * the backend, freed by ops.release; NULL: none). data stays valid and is
+     * what embed reads. */
+    void       *prepared;
 } ops_weight_t;
 
 /* The paged KV cache of one layer (common/kv_layout.h). Borrowed. */
@@ -78,6 +82,14 @@ struct ops {
      * rounded to f16/bf16; F32 uses them as they are. */
     duet_status_t (*matmul)(void *ctx, float *out, const float *x,
                             const ops_weight_t *w, int32_t n_tok);
+
+    /* Optional (NULL: nothing to prepare). Repack w once into the layout the
+     * backend's matmul and logits read fastest (w->prepared), so no call
+     * repacks it again; results are the same bits as unprepared. w->data
+     * must not change while w is prepared. release frees it (w->prepared =
+     * NULL); both accept weights the backend does not prepare. */
+    duet_status_t (*prepare)(void *ctx, ops_weight_t *w);
+    void (*release)(void *ctx, ops_weight_t *w);
 
     /* out(n_tok, n) = x / sqrt(mean(x^2) + eps) * w(n). out may equal x. */
     duet_status_t (*rmsnorm)(void *ctx, float *out, const float *x, const float *w,
@@ -136,6 +148,17 @@ static inline duet_status_t ops_embed(ops_t *o, float *out, const ops_weight_t *
                                       const int32_t *ids, int32_t n_tok)
 {
     return o->embed(o->ctx, out, w, ids, n_tok);
+}
+
+static inline duet_status_t ops_prepare(ops_t *o, ops_weight_t *w)
+{
+    return o->prepare != NULL ? o->prepare(o->ctx, w) : DUET_OK;
+}
+
+static inline void ops_release(ops_t *o, ops_weight_t *w)
+{
+    if (o->release != NULL)
+        o->release(o->ctx, w);
 }
 
 static inline duet_status_t ops_matmul(ops_t *o, float *out, const float *x,

@@ -178,6 +178,8 @@ typedef struct {
     cpu_pack_fn       pack;      /* 16-row panels, or NULL */
     void             *panels;    /* (nth, panel_bytes) scratch when pack */
     size_t            panel_bytes;
+    const char       *prepared;  /* prepared panels (cpu_panelc_fn), or NULL */
+    size_t            prepared_panel_bytes;
 } mm_t;
 
 static void mm_convert(void *arg, int64_t b, int64_t e, int ith)
@@ -223,7 +225,16 @@ static void mm_rows(void *arg, int64_t r0, int64_t r1, int ith)
     float *o = m->out2 != NULL ? m->out2 : m->out;
     int nlev = m->out2 != NULL ? 2 : 1;
 
-    if (m->pack != NULL) {
+    if (m->prepared != NULL) {
+        /* as below, on the panels packed once by cpu_prepare */
+        for (; r0 + CPU_PANEL_ROWS <= r1; r0 += CPU_PANEL_ROWS)
+            m->k->dot_panelc(m->n / QK,
+                             m->prepared + (size_t)(r0 / CPU_PANEL_ROWS) * m->prepared_panel_bytes,
+                             m->type, m->xa, m->xa_stride, nlev, m->n_tok, m->out + r0,
+                             (size_t)m->d);
+        if (r0 == r1)
+            return;
+    } else if (m->pack != NULL) {
         /* whole panels: chunks are multiples of 16 rows, so only the last
          * d % 16 rows of the matrix take the tile path below, whatever the
          * thread count */
@@ -291,7 +302,10 @@ static duet_status_t cpu_matmul(void *ctx, float *out, const float *x,
         m.xa_stride = (size_t)(m.n / QK) * sizeof(block_q8a_t);
     /* Panels once several tokens share each packed weight block (n_tok only,
      * so the path never depends on the thread count). */
-    if (quant && c->k->dot_panel != NULL && n_tok >= CPU_PANEL_MIN_TOK) {
+    if (quant && w->prepared != NULL && c->k->dot_panelc != NULL) {
+        m.prepared = w->prepared;
+        m.prepared_panel_bytes = (size_t)(m.n / QK) * cpu_panelc_block_bytes(w->type);
+    } else if (quant && c->k->dot_panel != NULL && n_tok >= CPU_PANEL_MIN_TOK) {
         m.pack = w->type == DTYPE_Q8_0 ? c->k->pack_q8_0 :
                  w->type == DTYPE_Q4_0 ? c->k->pack_q4_0 : c->k->pack_q4_1;
         m.panel_bytes = (size_t)(m.n / QK) * CPU_PANEL_BLOCK_BYTES;
@@ -320,10 +334,71 @@ static duet_status_t cpu_matmul(void *ctx, float *out, const float *x,
     /* ~16 chunks per thread for balance on shared cores, 4..64 rows each */
     chunk = m.d / ((int64_t)c->nth * 16);
     chunk = chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
-    if (m.pack != NULL)
+    if (m.pack != NULL || m.prepared != NULL)
         chunk = (chunk + CPU_PANEL_ROWS - 1) / CPU_PANEL_ROWS * CPU_PANEL_ROWS;
     par_for(c, m.d, chunk, mm_rows, &m);
     return DUET_OK;
+}
+
+/* --- prepared weights ------------------------------------------------------ */
+
+typedef struct {
+    cpu_pack_fn packc;
+    char       *dst;
+    const char *w;
+    size_t      w_stride, panel_bytes;
+    int64_t     nb;
+} prep_t;
+
+static void prep_panels(void *arg, int64_t b, int64_t e, int ith)
+{
+    prep_t *p = arg;
+
+    (void)ith;
+    for (int64_t i = b; i < e; i++)
+        p->packc(p->dst + (size_t)i * p->panel_bytes,
+                 p->w + (size_t)i * CPU_PANEL_ROWS * p->w_stride, p->w_stride, p->nb);
+}
+
+/* Quantized matrices of at least 16 rows, where the ISA has prepared panels:
+ * the whole rows' 16-row panels, packed once (the last d % 16 rows stay on
+ * the row path, as unprepared). */
+static duet_status_t cpu_prepare(void *ctx, ops_weight_t *w)
+{
+    cpu_ctx_t *c = ctx;
+    prep_t p;
+    size_t bytes;
+
+    if (!weight_ok(w))
+        return DUET_ERR_INVALID;
+    if (w->prepared != NULL || c->k->dot_panelc == NULL || w->d < CPU_PANEL_ROWS)
+        return DUET_OK;
+    switch (w->type) {
+    case DTYPE_Q8_0: p.packc = c->k->packc_q8_0; break;
+    case DTYPE_Q4_0: p.packc = c->k->packc_q4_0; break;
+    case DTYPE_Q4_1: p.packc = c->k->packc_q4_1; break;
+    default: return DUET_OK;
+    }
+    p.nb = w->n / QK;
+    p.w = w->data;
+    p.w_stride = dtype_row_bytes(w->type, w->n);
+    p.panel_bytes = (size_t)p.nb * cpu_panelc_block_bytes(w->type);
+    bytes = (size_t)(w->d / CPU_PANEL_ROWS) * p.panel_bytes;
+    p.dst = aligned_alloc(64, bytes);
+    if (p.dst == NULL)
+        return DUET_ERR_NOMEM;
+    par_for(c, w->d / CPU_PANEL_ROWS, 4, prep_panels, &p);
+    w->prepared = p.dst;
+    return DUET_OK;
+}
+
+static void cpu_release(void *ctx, ops_weight_t *w)
+{
+    (void)ctx;
+    if (w == NULL)
+        return;
+    free(w->prepared);
+    w->prepared = NULL;
 }
 
 /* --- rmsnorm, rope, silu, add --------------------------------------------------- */
@@ -758,6 +833,8 @@ duet_status_t cpu_backend_create(const cpu_opts_t *opts, ops_t **ops_p)
         .ctx = c,
         .embed = cpu_embed,
         .matmul = cpu_matmul,
+        .prepare = cpu_prepare,
+        .release = cpu_release,
         .rmsnorm = cpu_rmsnorm,
         .rope = cpu_rope,
         .silu_mul = cpu_silu_mul,

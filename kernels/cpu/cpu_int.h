@@ -55,6 +55,29 @@ typedef void (*cpu_pack_fn)(void *panel, const void *w, size_t w_stride, int64_t
 typedef void (*cpu_panel_fn)(int64_t nb, const void *panel, const void *x, size_t x_stride,
                              int nlev, int ntok, float *out, size_t out_stride);
 
+/* Prepared panels (ops.prepare): a matrix repacked once, at load time, into
+ * 16-row panels that keep the weights' own size, so the matmul reads them
+ * straight and packs nothing per call. Per block of 32 columns:
+ *   Q4_0/Q4_1: 4 vectors of 16 dwords, dword j of vector k = bytes
+ *              4k..4k+3 of row j's nibbles as stored (elements 4k..4k+3 in
+ *              the low nibbles, 16+4k.. in the high ones); then 16 f16 d_w
+ *              and (Q4_1) 16 f16 m: 5 x 64 bytes for 16 x 32 weights;
+ *   Q8_0:      8 vectors as in cpu_pack_fn (w + 128); then 16 f16 d_w:
+ *              9 x 64 bytes.
+ * The constant terms (Q4_0: -8 d_w, Q8_0: -128 d_w) are formed in the dot
+ * exactly as cpu_pack_fn forms them, so both panel paths give the same bits.
+ * Panel p (rows 16p .. 16p + 15) starts at p * nb * cpu_panelc_block_bytes(). */
+#define CPU_PANELC_Q4_BYTES (5 * 64)
+#define CPU_PANELC_Q8_BYTES (9 * 64)
+typedef void (*cpu_panelc_fn)(int64_t nb, const void *panel, dtype_t type, const void *x,
+                              size_t x_stride, int nlev, int ntok, float *out,
+                              size_t out_stride);
+
+static inline size_t cpu_panelc_block_bytes(dtype_t type)
+{
+    return type == DTYPE_Q8_0 ? CPU_PANELC_Q8_BYTES : CPU_PANELC_Q4_BYTES;
+}
+
 /* One attention task: n_q <= CPU_ATTN_MAX_Q query rows that share one KV
  * head; row i attends to positions 0 .. len[i] - 1. */
 #define CPU_ATTN_MAX_Q 16
@@ -89,6 +112,9 @@ typedef struct {
     /* 16-row panels (see cpu_pack_fn); all NULL or all set */
     cpu_pack_fn  pack_q8_0, pack_q4_0, pack_q4_1;
     cpu_panel_fn dot_panel;
+    /* prepared panels (see cpu_panelc_fn); all NULL or all set */
+    cpu_pack_fn   packc_q8_0, packc_q4_0, packc_q4_1;
+    cpu_panelc_fn dot_panelc;
 
     /* sum of x(n)^2 */
     float (*sumsq)(const float *x, int64_t n);

@@ -628,8 +628,176 @@ static void x86_dot_panel(int64_t nb, const void *panel, const void *x, size_t x
 #undef PANEL_CASE
     }
 }
+
+/* --- prepared panels (cpu_panelc_fn): packed once, at the weights' size --- */
+
+static void x86_packc_q4(void *panel, const void *w, size_t ws, int64_t nb, bool q4_1)
+{
+    const __m512i idx = panel_rows(ws);
+    const size_t bsz = q4_1 ? sizeof(block_q4_1_t) : sizeof(block_q4_0_t);
+    __m512i *p = panel;
+
+    for (int64_t b = 0; b < nb; b++, p += 5) {
+        const char *blk = (const char *)w + (size_t)b * bsz;
+        __m512i dm = _mm512_i32gather_epi32(idx, blk, 1);
+
+        for (int k = 0; k < 4; k++)
+            _mm512_store_si512(p + k, _mm512_i32gather_epi32(idx, blk + (q4_1 ? 4 : 2) + 4 * k, 1));
+        /* 16 f16 d, then 16 f16 m (Q4_1) or zeros */
+        _mm256_store_si256((__m256i *)(void *)(p + 4), _mm512_cvtepi32_epi16(dm));
+        _mm256_store_si256((__m256i *)(void *)(p + 4) + 1,
+                           q4_1 ? _mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))
+                                : _mm256_setzero_si256());
+    }
+}
+
+static void x86_packc_q4_1(void *panel, const void *w, size_t ws, int64_t nb)
+{
+    x86_packc_q4(panel, w, ws, nb, true);
+}
+
+static void x86_packc_q4_0(void *panel, const void *w, size_t ws, int64_t nb)
+{
+    x86_packc_q4(panel, w, ws, nb, false);
+}
+
+static void x86_packc_q8_0(void *panel, const void *w, size_t ws, int64_t nb)
+{
+    const __m512i idx = panel_rows(ws), bias = _mm512_set1_epi8((char)0x80);
+    __m512i *p = panel;
+
+    for (int64_t b = 0; b < nb; b++, p += 9) {
+        const char *blk = (const char *)w + b * (int64_t)sizeof(block_q8_0_t);
+
+        for (int k = 0; k < 8; k++)
+            _mm512_store_si512(p + k, _mm512_xor_si512(
+                _mm512_i32gather_epi32(idx, blk + 2 + 4 * k, 1), bias));
+        _mm256_store_si256((__m256i *)(void *)(p + 8),
+                           _mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, blk, 1)));
+        _mm256_store_si256((__m256i *)(void *)(p + 8) + 1, _mm256_setzero_si256());
+    }
+}
+
+#ifndef PANELC_PREFETCH
+#define PANELC_PREFETCH 8   /* blocks ahead */
+#endif
+
+/* As x86_panel_tile, on a prepared panel of type FMT (Q4_1, Q4_0 or Q8_0):
+ * the Q4 nibbles are split in registers, the scales widened from f16. */
+ALWAYS_INLINE void x86_panelc_tile(int64_t nb, const __m512i *p, const int FMT,
+                                   const void *x, size_t xs, const int NL, const int T,
+                                   float *out, size_t os)
+{
+    const int stride = FMT == DTYPE_Q8_0 ? 9 : 5;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512 acc[8];
+    const block_q8a_t *xr[16];
+
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)
+        acc[t] = _mm512_setzero_ps();
+    _Pragma("GCC unroll 16") for (int i = 0; i < T * NL; i++)
+        xr[i] = ROW(x, i, xs);
+    for (int64_t b = 0; b < nb; b++, p += stride) {
+        __m512i w0, w1, w2, w3, w4, w5, w6, w7;
+        __m512 dw, cw;
+
+        /* the panel streams from memory once per call: ask for it early */
+        _Pragma("GCC unroll 9") for (int k = 0; k < stride; k++)
+            _mm_prefetch((const char *)(p + PANELC_PREFETCH * stride + k), _MM_HINT_T0);
+
+        if (FMT == DTYPE_Q8_0) {
+            w0 = _mm512_load_si512(p);
+            w1 = _mm512_load_si512(p + 1);
+            w2 = _mm512_load_si512(p + 2);
+            w3 = _mm512_load_si512(p + 3);
+            w4 = _mm512_load_si512(p + 4);
+            w5 = _mm512_load_si512(p + 5);
+            w6 = _mm512_load_si512(p + 6);
+            w7 = _mm512_load_si512(p + 7);
+            dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(p + 8)));
+            cw = _mm512_mul_ps(dw, _mm512_set1_ps(-128.0f));
+        } else {
+            __m512i v0 = _mm512_load_si512(p), v1 = _mm512_load_si512(p + 1);
+            __m512i v2 = _mm512_load_si512(p + 2), v3 = _mm512_load_si512(p + 3);
+
+            w0 = _mm512_and_si512(v0, m4);
+            w1 = _mm512_and_si512(v1, m4);
+            w2 = _mm512_and_si512(v2, m4);
+            w3 = _mm512_and_si512(v3, m4);
+            w4 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4);
+            w5 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
+            w6 = _mm512_and_si512(_mm512_srli_epi16(v2, 4), m4);
+            w7 = _mm512_and_si512(_mm512_srli_epi16(v3, 4), m4);
+            dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(p + 4)));
+            if (FMT == DTYPE_Q4_1)
+                cw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(p + 4) + 1));
+            else
+                cw = _mm512_mul_ps(dw, _mm512_set1_ps(-8.0f));
+        }
+        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {
+            _Pragma("GCC unroll 2") for (int l = 0; l < NL; l++) {
+                const block_q8a_t *xb = &xr[t * NL + l][b];
+                const int32_t *q = (const int32_t *)(const void *)xb->qs;
+                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_set1_epi32(q[0]));
+                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_set1_epi32(q[1]));
+
+                s0 = _mm512_dpbusd_epi32(s0, w2, _mm512_set1_epi32(q[2]));
+                s1 = _mm512_dpbusd_epi32(s1, w3, _mm512_set1_epi32(q[3]));
+                s0 = _mm512_dpbusd_epi32(s0, w4, _mm512_set1_epi32(q[4]));
+                s1 = _mm512_dpbusd_epi32(s1, w5, _mm512_set1_epi32(q[5]));
+                s0 = _mm512_dpbusd_epi32(s0, w6, _mm512_set1_epi32(q[6]));
+                s1 = _mm512_dpbusd_epi32(s1, w7, _mm512_set1_epi32(q[7]));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
+                                         _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
+                acc[t] = _mm512_fmadd_ps(cw, _mm512_set1_ps(xb->ds), acc[t]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)
+        _mm512_storeu_ps(out + (size_t)t * os, acc[t]);
+}
+
+#define PANELC_FMT(FMT)                                                        \
+    static void x86_dot_panelc_##FMT(int64_t nb, const void *panel, const void *x, \
+                                     size_t xs, int nlev, int ntok, float *out, size_t os) \
+    {                                                                          \
+        for (int t = 0; t < ntok; t += PANEL_T) {                              \
+            int nt = ntok - t < PANEL_T ? ntok - t : PANEL_T;                  \
+            const void *xt = ROW(x, (size_t)t * (size_t)nlev, xs);             \
+            float *ot = out + (size_t)t * os;                                  \
+                                                                               \
+            switch (nt * 2 + (nlev == 2)) {                                    \
+            PANELC_CASE(FMT, 8) PANELC_CASE(FMT, 7) PANELC_CASE(FMT, 6)        \
+            PANELC_CASE(FMT, 5) PANELC_CASE(FMT, 4) PANELC_CASE(FMT, 3)        \
+            PANELC_CASE(FMT, 2) PANELC_CASE(FMT, 1)                            \
+            default: break;                                                    \
+            }                                                                  \
+        }                                                                      \
+    }
+#define PANELC_CASE(FMT, NT)                                                   \
+    case 2 * NT + 1: x86_panelc_tile(nb, panel, DTYPE_##FMT, xt, xs, 2, NT, ot, os); break; \
+    case 2 * NT:     x86_panelc_tile(nb, panel, DTYPE_##FMT, xt, xs, 1, NT, ot, os); break;
+
+PANELC_FMT(Q4_1)
+PANELC_FMT(Q4_0)
+PANELC_FMT(Q8_0)
+#undef PANELC_CASE
+#undef PANELC_FMT
+
+static void x86_dot_panelc(int64_t nb, const void *panel, dtype_t type, const void *x,
+                           size_t xs, int nlev, int ntok, float *out, size_t os)
+{
+    switch (type) {
+    case DTYPE_Q4_1: x86_dot_panelc_Q4_1(nb, panel, x, xs, nlev, ntok, out, os); break;
+    case DTYPE_Q4_0: x86_dot_panelc_Q4_0(nb, panel, x, xs, nlev, ntok, out, os); break;
+    default:         x86_dot_panelc_Q8_0(nb, panel, x, xs, nlev, ntok, out, os); break;
+    }
+}
+
 #define PANEL_FNS .pack_q8_0 = x86_pack_q8_0, .pack_q4_0 = x86_pack_q4_0, \
-                  .pack_q4_1 = x86_pack_q4_1, .dot_panel = x86_dot_panel,
+                  .pack_q4_1 = x86_pack_q4_1, .dot_panel = x86_dot_panel, \
+                  .packc_q8_0 = x86_packc_q8_0, .packc_q4_0 = x86_packc_q4_0, \
+                  .packc_q4_1 = x86_packc_q4_1, .dot_panelc = x86_dot_panelc,
 #else
 #define PANEL_FNS
 #endif

@@ -228,6 +228,24 @@ static void test_matmul_shape(dtype_t t, int64_t n, int64_t d, int32_t n_tok, bo
         ok(bad == 0, "%s matmul %s%s n=%lld d=%lld tok=%d matches ref (worst %.3f of tol)",
            paths[p].ops->name, dtype_name(t), precise ? " precise" : "", (long long)n,
            (long long)d, n_tok, worst);
+
+        /* prepared (repacked once) weights: the same bits as unprepared */
+        {
+            ops_weight_t pw = w;
+            float *again = malloc(sizeof(float) * (size_t)(d * n_tok));
+
+            is_int(ops_prepare(paths[p].ops, &pw), DUET_OK, "%s prepare", paths[p].ops->name);
+            memset(again, 0xff, sizeof(float) * (size_t)(d * n_tok));
+            is_int(ops_matmul(paths[p].ops, again, x, &pw, n_tok), DUET_OK,
+                   "%s matmul prepared", paths[p].ops->name);
+            ok(memcmp(again, got, sizeof(float) * (size_t)(d * n_tok)) == 0,
+               "%s matmul %s%s n=%lld d=%lld tok=%d: prepared (%s) gives the same bits",
+               paths[p].ops->name, dtype_name(t), precise ? " precise" : "", (long long)n,
+               (long long)d, n_tok, pw.prepared != NULL ? "repacked" : "as is");
+            ops_release(paths[p].ops, &pw);
+            ok(pw.prepared == NULL, "%s release", paths[p].ops->name);
+            free(again);
+        }
     }
     free((void *)w.data);
     free(x);
