@@ -224,8 +224,10 @@ static int serve_run(int argc, char **argv)
     setenv("DUET_CLUSTER_TOKEN", token, 1);
     if (api_key != NULL)
         setenv("DUET_API_KEY", api_key, 1);
-    /* The KV connector's tested transport on one host (docs/kvconnector.md). */
-    setenv("UCX_TLS", getenv("UCX_TLS") != NULL ? getenv("UCX_TLS") : "tcp,self", 1);
+    /* Every node runs on this host: the connector's messages go over TCP (the
+     * listener needs it) and its KV writes into the decode slab, mapped
+     * through shared memory (docs/kvconnector.md). */
+    setenv("UCX_TLS", getenv("UCX_TLS") != NULL ? getenv("UCX_TLS") : "sm,self,tcp", 1);
     snprintf(level, sizeof(level), "%s",
              log_get_level() <= LOG_LEVEL_DEBUG ? "debug" :
              log_get_level() == LOG_LEVEL_INFO ? "info" :

@@ -524,9 +524,12 @@ static duet_status_t fwd_layer(fwd_t *f, const fwd_layer_t *L, int32_t layer, in
 
     /* attention block: x += Wo . attn(rope(Wq xn), rope(Wk xn), Wv xn) */
     CHECK(ops_rmsnorm(o, f->xn, f->x, L->attn_norm, T, c->hidden, c->rms_eps));
-    CHECK(ops_matmul(o, f->q, f->xn, &L->wq, T));
-    CHECK(ops_matmul(o, f->k, f->xn, &L->wk, T));
-    CHECK(ops_matmul(o, f->v, f->xn, &L->wv, T));
+    {
+        float *outs[] = {f->q, f->k, f->v};
+        const ops_weight_t *ws[] = {&L->wq, &L->wk, &L->wv};
+
+        CHECK(ops_matmul_n(o, outs, f->xn, ws, 3, T));
+    }
     CHECK(ops_rope(o, f->q, f->pos, T, c->n_heads, c->head_dim, &f->rope));
     CHECK(ops_rope(o, f->k, f->pos, T, c->n_kv_heads, c->head_dim, &f->rope));
     CHECK(ops_kv_write(o, &kv, f->k, f->v, f->oseqs, n_seqs));
@@ -538,8 +541,12 @@ static duet_status_t fwd_layer(fwd_t *f, const fwd_layer_t *L, int32_t layer, in
 
     /* feed-forward block: x += W_down . (silu(W_gate xn) * W_up xn) */
     CHECK(ops_rmsnorm(o, f->xn, f->x, L->ffn_norm, T, c->hidden, c->rms_eps));
-    CHECK(ops_matmul(o, f->gate, f->xn, &L->w_gate, T));
-    CHECK(ops_matmul(o, f->up, f->xn, &L->w_up, T));
+    {
+        float *outs[] = {f->gate, f->up};
+        const ops_weight_t *ws[] = {&L->w_gate, &L->w_up};
+
+        CHECK(ops_matmul_n(o, outs, f->xn, ws, 2, T));
+    }
     CHECK(ops_silu_mul(o, f->gate, f->gate, f->up, (int64_t)T * c->ffn));
     CHECK(ops_matmul(o, f->xn, f->gate, &L->w_down, T));
     CHECK(tp_sum(f, f->xn, nh));

@@ -83,6 +83,12 @@ struct ops {
     duet_status_t (*matmul)(void *ctx, float *out, const float *x,
                             const ops_weight_t *w, int32_t n_tok);
 
+    /* outs[i](n_tok, ws[i]->d) = x(n_tok, n) . ws[i]^T for nw matrices that
+     * read the same input (q/k/v, gate/up): the same bits as nw matmul
+     * calls, with the activations converted once and one parallel region. */
+    duet_status_t (*matmul_n)(void *ctx, float *const *outs, const float *x,
+                              const ops_weight_t *const *ws, int nw, int32_t n_tok);
+
     /* Optional (NULL: nothing to prepare). Repack w once into the layout the
      * backend's matmul and logits read fastest (w->prepared), so no call
      * repacks it again; results are the same bits as unprepared. w->data
@@ -165,6 +171,21 @@ static inline duet_status_t ops_matmul(ops_t *o, float *out, const float *x,
                                        const ops_weight_t *w, int32_t n_tok)
 {
     return o->matmul(o->ctx, out, x, w, n_tok);
+}
+
+static inline duet_status_t ops_matmul_n(ops_t *o, float *const *outs, const float *x,
+                                         const ops_weight_t *const *ws, int nw,
+                                         int32_t n_tok)
+{
+    if (o->matmul_n != NULL)
+        return o->matmul_n(o->ctx, outs, x, ws, nw, n_tok);
+    for (int i = 0; i < nw; i++) {
+        duet_status_t s = o->matmul(o->ctx, outs[i], x, ws[i], n_tok);
+
+        if (s != DUET_OK)
+            return s;
+    }
+    return DUET_OK;
 }
 
 static inline duet_status_t ops_rmsnorm(ops_t *o, float *out, const float *x,

@@ -269,74 +269,164 @@ static void mm_rows(void *arg, int64_t r0, int64_t r1, int ith)
     }
 }
 
+/* One call's matrices share the input x, so their activations are converted
+ * once and all their row chunks run in one parallel region (tasks). */
+#define MM_MAX_W     4
+#define MM_MAX_TASKS 256
+
+typedef struct {
+    mm_t   *m;
+    struct { int i; int64_t r0, r1; } t[MM_MAX_TASKS];
+} mm_tasks_t;
+
+static void mm_tasks(void *arg, int64_t b, int64_t e, int ith)
+{
+    mm_tasks_t *a = arg;
+
+    for (int64_t j = b; j < e; j++)
+        mm_rows(&a->m[a->t[j].i], a->t[j].r0, a->t[j].r1, ith);
+}
+
+/* Rows per chunk: ~16 chunks per thread for balance on shared cores, 4..64
+ * rows each, whole panels where panels are used. */
+static int64_t mm_chunk(const cpu_ctx_t *c, const mm_t *m)
+{
+    int64_t chunk = m->d / ((int64_t)c->nth * 16);
+
+    chunk = chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
+    if (m->pack != NULL || m->prepared != NULL)
+        chunk = (chunk + CPU_PANEL_ROWS - 1) / CPU_PANEL_ROWS * CPU_PANEL_ROWS;
+    return chunk;
+}
+
+/* outs[i](n_tok, ws[i]->d) = x(n_tok, n) . ws[i]^T for nw matrices of the
+ * same n, type and precision (checked by the caller). */
+static duet_status_t mm_run(cpu_ctx_t *c, float *const *outs, const float *x,
+                            const ops_weight_t *const *ws, int nw, int32_t n_tok)
+{
+    const ops_weight_t *w = ws[0];
+    mm_t m[MM_MAX_W];
+    mm_t *b = &m[0];
+    bool quant, precise;
+    size_t act_bytes, out2_bytes = 0, resid_bytes = 0, out2_off[MM_MAX_W];
+
+    *b = (mm_t){.k = c->k, .out = outs[0], .x = x, .w = w->data};
+    b->n = w->n;
+    b->d = w->d;
+    b->n_tok = n_tok;
+    b->type = w->type;
+    b->w_stride = dtype_row_bytes(w->type, w->n);
+    quant = dtype_block_elems(w->type) > 1;
+    precise = quant && w->precise;
+    b->n_act = precise ? 2 * n_tok : n_tok;
+    switch (w->type) {
+    case DTYPE_F32:  b->dot = c->k->dot_f32;  b->xa_stride = (size_t)b->n * 4; break;
+    case DTYPE_F16:  b->dot = c->k->dot_f16;  b->xa_stride = (size_t)b->n * 2; break;
+    case DTYPE_BF16: b->dot = c->k->dot_bf16; b->xa_stride = (size_t)b->n * 2; break;
+    case DTYPE_Q8_0: b->dot = c->k->dot_q8_0; break;
+    case DTYPE_Q4_0: b->dot = c->k->dot_q4_0; break;
+    case DTYPE_Q4_1: b->dot = c->k->dot_q4_1; break;
+    }
+    if (quant)
+        b->xa_stride = (size_t)(b->n / QK) * sizeof(block_q8a_t);
+    /* Panels once several tokens share each packed weight block (n_tok only,
+     * so the path never depends on the thread count). */
+    if (quant && c->k->dot_panel != NULL && n_tok >= CPU_PANEL_MIN_TOK) {
+        b->pack = w->type == DTYPE_Q8_0 ? c->k->pack_q8_0 :
+                  w->type == DTYPE_Q4_0 ? c->k->pack_q4_0 : c->k->pack_q4_1;
+        b->panel_bytes = (size_t)(b->n / QK) * CPU_PANEL_BLOCK_BYTES;
+    }
+    for (int i = 0; i < nw; i++) {
+        if (i > 0) {
+            m[i] = *b;
+            m[i].out = outs[i];
+            m[i].w = ws[i]->data;
+            m[i].d = ws[i]->d;
+        }
+        if (quant && ws[i]->prepared != NULL && c->k->dot_panelc != NULL) {
+            m[i].prepared = ws[i]->prepared;
+            m[i].prepared_panel_bytes = (size_t)(b->n / QK) * cpu_panelc_block_bytes(w->type);
+        }
+        out2_off[i] = out2_bytes;
+        if (precise)
+            out2_bytes += ((size_t)b->n_act * (size_t)m[i].d * sizeof(float) + 63) & ~(size_t)63;
+    }
+    if (w->type == DTYPE_F32) {
+        for (int i = 0; i < nw; i++)
+            m[i].xa = (void *)x;
+    } else {
+        act_bytes = ((size_t)b->n_act * b->xa_stride + 63) & ~(size_t)63;
+        if (precise)
+            resid_bytes = (size_t)c->nth * (size_t)b->n * sizeof(float);
+        CHECK(grow(&c->act, &c->act_bytes,
+                   act_bytes + out2_bytes + ((resid_bytes + 63) & ~(size_t)63) +
+                   (size_t)c->nth * b->panel_bytes));
+        for (int i = 0; i < nw; i++) {
+            m[i].xa = c->act;
+            if (b->pack != NULL)
+                m[i].panels = (char *)c->act + act_bytes + out2_bytes +
+                              ((resid_bytes + 63) & ~(size_t)63);
+            if (precise) {
+                m[i].out2 = (float *)(void *)((char *)c->act + act_bytes + out2_off[i]);
+                m[i].resid = (float *)(void *)((char *)c->act + act_bytes + out2_bytes);
+            }
+        }
+        par_for(c, n_tok, 8, mm_convert, b);
+    }
+    if (nw == 1) {
+        par_for(c, b->d, mm_chunk(c, b), mm_rows, b);
+    } else {
+        mm_tasks_t a = {.m = m};
+        int64_t nt = 0;
+
+        for (int i = 0; i < nw; i++) {
+            int64_t chunk = mm_chunk(c, &m[i]);
+
+            for (int64_t r = 0; r < m[i].d; r += chunk, nt++) {
+                if (nt == MM_MAX_TASKS) {
+                    par_for(c, nt, 1, mm_tasks, &a);
+                    nt = 0;
+                }
+                a.t[nt].i = i;
+                a.t[nt].r0 = r;
+                a.t[nt].r1 = r + chunk < m[i].d ? r + chunk : m[i].d;
+            }
+        }
+        par_for(c, nt, 1, mm_tasks, &a);
+    }
+    return DUET_OK;
+}
+
 static duet_status_t cpu_matmul(void *ctx, float *out, const float *x,
                                 const ops_weight_t *w, int32_t n_tok)
 {
-    cpu_ctx_t *c = ctx;
-    mm_t m = {.k = c->k, .out = out, .x = x, .w = w ? w->data : NULL};
-    bool quant, precise;
-    size_t act_bytes, out2_bytes = 0, resid_bytes = 0;
-    int64_t chunk;
-
     if (!weight_ok(w) || out == NULL || x == NULL || n_tok < 0)
         return DUET_ERR_INVALID;
     if (n_tok == 0)
         return DUET_OK;
-    m.n = w->n;
-    m.d = w->d;
-    m.n_tok = n_tok;
-    m.type = w->type;
-    m.w_stride = dtype_row_bytes(w->type, w->n);
-    quant = dtype_block_elems(w->type) > 1;
-    precise = quant && w->precise;
-    m.n_act = precise ? 2 * n_tok : n_tok;
-    switch (w->type) {
-    case DTYPE_F32:  m.dot = c->k->dot_f32;  m.xa_stride = (size_t)m.n * 4; break;
-    case DTYPE_F16:  m.dot = c->k->dot_f16;  m.xa_stride = (size_t)m.n * 2; break;
-    case DTYPE_BF16: m.dot = c->k->dot_bf16; m.xa_stride = (size_t)m.n * 2; break;
-    case DTYPE_Q8_0: m.dot = c->k->dot_q8_0; break;
-    case DTYPE_Q4_0: m.dot = c->k->dot_q4_0; break;
-    case DTYPE_Q4_1: m.dot = c->k->dot_q4_1; break;
+    return mm_run(ctx, &out, x, &w, 1, n_tok);
+}
+
+static duet_status_t cpu_matmul_n(void *ctx, float *const *outs, const float *x,
+                                  const ops_weight_t *const *ws, int nw, int32_t n_tok)
+{
+    bool same = nw <= MM_MAX_W;
+
+    if (nw < 1 || outs == NULL || ws == NULL || x == NULL || n_tok < 0)
+        return DUET_ERR_INVALID;
+    for (int i = 0; i < nw; i++) {
+        if (!weight_ok(ws[i]) || outs[i] == NULL)
+            return DUET_ERR_INVALID;
+        if (ws[i]->n != ws[0]->n || ws[i]->type != ws[0]->type ||
+            ws[i]->precise != ws[0]->precise)
+            same = false;
     }
-    if (quant)
-        m.xa_stride = (size_t)(m.n / QK) * sizeof(block_q8a_t);
-    /* Panels once several tokens share each packed weight block (n_tok only,
-     * so the path never depends on the thread count). */
-    if (quant && w->prepared != NULL && c->k->dot_panelc != NULL) {
-        m.prepared = w->prepared;
-        m.prepared_panel_bytes = (size_t)(m.n / QK) * cpu_panelc_block_bytes(w->type);
-    } else if (quant && c->k->dot_panel != NULL && n_tok >= CPU_PANEL_MIN_TOK) {
-        m.pack = w->type == DTYPE_Q8_0 ? c->k->pack_q8_0 :
-                 w->type == DTYPE_Q4_0 ? c->k->pack_q4_0 : c->k->pack_q4_1;
-        m.panel_bytes = (size_t)(m.n / QK) * CPU_PANEL_BLOCK_BYTES;
-    }
-    if (w->type == DTYPE_F32) {
-        m.xa = (void *)x;
-    } else {
-        act_bytes = ((size_t)m.n_act * m.xa_stride + 63) & ~(size_t)63;
-        if (precise) {
-            out2_bytes = ((size_t)m.n_act * (size_t)m.d * sizeof(float) + 63) & ~(size_t)63;
-            resid_bytes = (size_t)c->nth * (size_t)m.n * sizeof(float);
-        }
-        CHECK(grow(&c->act, &c->act_bytes,
-                   act_bytes + out2_bytes + ((resid_bytes + 63) & ~(size_t)63) +
-                   (size_t)c->nth * m.panel_bytes));
-        m.xa = c->act;
-        if (m.pack != NULL)
-            m.panels = (char *)c->act + act_bytes + out2_bytes +
-                       ((resid_bytes + 63) & ~(size_t)63);
-        if (precise) {
-            m.out2 = (float *)(void *)((char *)c->act + act_bytes);
-            m.resid = (float *)(void *)((char *)c->act + act_bytes + out2_bytes);
-        }
-        par_for(c, n_tok, 8, mm_convert, &m);
-    }
-    /* ~16 chunks per thread for balance on shared cores, 4..64 rows each */
-    chunk = m.d / ((int64_t)c->nth * 16);
-    chunk = chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
-    if (m.pack != NULL || m.prepared != NULL)
-        chunk = (chunk + CPU_PANEL_ROWS - 1) / CPU_PANEL_ROWS * CPU_PANEL_ROWS;
-    par_for(c, m.d, chunk, mm_rows, &m);
+    if (n_tok == 0)
+        return DUET_OK;
+    if (same)
+        return mm_run(ctx, outs, x, ws, nw, n_tok);
+    for (int i = 0; i < nw; i++)
+        CHECK(mm_run(ctx, &outs[i], x, &ws[i], 1, n_tok));
     return DUET_OK;
 }
 
@@ -833,6 +923,7 @@ duet_status_t cpu_backend_create(const cpu_opts_t *opts, ops_t **ops_p)
         .ctx = c,
         .embed = cpu_embed,
         .matmul = cpu_matmul,
+        .matmul_n = cpu_matmul_n,
         .prepare = cpu_prepare,
         .release = cpu_release,
         .rmsnorm = cpu_rmsnorm,

@@ -280,6 +280,97 @@ static void test_matmul(void)
 
 /* --- embed, rmsnorm, rope, silu, add -------------------------------------------- */
 
+/* matmul_n: several matrices on one input give the same bits as one matmul
+ * each, prepared or not; mixed shapes fall back; bad arguments refused. */
+static void test_matmul_n(void)
+{
+    static const struct { dtype_t t; int64_t n, d[3]; int32_t tok; bool precise; } cases[] = {
+        {DTYPE_Q4_1, 576, {576, 192, 192}, 1, true},
+        {DTYPE_Q4_1, 96, {1536, 40, 17}, 9, false},
+        {DTYPE_Q8_0, 64, {33, 16, 80}, 3, true},
+        {DTYPE_Q4_0, 160, {48, 7, 130}, 2, false},
+        {DTYPE_F16, 37, {9, 18, 5}, 4, false},
+    };
+
+    for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+        int64_t n = cases[ci].n;
+        int32_t T = cases[ci].tok;
+        float *x = malloc(sizeof(float) * (size_t)(n * T));
+        ops_weight_t w[3];
+        const ops_weight_t *ws[3] = {&w[0], &w[1], &w[2]};
+        float *one[3], *many[3];
+
+        fill(x, (size_t)(n * T), 2.0f);
+        for (int i = 0; i < 3; i++) {
+            w[i] = (ops_weight_t){.type = cases[ci].t, .n = n, .d = cases[ci].d[i],
+                                  .precise = cases[ci].precise};
+            w[i].data = make_weight(cases[ci].t, n, w[i].d);
+            one[i] = malloc(sizeof(float) * (size_t)(w[i].d * T));
+            many[i] = malloc(sizeof(float) * (size_t)(w[i].d * T));
+        }
+        for (int p = 0; p < n_paths; p++) {
+            for (int prep = 0; prep < 2; prep++) {
+                bool same = true;
+
+                for (int i = 0; i < 3 && prep; i++)
+                    ops_prepare(paths[p].ops, &w[i]);
+                for (int i = 0; i < 3; i++) {
+                    ops_matmul(paths[p].ops, one[i], x, &w[i], T);
+                    memset(many[i], 0xff, sizeof(float) * (size_t)(w[i].d * T));
+                }
+                is_int(ops_matmul_n(paths[p].ops, many, x, ws, 3, T), DUET_OK, "%s matmul_n",
+                       paths[p].ops->name);
+                for (int i = 0; i < 3; i++)
+                    same = same && memcmp(one[i], many[i],
+                                          sizeof(float) * (size_t)(w[i].d * T)) == 0;
+                ok(same, "%s matmul_n %s n=%lld d=%lld,%lld,%lld tok=%d%s%s: same bits as "
+                   "three matmuls", paths[p].ops->name, dtype_name(cases[ci].t), (long long)n,
+                   (long long)w[0].d, (long long)w[1].d, (long long)w[2].d, T,
+                   cases[ci].precise ? " precise" : "", prep ? " prepared" : "");
+                for (int i = 0; i < 3; i++)
+                    ops_release(paths[p].ops, &w[i]);
+            }
+        }
+        for (int i = 0; i < 3; i++) {
+            free((void *)w[i].data);
+            free(one[i]);
+            free(many[i]);
+        }
+        free(x);
+    }
+
+    /* mixed types: the same bits through the fallback; bad arguments */
+    {
+        ops_weight_t a = {.type = DTYPE_Q8_0, .n = 64, .d = 20};
+        ops_weight_t b = {.type = DTYPE_F32, .n = 64, .d = 3};
+        const ops_weight_t *ws[2] = {&a, &b};
+        float x[64 * 2], oa[40], ob[6], ma[40], mb[6];
+        float *outs[2] = {ma, mb};
+
+        a.data = make_weight(a.type, a.n, a.d);
+        b.data = make_weight(b.type, b.n, b.d);
+        fill(x, 128, 1.0f);
+        for (int p = 0; p < n_paths; p++) {
+            ops_matmul(paths[p].ops, oa, x, &a, 2);
+            ops_matmul(paths[p].ops, ob, x, &b, 2);
+            is_int(ops_matmul_n(paths[p].ops, outs, x, ws, 2, 2), DUET_OK,
+                   "%s matmul_n mixed types", paths[p].ops->name);
+            ok(memcmp(oa, ma, sizeof(oa)) == 0 && memcmp(ob, mb, sizeof(ob)) == 0,
+               "%s matmul_n mixed types: same bits", paths[p].ops->name);
+        }
+        is_int(ops_matmul_n(ref_ops, outs, x, ws, 0, 2), DUET_ERR_INVALID, "matmul_n of none");
+        is_int(ops_matmul_n(ref_ops, outs, NULL, ws, 2, 2), DUET_ERR_INVALID, "matmul_n NULL x");
+        outs[1] = NULL;
+        is_int(ops_matmul_n(ref_ops, outs, x, ws, 2, 2), DUET_ERR_INVALID,
+               "matmul_n NULL output");
+        b.data = NULL;
+        outs[1] = mb;
+        is_int(ops_matmul_n(ref_ops, outs, x, ws, 2, 2), DUET_ERR_INVALID,
+               "matmul_n NULL weights");
+        free((void *)a.data);
+    }
+}
+
 static void test_embed(void)
 {
     for (size_t ti = 0; ti < sizeof(all_types) / sizeof(all_types[0]); ti++) {
@@ -760,6 +851,7 @@ int main(void)
     diag("best ISA here: %s; %d paths under test", cpu_isa_name(cpu_isa_best()), n_paths);
 
     test_matmul();
+    test_matmul_n();
     test_embed();
     test_rmsnorm();
     test_rope();
