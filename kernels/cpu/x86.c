@@ -563,6 +563,33 @@ static void x86_pack_q8_0(void *panel, const void *w, size_t ws, int64_t nb)
     }
 }
 
+/* Block b of one panel (8 weight vectors, scales dw, constants cw) against
+ * T tokens of NL levels: acc[t] += per row, d_w d_x isum + c_w ds_x. */
+ALWAYS_INLINE void panel_block(__m512 *acc, const block_q8a_t *const *xr, int64_t b,
+                               __m512i w0, __m512i w1, __m512i w2, __m512i w3,
+                               __m512i w4, __m512i w5, __m512i w6, __m512i w7,
+                               __m512 dw, __m512 cw, const int NL, const int T)
+{
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {
+        _Pragma("GCC unroll 2") for (int l = 0; l < NL; l++) {
+            const block_q8a_t *xb = &xr[t * NL + l][b];
+            const int32_t *q = (const int32_t *)(const void *)xb->qs;
+            __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_set1_epi32(q[0]));
+            __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_set1_epi32(q[1]));
+
+            s0 = _mm512_dpbusd_epi32(s0, w2, _mm512_set1_epi32(q[2]));
+            s1 = _mm512_dpbusd_epi32(s1, w3, _mm512_set1_epi32(q[3]));
+            s0 = _mm512_dpbusd_epi32(s0, w4, _mm512_set1_epi32(q[4]));
+            s1 = _mm512_dpbusd_epi32(s1, w5, _mm512_set1_epi32(q[5]));
+            s0 = _mm512_dpbusd_epi32(s0, w6, _mm512_set1_epi32(q[6]));
+            s1 = _mm512_dpbusd_epi32(s1, w7, _mm512_set1_epi32(q[7]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
+                                     _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
+            acc[t] = _mm512_fmadd_ps(cw, _mm512_set1_ps(xb->ds), acc[t]);
+        }
+    }
+}
+
 ALWAYS_INLINE void x86_panel_tile(int64_t nb, const __m512i *p, const void *x, size_t xs,
                                   const int NL, const int T, float *out, size_t os)
 {
@@ -580,24 +607,7 @@ ALWAYS_INLINE void x86_panel_tile(int64_t nb, const __m512i *p, const void *x, s
         __m512i w6 = _mm512_load_si512(p + 6), w7 = _mm512_load_si512(p + 7);
         __m512 dw = _mm512_load_ps(p + 8), cw = _mm512_load_ps(p + 9);
 
-        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {
-            _Pragma("GCC unroll 2") for (int l = 0; l < NL; l++) {
-                const block_q8a_t *xb = &xr[t * NL + l][b];
-                const int32_t *q = (const int32_t *)(const void *)xb->qs;
-                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_set1_epi32(q[0]));
-                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_set1_epi32(q[1]));
-
-                s0 = _mm512_dpbusd_epi32(s0, w2, _mm512_set1_epi32(q[2]));
-                s1 = _mm512_dpbusd_epi32(s1, w3, _mm512_set1_epi32(q[3]));
-                s0 = _mm512_dpbusd_epi32(s0, w4, _mm512_set1_epi32(q[4]));
-                s1 = _mm512_dpbusd_epi32(s1, w5, _mm512_set1_epi32(q[5]));
-                s0 = _mm512_dpbusd_epi32(s0, w6, _mm512_set1_epi32(q[6]));
-                s1 = _mm512_dpbusd_epi32(s1, w7, _mm512_set1_epi32(q[7]));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
-                                         _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
-                acc[t] = _mm512_fmadd_ps(cw, _mm512_set1_ps(xb->ds), acc[t]);
-            }
-        }
+        panel_block(acc, xr, b, w0, w1, w2, w3, w4, w5, w6, w7, dw, cw, NL, T);
     }
     _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)
         _mm512_storeu_ps(out + (size_t)t * os, acc[t]);
@@ -734,24 +744,7 @@ ALWAYS_INLINE void x86_panelc_tile(int64_t nb, const __m512i *p, const int FMT,
             else
                 cw = _mm512_mul_ps(dw, _mm512_set1_ps(-8.0f));
         }
-        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {
-            _Pragma("GCC unroll 2") for (int l = 0; l < NL; l++) {
-                const block_q8a_t *xb = &xr[t * NL + l][b];
-                const int32_t *q = (const int32_t *)(const void *)xb->qs;
-                __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_set1_epi32(q[0]));
-                __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_set1_epi32(q[1]));
-
-                s0 = _mm512_dpbusd_epi32(s0, w2, _mm512_set1_epi32(q[2]));
-                s1 = _mm512_dpbusd_epi32(s1, w3, _mm512_set1_epi32(q[3]));
-                s0 = _mm512_dpbusd_epi32(s0, w4, _mm512_set1_epi32(q[4]));
-                s1 = _mm512_dpbusd_epi32(s1, w5, _mm512_set1_epi32(q[5]));
-                s0 = _mm512_dpbusd_epi32(s0, w6, _mm512_set1_epi32(q[6]));
-                s1 = _mm512_dpbusd_epi32(s1, w7, _mm512_set1_epi32(q[7]));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
-                                         _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
-                acc[t] = _mm512_fmadd_ps(cw, _mm512_set1_ps(xb->ds), acc[t]);
-            }
-        }
+        panel_block(acc, xr, b, w0, w1, w2, w3, w4, w5, w6, w7, dw, cw, NL, T);
     }
     _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)
         _mm512_storeu_ps(out + (size_t)t * os, acc[t]);
