@@ -42,7 +42,7 @@
 #define SHM_VERSION     2u
 #define SHM_SPIN_NS     (30ull * 1000)          /* spin before sleeping */
 #define SHM_YIELD_MAX_NS (2ull * 1000 * 1000)   /* yield-poll cap before sleeping */
-#define SMALL_BYTES     (32u * 1024)            /* one-shot all-reduce */
+#define SMALL_BYTES     GROUP_SHM_ONE_SHOT_BYTES /* one-shot all-reduce */
 #define SHM_BUFS        3                       /* data buffers, used in turn */
 
 enum {
@@ -313,7 +313,9 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
         for (int j = 0; j < c->n; j++)
             srcs[j] = slot_at(c, c->step + k, j) + lo * esz;
         srcs[c->rank] = (uint8_t *)in + lo * esz;
-        group_reduce(dt, out + lo * esz, mine + lo * esz, srcs, c->n, hi - lo);
+        /* in place on our slot (staged input as dst): one store per sum */
+        group_reduce(dt, out + lo * esz, out == mine ? NULL : mine + lo * esz, srcs,
+                     c->n, hi - lo);
         if (k + 1 < steps)
             ar_copy_in(c, src, count, chunk, esz, k + 1, false);
         s = shm_sync(c, "all_reduce", cnt * esz);
