@@ -52,9 +52,10 @@ typedef struct {
      * once every rank has attached. Up to 200 chars, [A-Za-z0-9._-]. */
     const char *name;
     double      timeout_s;      /* peer arrival limit; 0: 10 s */
-    size_t      slot_bytes;     /* shm: per-rank staging buffer (two of
-                                   them, ping-pong); 0: 1 MiB. Larger tensors
-                                   are pipelined through it in chunks. */
+    size_t      slot_bytes;     /* shm: per-rank staging buffer (three of
+                                   them, used in turn); 0: 1 MiB. Larger
+                                   tensors are pipelined through it in
+                                   chunks. */
     int         cuda_device;    /* nccl: device ordinal of this rank */
     void       *cuda_stream;    /* nccl: cudaStream_t to enqueue on; NULL:
                                    the group creates its own */
