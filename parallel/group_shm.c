@@ -40,7 +40,7 @@
 
 #define SHM_MAGIC       0x3147534d54455544ull    /* "DUETSMG1" */
 #define SHM_VERSION     2u
-#define SHM_SPIN_NS     (30ull * 1000)          /* spin before sleeping */
+#define SHM_SPIN_NS     (5ull * 1000)           /* spin before yield-polling */
 #define SHM_YIELD_MAX_NS (2ull * 1000 * 1000)   /* yield-poll cap before sleeping */
 #define SMALL_BYTES     GROUP_SHM_ONE_SHOT_BYTES /* one-shot all-reduce */
 #define SHM_BUFS        3                       /* data buffers, used in turn */
