@@ -18,7 +18,9 @@
  * Pipelined over chunks with one sync per chunk: after summing chunk k a
  * rank copies in chunk k+1, and one sync both publishes chunk k's sums and
  * chunk k+1's inputs; chunk k's copy-out then runs. A message of s steps
- * takes s + 1 syncs, not 2 s.
+ * takes s + 1 syncs, not 2 s. Staged in place (src = dst = our slot, from
+ * group_input_buffer()): no copy-in, each sum stored once, in the slot. A
+ * large private dst (>= 2 x L2) is written with non-temporal stores.
  * all_reduce, small (<= SMALL_BYTES, one chunk): copy in, sync, every rank
  * sums the whole chunk in the same rank order (one sync; same bytes on every
  * rank).
