@@ -325,7 +325,8 @@ static duet_status_t tp_sum(fwd_t *f, float *y, int64_t n, float **sum_p)
     float *dst = y;
 
     if (f->tp != NULL) {
-        if (y != f->xn && sizeof(float) * (size_t)n <= GROUP_SHM_ONE_SHOT_BYTES)
+        if (y != f->xn && sizeof(float) * (size_t)n * (size_t)(f->shard.tp_size - 1) <=
+                              GROUP_SHM_ONE_SHOT_BYTES)
             dst = f->xn;
         CHECK(group_all_reduce(f->tp, dst, y, (size_t)n, GROUP_F32));
     }

@@ -122,13 +122,13 @@ duet_status_t group_barrier(group_t *g);
  * the following collective. */
 void *group_input_buffer(group_t *g, size_t bytes);
 
-/* shm: an all_reduce of up to this many bytes that fits one slot takes one
- * sync (every rank sums the whole message), unless dst is the input buffer
- * itself: the peers still read it, so in place takes the two-sync path.
- * For small messages, build the input in group_input_buffer() and pass a
- * private dst; for large ones, in place in the input buffer moves the
- * fewest bytes. */
-#define GROUP_SHM_ONE_SHOT_BYTES (32u * 1024)
+/* shm: an all_reduce of n ranks whose bytes x (n - 1) are at most this,
+ * and that fits one slot, takes one sync (every rank sums the whole
+ * message), unless dst is the input buffer itself: the peers still read
+ * it, so in place takes the two-sync path. For small messages, build the
+ * input in group_input_buffer() and pass a private dst; for large ones, in
+ * place in the input buffer moves the fewest bytes. */
+#define GROUP_SHM_ONE_SHOT_BYTES (256u * 1024)
 
 /* NCCL: wait until the ops enqueued so far on the group's stream completed
  * (with the same failure detection). shm: ops complete before they return,

@@ -21,7 +21,7 @@
  * takes s + 1 syncs, not 2 s. Staged in place (src = dst = our slot, from
  * group_input_buffer()): no copy-in, each sum stored once, in the slot. A
  * large private dst (>= 2 x L2) is written with non-temporal stores.
- * all_reduce, small (<= SMALL_BYTES, one chunk): copy in, sync, every rank
+ * all_reduce, small (bytes x (n-1) <= SMALL_BYTES, one chunk): copy in, sync, every rank
  * sums the whole chunk in the same rank order (one sync; same bytes on every
  * rank).
  * The first sync of each collective also compares the ranks' descriptors
@@ -275,7 +275,9 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
     shm_ctx_t *c = ctx;
     size_t esz = group_dtype_size(dt), chunk = c->slot / esz;
     size_t steps = nsteps(count, chunk);
-    bool small = count * esz <= SMALL_BYTES && steps == 1;
+    /* one-shot: each rank reads (n-1) x the message from its peers, against
+     * about 2 (n-1)/n x in two-shot, but takes one sync instead of two */
+    bool small = count * esz * (size_t)(c->n - 1) <= SMALL_BYTES && steps == 1;
     /* a large private dst: stream it (never our slot: peers read that) */
     bool nt = count * esz >= c->nt_bytes &&
               ((uint8_t *)dst + count * esz <= c->base || (uint8_t *)dst >= c->base + c->size);
