@@ -87,8 +87,7 @@ static duet_status_t ar_body(procgroup_t *pg, ar_plan_t *p)
             /* staged: the producer (a matmul) wrote its output straight into
              * the group's buffer, so there is nothing to copy in */
             void *in = p->staged ? group_input_buffer(g, count * esz) : NULL;
-
-            void *x = in ? in : src;
+            void *x = in != NULL ? in : src;
 
             CHECK_GOTO(group_all_reduce(g, p->in_place ? x : dst, x, count, p->dt), s, out);
         }
