@@ -237,16 +237,18 @@ static int allreduce_run(int argc, char **argv)
     if (json)
         printf("{\"bench\": \"allreduce\", \"backend\": \"shm\", \"dtype\": \"%s\", "
                "\"cpus\": %ld, \"l2_bytes\": %zu, \"slot_bytes\": %zu, \"staged\": %s, "
+               "\"in_place\": %s, "
                "\"memcpy\": \"one thread, src and dst of the message size, reused: in L2 "
                "when 2 x bytes fits (memcpy_in_l2), else from L3 or memory\", \"results\": [",
                group_dtype_name(p->dt), ncpu, l2_bytes(), p->slot ? p->slot : (size_t)1 << 20,
-               staged ? "true" : "false");
+               staged ? "true" : "false", in_place ? "true" : "false");
     else
-        printf("# all-reduce (%s, shm, one process per rank%s) on %ld CPUs, L2 %zu KiB/core\n"
+        printf("# all-reduce (%s, shm, one process per rank%s%s) on %ld CPUs, L2 %zu KiB/core\n"
                "# memcpy: one thread, src and dst of the message size reused like the "
                "collective's (l2: both fit in L2, hot; out: from L3 or memory)\n"
                "# %5s %11s %8s %11s %9s %10s %10s %11s %6s %6s\n",
-               group_dtype_name(p->dt), staged ? ", staged input" : "", ncpu, l2_bytes() >> 10,
+               group_dtype_name(p->dt), staged ? ", staged input" : "",
+               in_place ? ", in place" : "", ncpu, l2_bytes() >> 10,
                "ranks", "bytes", "iters", "lat_us", "cpu_us",
                "algbw_GB/s", "busbw_GB/s", "memcpy_GB/s", "cache", "ratio");
     for (int n = (int)min_ranks; n <= max_ranks; n++) {
