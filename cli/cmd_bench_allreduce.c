@@ -28,6 +28,7 @@ typedef struct {
     size_t        slot;
     group_dtype_t dt;
     bool          staged;               /* input built in group_input_buffer() */
+    bool          in_place;             /* dst = src */
     double        lat_us[MAX_SIZES];    /* out, rank 0 */
     double        cpu_us[MAX_SIZES];    /* rank 0's CPU time per all-reduce */
     int           iters[MAX_SIZES];
@@ -86,8 +87,9 @@ static duet_status_t ar_body(procgroup_t *pg, ar_plan_t *p)
             /* staged: the producer (a matmul) wrote its output straight into
              * the group's buffer, so there is nothing to copy in */
             void *in = p->staged ? group_input_buffer(g, count * esz) : NULL;
+            void *x = in != NULL ? in : src;
 
-            CHECK_GOTO(group_all_reduce(g, dst, in ? in : src, count, p->dt), s, out);
+            CHECK_GOTO(group_all_reduce(g, p->in_place ? x : dst, x, count, p->dt), s, out);
         }
         CHECK_GOTO(group_barrier(g), s, out);
         p->lat_us[k] = (double)(clock_now_ns() - t0) * 1e-3 / iters;
@@ -172,7 +174,7 @@ static int allreduce_run(int argc, char **argv)
 {
     int64_t min_ranks = 2, max_ranks = 0, min_bytes = 4096, max_bytes = 16 << 20, slot = 0;
     double budget = 0.2;
-    bool json = false, staged = false;
+    bool json = false, staged = false, in_place = false;
     const char *dtype = "f32";
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     const flag_t flags[] = {
@@ -188,6 +190,8 @@ static int allreduce_run(int argc, char **argv)
         {"dtype", 0, FLAG_STRING, &dtype, "f32, f16, bf16, i32 or u8", "T", 0, 0, 0, 0},
         {"staged", 0, FLAG_BOOL, &staged, "inputs built in the group's shared buffer "
          "(group_input_buffer: no copy-in; messages up to the slot size)", NULL, 0, 0, 0, 0},
+        {"in-place", 0, FLAG_BOOL, &in_place, "the result overwrites the input (with "
+         "--staged: in the group's buffer, as the forward pass uses it)", NULL, 0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &json, "print JSON", NULL, 0, 0, 0, 0},
     };
     const flags_usage_t u = {"duet bench allreduce", NULL,
@@ -220,6 +224,7 @@ static int allreduce_run(int argc, char **argv)
     }
     p->budget_s = budget;
     p->staged = staged;
+    p->in_place = in_place;
     p->slot = (size_t)slot;
     for (int64_t b = min_bytes; b <= max_bytes && p->nsizes < MAX_SIZES; b *= 4) {
         size_t esz = group_dtype_size(p->dt);
@@ -232,16 +237,18 @@ static int allreduce_run(int argc, char **argv)
     if (json)
         printf("{\"bench\": \"allreduce\", \"backend\": \"shm\", \"dtype\": \"%s\", "
                "\"cpus\": %ld, \"l2_bytes\": %zu, \"slot_bytes\": %zu, \"staged\": %s, "
+               "\"in_place\": %s, "
                "\"memcpy\": \"one thread, src and dst of the message size, reused: in L2 "
                "when 2 x bytes fits (memcpy_in_l2), else from L3 or memory\", \"results\": [",
                group_dtype_name(p->dt), ncpu, l2_bytes(), p->slot ? p->slot : (size_t)1 << 20,
-               staged ? "true" : "false");
+               staged ? "true" : "false", in_place ? "true" : "false");
     else
-        printf("# all-reduce (%s, shm, one process per rank%s) on %ld CPUs, L2 %zu KiB/core\n"
+        printf("# all-reduce (%s, shm, one process per rank%s%s) on %ld CPUs, L2 %zu KiB/core\n"
                "# memcpy: one thread, src and dst of the message size reused like the "
                "collective's (l2: both fit in L2, hot; out: from L3 or memory)\n"
                "# %5s %11s %8s %11s %9s %10s %10s %11s %6s %6s\n",
-               group_dtype_name(p->dt), staged ? ", staged input" : "", ncpu, l2_bytes() >> 10,
+               group_dtype_name(p->dt), staged ? ", staged input" : "",
+               in_place ? ", in place" : "", ncpu, l2_bytes() >> 10,
                "ranks", "bytes", "iters", "lat_us", "cpu_us",
                "algbw_GB/s", "busbw_GB/s", "memcpy_GB/s", "cache", "ratio");
     for (int n = (int)min_ranks; n <= max_ranks; n++) {

@@ -328,13 +328,35 @@ static duet_status_t tp_shard_weights(fwd_t *f, const model_config_t *full)
     return DUET_OK;
 }
 
-/* Row-parallel output y (n) = the sum of every rank's partial y, in rank
- * order (deterministic, bit-identical on every rank). */
-static duet_status_t tp_sum(fwd_t *f, float *y, int64_t n)
+/* Where a row-parallel matmul writes its partial y (n) before tp_sum: the
+ * TP group's input buffer when it fits (shm: no copy into shared memory),
+ * else f->xn. */
+static float *tp_sum_buffer(fwd_t *f, int64_t n)
 {
-    if (f->tp == NULL)
-        return DUET_OK;
-    return group_all_reduce(f->tp, y, y, (size_t)n, GROUP_F32);
+    float *y = NULL;
+
+    if (f->tp != NULL)
+        y = group_input_buffer(f->tp, sizeof(float) * (size_t)n);
+    return y != NULL ? y : f->xn;
+}
+
+/* *sum_p (n) = the sum of every rank's partial y (n) (from tp_sum_buffer),
+ * in rank order (deterministic, bit-identical on every rank). A large y in
+ * the group's buffer is summed in place there (shm: no second store of the
+ * sums; valid until the next collective); a small one into f->xn, which
+ * keeps the one-sync path (GROUP_SHM_ONE_SHOT_BYTES). */
+static duet_status_t tp_sum(fwd_t *f, float *y, int64_t n, float **sum_p)
+{
+    float *dst = y;
+
+    if (f->tp != NULL) {
+        if (y != f->xn && sizeof(float) * (size_t)n * (size_t)(f->shard.tp_size - 1) <=
+                              GROUP_SHM_ONE_SHOT_BYTES)
+            dst = f->xn;
+        CHECK(group_all_reduce(f->tp, dst, y, (size_t)n, GROUP_F32));
+    }
+    *sum_p = dst;
+    return DUET_OK;
 }
 
 /* x (T, hidden) = embedding rows of f->tok. TP: each rank looks up the
@@ -344,6 +366,7 @@ static duet_status_t tp_embed(fwd_t *f, int32_t T)
 {
     const tp_shard_t *s = &f->shard;
     size_t row = (size_t)f->cfg.hidden;
+    float *e;           /* (T, hidden) this rank's rows, zeros elsewhere */
 
     if (f->tp == NULL)
         return ops_embed(f->ops, f->x, &f->tok_embd, f->tok, T);
@@ -359,14 +382,18 @@ static duet_status_t tp_embed(fwd_t *f, int32_t T)
 
         f->tp_ids[t] = id >= 0 && id < s->n_vocab ? id : 0;
     }
-    CHECK(ops_embed(f->ops, f->x, &f->tok_embd, f->tp_ids, T));
+    /* built in the group's input buffer when it fits: no copy in */
+    e = group_input_buffer(f->tp, sizeof(float) * row * (size_t)T);
+    if (e == NULL)
+        e = f->x;
+    CHECK(ops_embed(f->ops, e, &f->tok_embd, f->tp_ids, T));
     for (int32_t t = 0; t < T; t++) {
         int32_t id = f->tok[t] - s->vocab0;
 
         if (id < 0 || id >= s->n_vocab)
-            memset(f->x + (size_t)t * row, 0, sizeof(float) * row);
+            memset(e + (size_t)t * row, 0, sizeof(float) * row);
     }
-    return tp_sum(f, f->x, (int64_t)T * f->cfg.hidden);
+    return group_all_reduce(f->tp, f->x, e, row * (size_t)T, GROUP_F32);
 }
 
 /* logits (n, vocab) for the normed rows xn (n, hidden). TP: each rank
@@ -377,6 +404,7 @@ static duet_status_t tp_logits(fwd_t *f, float *logits, int32_t n)
 {
     const tp_shard_t *s = &f->shard;
     size_t vpr = (size_t)s->vocab_per_rank, blk = (size_t)n * vpr;
+    float *mine;        /* (n, vocab_per_rank) this rank's logits */
 
     if (f->tp == NULL)
         return ops_logits(f->ops, logits, f->xn, &f->output, n);
@@ -387,8 +415,13 @@ static duet_status_t tp_logits(fwd_t *f, float *logits, int32_t n)
         if (f->gath == NULL)
             return DUET_ERR_NOMEM;
     }
-    CHECK(ops_logits(f->ops, f->gath + (size_t)s->tp_rank * blk, f->xn, &f->output, n));
-    CHECK(group_all_gather(f->tp, f->gath, f->gath + (size_t)s->tp_rank * blk, blk, GROUP_F32));
+    /* our block straight into the group's input buffer when it fits (no
+     * copy in) */
+    mine = group_input_buffer(f->tp, sizeof(float) * blk);
+    if (mine == NULL)
+        mine = f->gath + (size_t)s->tp_rank * blk;
+    CHECK(ops_logits(f->ops, mine, f->xn, &f->output, n));
+    CHECK(group_all_gather(f->tp, f->gath, mine, blk, GROUP_F32));
     if (logits == NULL)
         return DUET_OK;
     for (int r = 0; r < s->tp_size; r++) {
@@ -521,6 +554,7 @@ static duet_status_t fwd_layer(fwd_t *f, const fwd_layer_t *L, int32_t layer, in
     ops_t *o = f->ops;
     ops_kv_t kv = {.slab = f->slab, .layout = &f->layout, .layer = layer};
     int64_t nh = (int64_t)T * c->hidden;
+    float *y;       /* (T, hidden) row-parallel partial sums, then their total */
 
     /* attention block: x += Wo . attn(rope(Wq xn), rope(Wk xn), Wv xn) */
     CHECK(ops_rmsnorm(o, f->xn, f->x, L->attn_norm, T, c->hidden, c->rms_eps));
@@ -535,9 +569,10 @@ static duet_status_t fwd_layer(fwd_t *f, const fwd_layer_t *L, int32_t layer, in
     CHECK(ops_kv_write(o, &kv, f->k, f->v, f->oseqs, n_seqs));
     CHECK(ops_attn(o, f->att, f->q, &kv, f->oseqs, n_seqs, c->n_heads,
                    1.0f / sqrtf((float)c->head_dim)));
-    CHECK(ops_matmul(o, f->xn, f->att, &L->wo, T));
-    CHECK(tp_sum(f, f->xn, nh));
-    CHECK(ops_add(o, f->x, f->x, f->xn, nh));
+    y = tp_sum_buffer(f, nh);
+    CHECK(ops_matmul(o, y, f->att, &L->wo, T));
+    CHECK(tp_sum(f, y, nh, &y));
+    CHECK(ops_add(o, f->x, f->x, y, nh));
 
     /* feed-forward block: x += W_down . (silu(W_gate xn) * W_up xn) */
     CHECK(ops_rmsnorm(o, f->xn, f->x, L->ffn_norm, T, c->hidden, c->rms_eps));
@@ -548,9 +583,10 @@ static duet_status_t fwd_layer(fwd_t *f, const fwd_layer_t *L, int32_t layer, in
         CHECK(ops_matmul_n(o, outs, f->xn, ws, 2, T));
     }
     CHECK(ops_silu_mul(o, f->gate, f->gate, f->up, (int64_t)T * c->ffn));
-    CHECK(ops_matmul(o, f->xn, f->gate, &L->w_down, T));
-    CHECK(tp_sum(f, f->xn, nh));
-    CHECK(ops_add(o, f->x, f->x, f->xn, nh));
+    y = tp_sum_buffer(f, nh);
+    CHECK(ops_matmul(o, y, f->gate, &L->w_down, T));
+    CHECK(tp_sum(f, y, nh, &y));
+    CHECK(ops_add(o, f->x, f->x, y, nh));
     return DUET_OK;
 }
 

@@ -52,9 +52,10 @@ typedef struct {
      * once every rank has attached. Up to 200 chars, [A-Za-z0-9._-]. */
     const char *name;
     double      timeout_s;      /* peer arrival limit; 0: 10 s */
-    size_t      slot_bytes;     /* shm: per-rank staging buffer (two of
-                                   them, ping-pong); 0: 1 MiB. Larger tensors
-                                   are pipelined through it in chunks. */
+    size_t      slot_bytes;     /* shm: per-rank staging buffer (three of
+                                   them, used in turn); 0: 1 MiB. Larger
+                                   tensors are pipelined through it in
+                                   chunks. */
     int         cuda_device;    /* nccl: device ordinal of this rank */
     void       *cuda_stream;    /* nccl: cudaStream_t to enqueue on; NULL:
                                    the group creates its own */
@@ -120,6 +121,14 @@ duet_status_t group_barrier(group_t *g);
  * the all_reduce's dst (in place); the result there then stays valid until
  * the following collective. */
 void *group_input_buffer(group_t *g, size_t bytes);
+
+/* shm: an all_reduce of n ranks whose bytes x (n - 1) are at most this,
+ * and that fits one slot, takes one sync (every rank sums the whole
+ * message), unless dst is the input buffer itself: the peers still read
+ * it, so in place takes the two-sync path. For small messages, build the
+ * input in group_input_buffer() and pass a private dst; for large ones, in
+ * place in the input buffer moves the fewest bytes. */
+#define GROUP_SHM_ONE_SHOT_BYTES (256u * 1024)
 
 /* NCCL: wait until the ops enqueued so far on the group's stream completed
  * (with the same failure detection). shm: ops complete before they return,

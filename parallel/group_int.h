@@ -54,9 +54,15 @@ extern const group_ops_t group_nccl_ops;
 
 /* out1 and out2 (optional) (cnt) = sum over j < n of srcs[j] (cnt), in rank
  * order, accumulated in f32 for f16/bf16 (group_reduce.c). Each output may
- * be one of the sources (in place), element for element. */
+ * be one of the sources (in place), element for element. nt: a hint that
+ * out1 is not read soon (non-temporal stores where the path has them; the
+ * values are the same). */
 void group_reduce(group_dtype_t dt, void *out1, void *out2, uint8_t *const *srcs,
-                  int n, size_t cnt);
+                  int n, size_t cnt, bool nt);
+
+/* memcpy; nt: with non-temporal stores (for a destination far larger than
+ * the caches, not read soon). */
+void group_copy(void *dst, const void *src, size_t bytes, bool nt);
 
 /* ---- shared helpers (pshm_*) ------------------------------------------- */
 

@@ -52,10 +52,27 @@ static void reduce_f32_direct(float *out1, float *out2, uint8_t *const *srcs, in
  * element for element). Plain IEEE adds: the same bits as the scalar loop. */
 __attribute__((target("avx")))
 static size_t reduce_f32_pair_avx(float *out1, float *out2, const float *a,
-                                  const float *b, size_t cnt)
+                                  const float *b, size_t cnt, bool nt)
 {
     size_t i = 0;
 
+    if (nt) {
+        /* out1 with non-temporal stores (32-byte aligned: the caller did
+         * the head); out2 is read by peers next, so it stays cached */
+        for (; i + 16 <= cnt; i += 16) {
+            __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+            __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
+
+            _mm256_stream_ps(out1 + i, v0);
+            _mm256_stream_ps(out1 + i + 8, v1);
+            if (out2 != NULL) {
+                _mm256_storeu_ps(out2 + i, v0);
+                _mm256_storeu_ps(out2 + i + 8, v1);
+            }
+        }
+        _mm_sfence();
+        return i;
+    }
     for (; i + 16 <= cnt; i += 16) {
         __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
         __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
@@ -80,7 +97,8 @@ static bool have_avx(void)
 }
 #endif
 
-static void reduce_f32(void *out1, void *out2, uint8_t *const *srcs, int n, size_t cnt)
+static void reduce_f32(void *out1, void *out2, uint8_t *const *srcs, int n, size_t cnt,
+                       bool nt)
 {
     float acc[TILE];
 
@@ -88,12 +106,28 @@ static void reduce_f32(void *out1, void *out2, uint8_t *const *srcs, int n, size
      * every element is read before it is written, in both paths. */
 #if defined(__x86_64__)
     if (n == 2 && have_avx()) {
-        size_t done = reduce_f32_pair_avx(out1, out2, (const float *)srcs[0],
-                                          (const float *)srcs[1], cnt);
-        uint8_t *tail[2] = {srcs[0] + 4 * done, srcs[1] + 4 * done};
+        size_t head = 0, done;
+        uint8_t *tail[2];
 
+        /* non-temporal stores to out1 start at its first 32-byte boundary */
+        if (nt && ((uintptr_t)out1 & 3) == 0) {
+            head = ((32 - ((uintptr_t)out1 & 31)) & 31) / 4;
+            head = head < cnt ? head : cnt;
+            if (head > 0)
+                reduce_f32_direct(out1, out2, srcs, 2, head);
+        } else {
+            nt = false;
+        }
+        tail[0] = srcs[0] + 4 * head;
+        tail[1] = srcs[1] + 4 * head;
+        done = head + reduce_f32_pair_avx((float *)out1 + head,
+                                          out2 != NULL ? (float *)out2 + head : NULL,
+                                          (const float *)tail[0], (const float *)tail[1],
+                                          cnt - head, nt);
         if (done == cnt)
             return;
+        tail[0] = srcs[0] + 4 * done;
+        tail[1] = srcs[1] + 4 * done;
         reduce_f32_direct((float *)out1 + done, out2 != NULL ? (float *)out2 + done : NULL,
                           tail, 2, cnt - done);
         return;
@@ -288,11 +322,49 @@ static void reduce_u8(void *out1, void *out2, uint8_t *const *srcs, int n, size_
     }
 }
 
+#if defined(__x86_64__)
+__attribute__((target("avx")))
+static void copy_nt_avx(uint8_t *d, const uint8_t *s, size_t n)
+{
+    size_t head = (32 - ((uintptr_t)d & 31)) & 31, i = 0;
+
+    head = head < n ? head : n;
+    memcpy(d, s, head);
+    d += head;
+    s += head;
+    n -= head;
+    for (; i + 128 <= n; i += 128) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(s + i));
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(s + i + 32));
+        __m256i v2 = _mm256_loadu_si256((const __m256i *)(s + i + 64));
+        __m256i v3 = _mm256_loadu_si256((const __m256i *)(s + i + 96));
+
+        _mm256_stream_si256((__m256i *)(d + i), v0);
+        _mm256_stream_si256((__m256i *)(d + i + 32), v1);
+        _mm256_stream_si256((__m256i *)(d + i + 64), v2);
+        _mm256_stream_si256((__m256i *)(d + i + 96), v3);
+    }
+    _mm_sfence();
+    memcpy(d + i, s + i, n - i);
+}
+#endif
+
+void group_copy(void *dst, const void *src, size_t bytes, bool nt)
+{
+#if defined(__x86_64__)
+    if (nt && bytes >= 4096 && have_avx()) {
+        copy_nt_avx(dst, src, bytes);
+        return;
+    }
+#endif
+    memcpy(dst, src, bytes);
+}
+
 void group_reduce(group_dtype_t dt, void *out1, void *out2, uint8_t *const *srcs,
-                  int n, size_t cnt)
+                  int n, size_t cnt, bool nt)
 {
     switch (dt) {
-    case GROUP_F32:  reduce_f32(out1, out2, srcs, n, cnt); break;
+    case GROUP_F32:  reduce_f32(out1, out2, srcs, n, cnt, nt); break;
     case GROUP_F16:  reduce_half(out1, out2, srcs, n, cnt, false); break;
     case GROUP_BF16: reduce_half(out1, out2, srcs, n, cnt, true); break;
     case GROUP_I32:  reduce_i32(out1, out2, srcs, n, cnt); break;

@@ -18,8 +18,10 @@
  * Pipelined over chunks with one sync per chunk: after summing chunk k a
  * rank copies in chunk k+1, and one sync both publishes chunk k's sums and
  * chunk k+1's inputs; chunk k's copy-out then runs. A message of s steps
- * takes s + 1 syncs, not 2 s.
- * all_reduce, small (<= SMALL_BYTES, one chunk): copy in, sync, every rank
+ * takes s + 1 syncs, not 2 s. Staged in place (src = dst = our slot, from
+ * group_input_buffer()): no copy-in, each sum stored once, in the slot. A
+ * large private dst (>= 2 x L2) is written with non-temporal stores.
+ * all_reduce, small (bytes x (n-1) <= SMALL_BYTES, one chunk): copy in, sync, every rank
  * sums the whole chunk in the same rank order (one sync; same bytes on every
  * rank).
  * The first sync of each collective also compares the ranks' descriptors
@@ -40,9 +42,9 @@
 
 #define SHM_MAGIC       0x3147534d54455544ull    /* "DUETSMG1" */
 #define SHM_VERSION     2u
-#define SHM_SPIN_NS     (30ull * 1000)          /* spin before sleeping */
+#define SHM_SPIN_NS     (5ull * 1000)           /* spin before yield-polling */
 #define SHM_YIELD_MAX_NS (2ull * 1000 * 1000)   /* yield-poll cap before sleeping */
-#define SMALL_BYTES     (32u * 1024)            /* one-shot all-reduce */
+#define SMALL_BYTES     GROUP_SHM_ONE_SHOT_BYTES /* one-shot all-reduce */
 #define SHM_BUFS        3                       /* data buffers, used in turn */
 
 enum {
@@ -97,6 +99,7 @@ typedef struct {
     uint64_t      step;         /* steps completed (same on every rank) */
     uint64_t      timeout_ns;
     int           pidfds[SHM_MAX_RANKS];
+    size_t        nt_bytes;     /* all-reduces this large store dst non-temporally */
     bool          broken;
 } shm_ctx_t;
 
@@ -272,7 +275,12 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
     shm_ctx_t *c = ctx;
     size_t esz = group_dtype_size(dt), chunk = c->slot / esz;
     size_t steps = nsteps(count, chunk);
-    bool small = count * esz <= SMALL_BYTES && steps == 1;
+    /* one-shot: each rank reads (n-1) x the message from its peers, against
+     * about 2 (n-1)/n x in two-shot, but takes one sync instead of two */
+    bool small = count * esz * (size_t)(c->n - 1) <= SMALL_BYTES && steps == 1;
+    /* a large private dst: stream it (never our slot: peers read that) */
+    bool nt = count * esz >= c->nt_bytes &&
+              ((uint8_t *)dst + count * esz <= c->base || (uint8_t *)dst >= c->base + c->size);
     uint8_t *srcs[SHM_MAX_RANKS];
     duet_status_t s;
 
@@ -287,7 +295,7 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
         CHECK(sync_first(c, OP_ALL_REDUCE, dt, count, 0, "all_reduce", count * esz));
         for (int j = 0; j < c->n; j++)
             srcs[j] = slot_at(c, c->step, j);
-        group_reduce(dt, dst, NULL, srcs, c->n, count);
+        group_reduce(dt, dst, NULL, srcs, c->n, count, false);
         c->step++;
         return DUET_OK;
     }
@@ -313,7 +321,9 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
         for (int j = 0; j < c->n; j++)
             srcs[j] = slot_at(c, c->step + k, j) + lo * esz;
         srcs[c->rank] = (uint8_t *)in + lo * esz;
-        group_reduce(dt, out + lo * esz, mine + lo * esz, srcs, c->n, hi - lo);
+        /* in place on our slot (staged input as dst): one store per sum */
+        group_reduce(dt, out + lo * esz, out == mine ? NULL : mine + lo * esz, srcs,
+                     c->n, hi - lo, nt);
         if (k + 1 < steps)
             ar_copy_in(c, src, count, chunk, esz, k + 1, false);
         s = shm_sync(c, "all_reduce", cnt * esz);
@@ -325,7 +335,8 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
             if (j == c->rank)
                 continue;
             part_range(cnt, j, c->n, &lo, &hi);
-            memcpy(out + lo * esz, slot_at(c, c->step + k, j) + lo * esz, (hi - lo) * esz);
+            group_copy(out + lo * esz, slot_at(c, c->step + k, j) + lo * esz, (hi - lo) * esz,
+                       nt);
         }
     }
     c->step += steps;
@@ -392,7 +403,7 @@ static duet_status_t shm_reduce_scatter(void *ctx, void *dst, const void *src,
             CHECK(shm_sync(c, "reduce_scatter", cnt * esz * (size_t)c->n));
         for (int j = 0; j < c->n; j++)
             srcs[j] = slot_at(c, c->step, j) + (size_t)c->rank * cnt * esz;
-        group_reduce(dt, (uint8_t *)dst + off * esz, NULL, srcs, c->n, cnt);
+        group_reduce(dt, (uint8_t *)dst + off * esz, NULL, srcs, c->n, cnt, false);
         c->step++;
     }
     return DUET_OK;
@@ -521,6 +532,17 @@ static duet_status_t wait_header(shm_ctx_t *c, uint64_t deadline)
     return DUET_OK;
 }
 
+/* Message size from which the all-reduce writes the caller's dst with
+ * non-temporal stores: twice the per-core L2 (2 MiB if unknown). A dst that
+ * large cannot stay in L2; streaming it saves the read-for-ownership of
+ * every line (about 25% of the CPU time at 16-64 MiB, docs/parallel.md). */
+static size_t nt_threshold(void)
+{
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+
+    return 2 * (l2 > 0 ? (size_t)l2 : (size_t)2 << 20);
+}
+
 duet_status_t group_shm_create(const group_config_t *cfg, void **ctx_p)
 {
     shm_ctx_t *c;
@@ -547,6 +569,7 @@ duet_status_t group_shm_create(const group_config_t *cfg, void **ctx_p)
     c->slot = cfg->slot_bytes ? cfg->slot_bytes : (size_t)1 << 20;
     c->slot = (c->slot + 63) & ~(size_t)63;
     c->timeout_ns = (uint64_t)(timeout_s * 1e9);
+    c->nt_bytes = nt_threshold();
     size = hdr_bytes(c->n) + SHM_BUFS * (size_t)c->n * c->slot;
     deadline = clock_now_ns() + c->timeout_ns;
 

@@ -22,6 +22,11 @@
 #include "common/log.h"
 
 #define PSHM_SLICE_NS (50ull * 1000 * 1000)   /* longest single futex sleep */
+/* A sched_yield() that took this long ran another task: the CPUs are
+ * contended, so stop polling and sleep on the futex. A sleeper that is
+ * woken tends to run at once (wakeup preemption), whereas a task that keeps
+ * yielding waits for the others' time slices. */
+#define PSHM_YIELD_BUSY_NS (20ull * 1000)
 
 static inline void cpu_relax(void)
 {
@@ -103,15 +108,21 @@ duet_status_t pshm_wait(pshm_word_t *w, uint32_t target, const pshm_waiter_t *wt
             break;
     }
     /* Poll while giving the CPU away: a peer busy copying a large chunk, or
-     * one waiting for our core, is not worth a futex round trip. */
+     * one waiting for our core, is not worth a futex round trip, as long as
+     * nothing else wants our CPU (see PSHM_YIELD_BUSY_NS). */
     if (wt->yield_ns > 0) {
-        t0 = clock_now_ns();
+        t0 = now = clock_now_ns();
         do {
+            uint64_t t1 = now;
+
             sched_yield();
             v = atomic_load_explicit(&w->value, memory_order_acquire);
             if (pshm_reached(v, target))
                 return DUET_OK;
-        } while (clock_now_ns() - t0 < wt->yield_ns);
+            now = clock_now_ns();
+            if (now - t1 > PSHM_YIELD_BUSY_NS)
+                break;
+        } while (now - t0 < wt->yield_ns);
     }
 
     /* Sleep on the futex in bounded slices, checking for failures between. */

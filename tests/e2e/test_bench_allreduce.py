@@ -27,6 +27,18 @@ def test_staged_half(duet_bin):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["staged"] is True and d["dtype"] == "bf16" and len(d["results"]) == 1
+    assert d["in_place"] is False
+
+
+def test_staged_in_place(duet_bin):
+    # the forward pass's large-step path: summed in place in the group's buffer
+    r = run_duet(duet_bin, "bench", "allreduce", "--max-ranks", "2", "--min-bytes", "65536",
+                 "--max-bytes", "262144", "--slot", "262144", "--time", "0.01", "--staged",
+                 "--in-place", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["staged"] is True and d["in_place"] is True and len(d["results"]) == 2
+    assert all(x["lat_us"] > 0 for x in d["results"])
 
 
 def test_bad_flags(duet_bin):

@@ -34,14 +34,20 @@
 #define TP_TOL_Q8   5e-2    /* quantized weights, 8-bit activations (--act-q8) */
 #define TP_TOL_F16  4e-3    /* f16 weights, f16 activations */
 
-#define N_PROMPTS 3
+#define N_PROMPTS 6
+#define LONG_LEN  110
 
 static const int32_t p0[] = {1, 17, 42, 99, 3, 250, 7};
 static const int32_t p1[] = {500, 2};
 static const int32_t p2[] = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 300, 301, 302, 303, 304,
                              305, 306, 307, 308};
-static const int32_t *const prompts[N_PROMPTS] = {p0, p1, p2};
-static const int32_t lens[N_PROMPTS] = {7, 2, 21};
+/* Three long prompts (filled in main): the first step's all-reduces then
+ * carry 360 tokens x hidden 192-256 x 4 B, above GROUP_SHM_ONE_SHOT_BYTES
+ * at TP=2, so they run in place in the group's input buffer; the decode
+ * steps take the one-shot path. */
+static int32_t pl[3][LONG_LEN];
+static const int32_t *const prompts[N_PROMPTS] = {p0, p1, p2, pl[0], pl[1], pl[2]};
+static const int32_t lens[N_PROMPTS] = {7, 2, 21, LONG_LEN, LONG_LEN, LONG_LEN};
 
 static int no_children(void)
 {
@@ -272,6 +278,10 @@ static void check_kv_heads(void)
 int main(void)
 {
     tmodel_t a, f16, rep, odd;
+
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < LONG_LEN; i++)
+            pl[k][i] = (i * 37 + k * 101 + 7) % 500;    /* below every model's vocab */
 
     if (tmodel_open(&a, "tp_a", "--layers 2 --hidden 256 --heads 8 --kv-heads 4 --ffn 512 "
                                 "--vocab 511 --ctx 256 --type q4_1 --seed 11") != 0) {
