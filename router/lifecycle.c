@@ -90,6 +90,7 @@ static void rreq_free(rreq_t *req)
     sbuf_free(&req->delta);
     free(req->early);
     free(req->prompt);
+    free(req->sse_pre);
     free(req);
 }
 
