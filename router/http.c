@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,6 +112,7 @@ static void http_sse_start(rjob_t *job)
 {
     struct evkeyvalq *h;
     const char *te;
+    int one = 1;
 
     if (job->headers_sent)
         return;
@@ -125,6 +127,10 @@ static void http_sse_start(rjob_t *job)
     job->bev = job->hconn != NULL ? evhttp_connection_get_bufferevent(job->hconn) : NULL;
     job->fd = job->bev != NULL ? bufferevent_getfd(job->bev) : -1;
     job->chunked = te != NULL && strcasecmp(te, "chunked") == 0 && job->fd >= 0;
+    /* each token leaves at once, not held back by Nagle until the client's
+     * ACK of the previous one */
+    if (job->fd >= 0)
+        setsockopt(job->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 static oai_meta_t http_meta(const rjob_t *job)
