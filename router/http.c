@@ -22,6 +22,8 @@
 #include "common/clock.h"
 #include "common/log.h"
 
+#define HTTP_CHUNK_HEAD 18      /* "%zx\r\n" of any size_t */
+
 typedef void (*http_handler_t)(router_t *r, struct evhttp_request *hreq,
                                const char *body, size_t len);
 
@@ -233,9 +235,9 @@ static bool http_sse_text(rreq_t *seq, const char *text, size_t n)
         seq->nsse_pre = np;
     }
     suf = sse_text_suffix(job->p.kind, &nsuf);
-    /* 16 bytes for the chunk-size line (at most 16 hex digits and CRLF
-     * fit once the length is known: it is < 2^40) */
-    need = 16 + seq->nsse_pre + JSON_ESCAPE_MAX(n) + nsuf + 2;
+    /* room before the body for the chunk-size line, written once the
+     * length is known: up to 16 hex digits and CRLF */
+    need = HTTP_CHUNK_HEAD + seq->nsse_pre + JSON_ESCAPE_MAX(n) + nsuf + 2;
     if (need > r->wcap) {
         size_t cap = need < 4096 ? 4096 : need * 2;
         char *nb = realloc(r->wbuf, cap);
@@ -245,7 +247,7 @@ static bool http_sse_text(rreq_t *seq, const char *text, size_t n)
         r->wbuf = nb;
         r->wcap = cap;
     }
-    body = r->wbuf + 16;
+    body = r->wbuf + HTTP_CHUNK_HEAD;
     memcpy(body, seq->sse_pre, seq->nsse_pre);
     len = seq->nsse_pre;
     len += json_escape_to(body + len, text, n);
