@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,8 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+
+#define HTTP_CHUNK_HEAD 18      /* "%zx\r\n" of any size_t */
 
 typedef void (*http_handler_t)(router_t *r, struct evhttp_request *hreq,
                                const char *body, size_t len);
@@ -110,6 +113,8 @@ void http_detach(rjob_t *job)
 static void http_sse_start(rjob_t *job)
 {
     struct evkeyvalq *h;
+    const char *te;
+    int one = 1;
 
     if (job->headers_sent)
         return;
@@ -118,6 +123,16 @@ static void http_sse_start(rjob_t *job)
     evhttp_add_header(h, "Cache-Control", "no-cache");
     evhttp_send_reply_start(job->hreq, 200, "OK");
     job->headers_sent = true;
+    /* evhttp chose chunked encoding (HTTP/1.1): text chunks may take the
+     * fast path (http_sse_text) */
+    te = evhttp_find_header(h, "Transfer-Encoding");
+    job->bev = job->hconn != NULL ? evhttp_connection_get_bufferevent(job->hconn) : NULL;
+    job->fd = job->bev != NULL ? bufferevent_getfd(job->bev) : -1;
+    job->chunked = te != NULL && strcasecmp(te, "chunked") == 0 && job->fd >= 0;
+    /* each token leaves at once, not held back by Nagle until the client's
+     * ACK of the previous one */
+    if (job->fd >= 0)
+        setsockopt(job->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 static oai_meta_t http_meta(const rjob_t *job)
@@ -166,6 +181,93 @@ static void http_sse_chunk(rreq_t *seq, const char *text, size_t n, const char *
     evbuffer_drain(buf, evbuffer_get_length(buf));
 }
 
+/* Bytes of the client's response stream, in order after everything queued
+ * before: written to the socket at once when nothing is queued (no event
+ * loop round trip, no epoll_ctl), else (and for what the socket does not
+ * take now) appended to the connection's output for its bufferevent. On an
+ * error other than EAGAIN the bytes are queued too, so that the
+ * bufferevent meets the error and evhttp closes the connection as usual. */
+static void http_conn_write(rjob_t *job, const char *p, size_t n)
+{
+    struct evbuffer *out = bufferevent_get_output(job->bev);
+    ssize_t w = 0;
+
+    if (evbuffer_get_length(out) == 0) {
+        w = send(job->fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0)
+            w = 0;
+    }
+    if ((size_t)w < n) {
+        if (evbuffer_add(out, p + w, n - (size_t)w) != 0)
+            log_error("out of memory queueing the output of %s", job->id);
+        bufferevent_enable(job->bev, EV_WRITE);
+    }
+}
+
+/* The SSE chunk of one token's text on a chunked stream (not the role
+ * chunk), as one HTTP chunk built in one buffer: the choice's prebuilt
+ * prefix, the escaped text, the constant suffix. false when this path does
+ * not apply (the caller uses http_sse_chunk). */
+static bool http_sse_text(rreq_t *seq, const char *text, size_t n)
+{
+    static const char hexd[] = "0123456789abcdef";
+    rjob_t *job = seq->job;
+    router_t *r = job->r;
+    const char *suf;
+    size_t nsuf, need, len, k;
+    char *body, *start;
+
+    if (!job->chunked || (job->p.kind == OAI_CHAT && !seq->role_sent))
+        return false;
+    if (seq->sse_pre == NULL) {
+        oai_meta_t m = http_meta(job);
+        struct evbuffer *b = r->scratch;
+        size_t np;
+
+        evbuffer_drain(b, evbuffer_get_length(b));
+        if (sse_text_prefix(b, &m, seq->index) != DUET_OK)
+            return false;
+        np = evbuffer_get_length(b);
+        seq->sse_pre = malloc(np);
+        if (seq->sse_pre == NULL)
+            return false;
+        evbuffer_remove(b, seq->sse_pre, np);
+        seq->nsse_pre = np;
+    }
+    suf = sse_text_suffix(job->p.kind, &nsuf);
+    /* room before the body for the chunk-size line, written once the
+     * length is known: up to 16 hex digits and CRLF */
+    need = HTTP_CHUNK_HEAD + seq->nsse_pre + JSON_ESCAPE_MAX(n) + nsuf + 2;
+    if (need > r->wcap) {
+        size_t cap = need < 4096 ? 4096 : need * 2;
+        char *nb = realloc(r->wbuf, cap);
+
+        if (nb == NULL)
+            return false;
+        r->wbuf = nb;
+        r->wcap = cap;
+    }
+    body = r->wbuf + HTTP_CHUNK_HEAD;
+    memcpy(body, seq->sse_pre, seq->nsse_pre);
+    len = seq->nsse_pre;
+    len += json_escape_to(body + len, text, n);
+    memcpy(body + len, suf, nsuf);
+    len += nsuf;
+    /* the chunk: HEX-LENGTH CRLF body CRLF (evhttp_send_reply_chunk's bytes) */
+    start = body - 2;
+    start[0] = '\r';
+    start[1] = '\n';
+    k = len;
+    do {
+        *--start = hexd[k & 15];
+        k >>= 4;
+    } while (k != 0);
+    body[len] = '\r';
+    body[len + 1] = '\n';
+    http_conn_write(job, start, (size_t)(body + len + 2 - start));
+    return true;
+}
+
 static const char *http_finish_str(finish_reason_t reason)
 {
     return reason == FINISH_LENGTH ? "length" : "stop";
@@ -183,7 +285,8 @@ void http_emit_token(rreq_t *seq, const char *text, size_t n)
         return;
     }
     http_sse_start(job);
-    http_sse_chunk(seq, text, n, NULL);
+    if (!http_sse_text(seq, text, n))
+        http_sse_chunk(seq, text, n, NULL);
 }
 
 void http_emit_seq_finish(rreq_t *seq)

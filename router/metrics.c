@@ -63,7 +63,8 @@ void metrics_init(metrics_t *m)
                    metrics_itl_bounds, NB(metrics_itl_bounds));
     histogram_init(&m->token_delay, "duet:router_token_delay_seconds",
                    "Time from the router reading a token's frame from a node to the token's "
-                   "SSE chunk being queued on the client connection.",
+                   "SSE chunk being written to the client socket (or queued on the client "
+                   "connection when the socket is busy).",
                    metrics_delay_bounds, NB(metrics_delay_bounds));
 }
 

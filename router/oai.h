@@ -155,8 +155,20 @@ duet_status_t sse_event(struct evbuffer *out, json_t *v);
 duet_status_t sse_chunk(struct evbuffer *out, const oai_meta_t *m, int index,
                         const char *text, size_t n, const char *finish, bool with_role);
 
+/* The hot path's pieces: for a chunk that carries text and neither the
+ * role nor a finish_reason, sse_text_prefix (appended to out; built once
+ * per choice) + the text as a JSON string literal (json_escape_to) +
+ * sse_text_suffix are byte for byte sse_chunk(out, m, index, text, n,
+ * NULL, false). */
+duet_status_t sse_text_prefix(struct evbuffer *out, const oai_meta_t *m, int index);
+const char *sse_text_suffix(oai_kind_t kind, size_t *len_p);
+
 /* Append s (n bytes of UTF-8) as a JSON string literal with its quotes. */
 duet_status_t json_escape_append(struct evbuffer *out, const char *s, size_t n);
+/* The same into out, which has room for JSON_ESCAPE_MAX(n) bytes; returns
+ * the bytes written. */
+#define JSON_ESCAPE_MAX(n) (6 * (size_t)(n) + 2)
+size_t json_escape_to(char *out, const char *s, size_t n);
 
 /* Append `data: [DONE]\n\n`. */
 duet_status_t sse_done(struct evbuffer *out);

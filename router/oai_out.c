@@ -113,46 +113,92 @@ duet_status_t sse_done(struct evbuffer *out)
     return evbuffer_add(out, "data: [DONE]\n\n", 14) == 0 ? DUET_OK : DUET_ERR_NOMEM;
 }
 
-duet_status_t json_escape_append(struct evbuffer *out, const char *s, size_t n)
+size_t json_escape_to(char *out, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    char buf[512];
     size_t k = 0;
-    int rc = 0;
 
-    buf[k++] = '"';
+    out[k++] = '"';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
 
-        if (k > sizeof(buf) - 8) {
-            rc |= evbuffer_add(out, buf, k);
-            k = 0;
-        }
         if (c == '"' || c == '\\') {
-            buf[k++] = '\\';
-            buf[k++] = (char)c;
+            out[k++] = '\\';
+            out[k++] = (char)c;
         } else if (c >= 0x20) {
-            buf[k++] = (char)c;
+            out[k++] = (char)c;
         } else {
-            buf[k++] = '\\';
+            out[k++] = '\\';
             switch (c) {
-            case '\b': buf[k++] = 'b'; break;
-            case '\f': buf[k++] = 'f'; break;
-            case '\n': buf[k++] = 'n'; break;
-            case '\r': buf[k++] = 'r'; break;
-            case '\t': buf[k++] = 't'; break;
+            case '\b': out[k++] = 'b'; break;
+            case '\f': out[k++] = 'f'; break;
+            case '\n': out[k++] = 'n'; break;
+            case '\r': out[k++] = 'r'; break;
+            case '\t': out[k++] = 't'; break;
             default:
-                buf[k++] = 'u';
-                buf[k++] = '0';
-                buf[k++] = '0';
-                buf[k++] = hex[c >> 4];
-                buf[k++] = hex[c & 15];
+                out[k++] = 'u';
+                out[k++] = '0';
+                out[k++] = '0';
+                out[k++] = hex[c >> 4];
+                out[k++] = hex[c & 15];
             }
         }
     }
-    buf[k++] = '"';
-    rc |= evbuffer_add(out, buf, k);
+    out[k++] = '"';
+    return k;
+}
+
+duet_status_t json_escape_append(struct evbuffer *out, const char *s, size_t n)
+{
+    char buf[JSON_ESCAPE_MAX(64)];
+    int rc = 0;
+
+    /* in pieces of 64 input bytes; the quotes of the pieces are dropped */
+    rc |= evbuffer_add(out, "\"", 1);
+    do {
+        size_t take = n < 64 ? n : 64, k = json_escape_to(buf, s, take);
+
+        rc |= evbuffer_add(out, buf + 1, k - 2);
+        s += take;
+        n -= take;
+    } while (n > 0);
+    rc |= evbuffer_add(out, "\"", 1);
     return rc == 0 ? DUET_OK : DUET_ERR_NOMEM;
+}
+
+/* `data: {"id":...,"choices":[{"index":I,` */
+static int sse_head(struct evbuffer *out, const oai_meta_t *m, int index)
+{
+    int rc = 0;
+
+    rc |= ADD_LIT(out, "data: {\"id\":");
+    rc |= json_escape_append(out, m->id, strlen(m->id));
+    rc |= evbuffer_add_printf(out, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
+                              m->kind == OAI_CHAT ? "chat.completion.chunk" : "text_completion",
+                              (long long)m->created) < 0;
+    rc |= json_escape_append(out, m->model, strlen(m->model));
+    rc |= evbuffer_add_printf(out, ",\"choices\":[{\"index\":%d,", index) < 0;
+    return rc;
+}
+
+duet_status_t sse_text_prefix(struct evbuffer *out, const oai_meta_t *m, int index)
+{
+    int rc = sse_head(out, m, index);
+
+    if (m->kind == OAI_CHAT)
+        rc |= ADD_LIT(out, "\"delta\":{\"content\":");
+    else
+        rc |= ADD_LIT(out, "\"text\":");
+    return rc == 0 ? DUET_OK : DUET_ERR_NOMEM;
+}
+
+const char *sse_text_suffix(oai_kind_t kind, size_t *len_p)
+{
+    static const char chat[] = "},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+    static const char comp[] = ",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+
+    *len_p = kind == OAI_CHAT ? sizeof(chat) - 1 : sizeof(comp) - 1;
+    return kind == OAI_CHAT ? chat : comp;
 }
 
 duet_status_t sse_chunk(struct evbuffer *out, const oai_meta_t *m, int index,
@@ -161,13 +207,7 @@ duet_status_t sse_chunk(struct evbuffer *out, const oai_meta_t *m, int index,
     bool chat = m->kind == OAI_CHAT;
     int rc = 0;
 
-    rc |= ADD_LIT(out, "data: {\"id\":");
-    rc |= json_escape_append(out, m->id, strlen(m->id));
-    rc |= evbuffer_add_printf(out, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
-                              chat ? "chat.completion.chunk" : "text_completion",
-                              (long long)m->created) < 0;
-    rc |= json_escape_append(out, m->model, strlen(m->model));
-    rc |= evbuffer_add_printf(out, ",\"choices\":[{\"index\":%d,", index) < 0;
+    rc |= sse_head(out, m, index);
     if (chat) {
         rc |= ADD_LIT(out, "\"delta\":{");
         if (with_role)

@@ -150,6 +150,7 @@ void router_destroy(router_t *r)
     frame_writer_destroy(&r->fw);
     if (r->scratch != NULL)
         evbuffer_free(r->scratch);
+    free(r->wbuf);
     if (r->token_trace != NULL)
         fclose(r->token_trace);
     rtok_destroy(r->tok);

@@ -121,6 +121,8 @@ typedef struct rreq {
     finish_reason_t          reason;       /* once DONE after a success */
     uint64_t                 t_dispatch, t_first, t_last;
     uint64_t                 t_read_last;  /* frame read time of the last chunk's token */
+    char                    *sse_pre;      /* (nsse_pre) sse_text_prefix, built at first use */
+    size_t                   nsse_pre;
 } rreq_t;
 
 /* One HTTP generation request: its connection, parameters and sequences. */
@@ -136,6 +138,9 @@ struct rjob {
     uint32_t                 nseq;
     uint32_t                 nlive;        /* sequences not DONE */
     bool                     headers_sent;
+    bool                     chunked;      /* HTTP/1.1 chunked stream: the fast text path */
+    struct bufferevent      *bev;          /* the client connection's, once headers_sent */
+    int                      fd;
     size_t                   prompt_tokens; /* counted once per prompt */
     size_t                   completion_tokens;
     uint64_t                 t_arrive;
@@ -165,6 +170,8 @@ struct router {
     int64_t                     created;
     frame_writer_t              fw;
     struct evbuffer            *scratch;   /* one SSE event at a time */
+    char                       *wbuf;      /* (wcap) one HTTP chunk of the fast text path */
+    size_t                      wcap;
     uint64_t                    t_read;    /* when the node bytes being handled were read */
     FILE                       *token_trace;   /* --token-trace: one line per token */
 };

@@ -536,6 +536,50 @@ def test_http10_clients(router):
             assert json.loads(payload)["choices"][0]["text"] == "abc"
 
 
+def test_stream_to_a_slow_reader_keeps_every_byte_in_order(router):
+    """The streaming fast path sends a chunk straight to the socket only when
+    nothing is queued before it; a client that does not read fills the
+    socket, the rest queues in the connection and leaves later, in order."""
+    script = "".join(chr(ord("a") + i % 26) for i in range(400))
+    ProtocolTestPeer(router, "colocated", "c0", script=script, step_s=0)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(20)
+    s.connect(("127.0.0.1", router.http_port))
+    body = json.dumps({"prompt": "q", "max_tokens": 400, "n": 8, "stream": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    time.sleep(1.5)             # ~500 KB of chunks meet a 4 KiB receive buffer
+    data = b""
+    while not data.endswith(b"\r\n0\r\n\r\n"):
+        chunk = s.recv(65536)
+        assert chunk, "connection closed before the last chunk"
+        data += chunk
+    s.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), head
+    payload = b""
+    while True:                 # de-chunk: HEX CRLF bytes CRLF ... 0 CRLF CRLF
+        size_line, _, rest = rest.partition(b"\r\n")
+        n = int(size_line, 16)
+        if n == 0:
+            break
+        payload += rest[:n]
+        assert rest[n:n + 2] == b"\r\n"
+        rest = rest[n + 2:]
+    events = payload.decode().split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    texts, finish = [""] * 8, [None] * 8
+    for e in events[:-2]:
+        assert e.startswith("data: ")
+        ch = json.loads(e[len("data: "):])["choices"][0]
+        texts[ch["index"]] += ch["text"]
+        if ch["finish_reason"] is not None:
+            finish[ch["index"]] = ch["finish_reason"]
+    assert texts == [script] * 8
+    assert finish == ["length"] * 8
+
+
 def test_frames_about_other_nodes_requests_are_ignored(router):
     """A node cannot touch requests routed elsewhere: TOKENS, FINISH, NACK
     and ERROR for another node's rid change nothing."""

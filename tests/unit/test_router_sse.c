@@ -159,6 +159,48 @@ int main(void)
         ok(json_string_length(json_object_get(c, "text")) == 3, "NUL escaped as \\u0000");
         json_decref(v);
     }
+
+    /* the fast text path's pieces are byte for byte sse_chunk's text chunk,
+     * including texts longer than json_escape_append's 64-byte pieces */
+    {
+        static const char *const texts[] = {"", "plain", "q\"uo\\te", "\x01\x1f\t\n\r\b\f",
+                                            "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "/<>&"};
+        oai_meta_t odd = {OAI_CHAT, "id\"x", 5, "m\\odel\n"};
+        const oai_meta_t *metas[] = {&chat, &comp, &odd};
+        char long_text[300], esc[JSON_ESCAPE_MAX(300)];
+        int same = 0, total = 0;
+
+        for (size_t i = 0; i < sizeof(long_text); i++)
+            long_text[i] = (char)(i % 7 == 0 ? '"' : i % 11 == 0 ? '\n' : 'a' + i % 26);
+        for (int mi = 0; mi < 3; mi++)
+            for (int ti = 0; ti < 8; ti++) {
+                const char *t = ti < 6 ? texts[ti] : long_text;
+                size_t tn = ti < 6 ? strlen(t) : ti == 6 ? 64 : sizeof(long_text);
+                const char *suf;
+                size_t nsuf, ne, na, nb;
+                char *a, *b;
+
+                sse_chunk(buf, metas[mi], ti, t, tn, NULL, false);
+                na = evbuffer_get_length(buf);
+                a = malloc(na);
+                evbuffer_remove(buf, a, na);
+                sse_text_prefix(buf, metas[mi], ti);
+                ne = json_escape_to(esc, t, tn);
+                evbuffer_add(buf, esc, ne);
+                suf = sse_text_suffix(metas[mi]->kind, &nsuf);
+                evbuffer_add(buf, suf, nsuf);
+                nb = evbuffer_get_length(buf);
+                b = malloc(nb);
+                evbuffer_remove(buf, b, nb);
+                total++;
+                same += na == nb && memcmp(a, b, na) == 0;
+                free(a);
+                free(b);
+            }
+        is_int(same, total, "prefix + escaped text + suffix equal sse_chunk in %d cases", total);
+        ok(json_escape_to(esc, "\x01\"", 2) == 10 && memcmp(esc, "\"\\u0001\\\"\"", 10) == 0,
+           "json_escape_to: control character and quote");
+    }
     evbuffer_free(buf);
     return tap_done();
 }
