@@ -78,6 +78,18 @@ class Serve:
     no sanitizer report in anything the cluster printed."""
 
     def __init__(self, duet_bin, model, *args, ready_timeout=90):
+        # free_port() releases the port before duet binds it, so another
+        # process (an ephemeral UCX listener of a node, say) can take it in
+        # between: start again on new ports when that is what failed
+        for attempt in range(3):
+            if self._start(duet_bin, model, args, ready_timeout):
+                break
+            err = self.stderr()
+            if "cannot listen" not in err or attempt == 2:
+                raise RuntimeError(f"duet serve not ready: {self.lines} {err[-3000:]}")
+        self.kids = children(self.proc.pid)
+
+    def _start(self, duet_bin, model, args, ready_timeout):
         self.port, self.ctl_port = free_port(), free_port()
         self.log = tempfile.NamedTemporaryFile("w+", prefix="duet-serve-", suffix=".log",
                                                delete=False)
@@ -91,11 +103,13 @@ class Serve:
         self.ready = threading.Event()
         self.lines = []
         threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(ready_timeout):
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError(f"duet serve not ready: {self.lines} {self.stderr()[-3000:]}")
-        self.kids = children(self.proc.pid)
+        deadline = time.monotonic() + ready_timeout
+        while not self.ready.wait(0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                return False
+        return True
 
     def _read(self):
         for line in self.proc.stdout:

@@ -363,10 +363,15 @@ static void test_matmul_n(void)
         outs[1] = NULL;
         is_int(ops_matmul_n(ref_ops, outs, x, ws, 2, 2), DUET_ERR_INVALID,
                "matmul_n NULL output");
-        b.data = NULL;
         outs[1] = mb;
-        is_int(ops_matmul_n(ref_ops, outs, x, ws, 2, 2), DUET_ERR_INVALID,
-               "matmul_n NULL weights");
+        {
+            const void *bd = b.data;
+
+            b.data = NULL;
+            is_int(ops_matmul_n(ref_ops, outs, x, ws, 2, 2), DUET_ERR_INVALID,
+                   "matmul_n NULL weights");
+            free((void *)bd);
+        }
         free((void *)a.data);
     }
 }
