@@ -4,8 +4,13 @@
 #define DUET_LOG_COMPONENT "kvc"
 
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -103,6 +108,35 @@ static void send_abort_msg(kvc_conn_t *conn, uint64_t req, duet_status_t reason,
 
 static void sreq_fail(kvc_t *kvc, sreq_t *r, duet_status_t status);
 
+/* Copy a segment into the mapped decode slab. The prefill never reads it
+ * back and the decode reads it only later, so on x86 it is written with
+ * non-temporal stores: no read-for-ownership of the destination lines,
+ * a third less memory traffic than memcpy. Made visible by the sfence in
+ * flush_then, before LAYER_DONE. */
+static void copy_to_peer(void *dst, const void *src, size_t len)
+{
+#if defined(__x86_64__)
+    if (((uintptr_t)dst & 15) == 0 && len >= 1024) {
+        __m128i *d = dst;
+        const __m128i *s = src;
+        size_t n = len / 64;
+
+        for (size_t i = 0; i < n; i++, d += 4, s += 4) {
+            __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1);
+            __m128i c = _mm_loadu_si128(s + 2), e = _mm_loadu_si128(s + 3);
+
+            _mm_stream_si128(d, a);
+            _mm_stream_si128(d + 1, b);
+            _mm_stream_si128(d + 2, c);
+            _mm_stream_si128(d + 3, e);
+        }
+        memcpy(d, s, len % 64);
+        return;
+    }
+#endif
+    memcpy(dst, src, len);
+}
+
 static void flush_done(void *request, ucs_status_t status, void *user_data)
 {
     flush_ctx_t *f = user_data;
@@ -153,8 +187,13 @@ static void flush_then(kvc_t *kvc, sreq_t *r, int dest, int kind, const sjob_t *
         f->tok1 = job->tok1;
     }
     r->outstanding++;
-    if (r->dest[dest].conn->rptr != NULL)
-        atomic_thread_fence(memory_order_release);   /* our stores before the message */
+    if (r->dest[dest].conn->rptr != NULL) {
+        /* our stores (non-temporal ones included) before the message */
+#if defined(__x86_64__)
+        _mm_sfence();
+#endif
+        atomic_thread_fence(memory_order_release);
+    }
     prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     prm.cb.send = flush_done;
     prm.user_data = f;
@@ -258,7 +297,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                     }
                     kvc->stats.staged += len;
                 } else {
-                    memcpy(c->rptr + ro, src, len);
+                    copy_to_peer(c->rptr + ro, src, len);
                 }
                 kvc->stats.puts++;
                 r->bytes += len;
