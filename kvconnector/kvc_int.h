@@ -83,7 +83,7 @@ typedef struct {
     kvc_hdr_t h;
     int32_t   layer;
     int32_t   tok0, tok1;
-    int32_t   pad;
+    int32_t   n_layers;    /* layers layer .. layer + n_layers - 1, same tokens (0: 1) */
 } kvc_msg_layer_t;
 
 typedef struct {

@@ -265,17 +265,22 @@ void kvc_recv_on_msg(kvc_t *kvc, kvc_conn_t *c, const kvc_hdr_t *h, const void *
         return;   /* late message for a request being aborted */
     if (h->type == KVC_MSG_LAYER_DONE && len == sizeof(kvc_msg_layer_t)) {
         const kvc_msg_layer_t *m = data;
-        int32_t *t;
+        int32_t nl = m->n_layers == 0 ? 1 : m->n_layers;
 
-        if (m->layer < 0 || m->layer >= kvc->p.layout.n_layers || m->tok0 < 0 ||
+        if (m->layer < 0 || nl < 0 || m->layer >= kvc->p.layout.n_layers ||
+            nl > kvc->p.layout.n_layers - m->layer || m->tok0 < 0 ||
             m->tok1 <= m->tok0 || m->tok1 > r->n_tokens)
             goto reject;
-        t = &r->tokens[m->layer * r->nsend + s];
-        if (*t + (m->tok1 - m->tok0) > r->n_tokens)
-            goto reject;
-        *t += m->tok1 - m->tok0;
-        if (*t == r->n_tokens)
-            r->complete++;
+        for (int32_t l = m->layer; l < m->layer + nl; l++)   /* all or nothing */
+            if (r->tokens[l * r->nsend + s] + (m->tok1 - m->tok0) > r->n_tokens)
+                goto reject;
+        for (int32_t l = m->layer; l < m->layer + nl; l++) {
+            int32_t *t = &r->tokens[l * r->nsend + s];
+
+            *t += m->tok1 - m->tok0;
+            if (*t == r->n_tokens)
+                r->complete++;
+        }
         rreq_check(kvc, r);
         return;
     }

@@ -64,6 +64,7 @@ typedef struct {
     int     dest;
     int     kind;               /* KVC_MSG_LAYER_DONE or KVC_MSG_ABORT */
     int32_t layer, tok0, tok1;
+    int32_t n_layers;           /* LAYER_DONE: layers from `layer` */
 } flush_ctx_t;
 
 static sreq_t *sreq_get(kvc_t *kvc, uint64_t id)
@@ -157,6 +158,7 @@ static void flush_done(void *request, ucs_status_t status, void *user_data)
             m->layer = f->layer;
             m->tok0 = f->tok0;
             m->tok1 = f->tok1;
+            m->n_layers = f->n_layers;
             kvc_am_send(conn, m, sizeof(*m), &r->outstanding);
         }
     } else if (status == UCS_OK && f->kind == KVC_MSG_ABORT) {
@@ -170,7 +172,8 @@ static void flush_done(void *request, ucs_status_t status, void *user_data)
 
 /* Flush conn's endpoint (every put issued so far lands remotely), then send
  * LAYER_DONE or ABORT. */
-static void flush_then(kvc_t *kvc, sreq_t *r, int dest, int kind, const sjob_t *job)
+static void flush_then(kvc_t *kvc, sreq_t *r, int dest, int kind, const sjob_t *job,
+                       int32_t n_layers)
 {
     ucp_request_param_t prm = {0};
     flush_ctx_t *f = calloc(1, sizeof(*f));
@@ -185,6 +188,7 @@ static void flush_then(kvc_t *kvc, sreq_t *r, int dest, int kind, const sjob_t *
         f->layer = job->layer;
         f->tok0 = job->tok0;
         f->tok1 = job->tok1;
+        f->n_layers = n_layers;
     }
     r->outstanding++;
     if (r->dest[dest].conn->rptr != NULL) {
@@ -223,7 +227,7 @@ static void sreq_fail(kvc_t *kvc, sreq_t *r, duet_status_t status)
         return;
     for (int j = 0; j < r->ndest; j++)
         if (kvc_conn_alive(r->dest[j].conn) && r->dest[j].conn->ep)
-            flush_then(kvc, r, j, KVC_MSG_ABORT, NULL);
+            flush_then(kvc, r, j, KVC_MSG_ABORT, NULL, 0);
 }
 
 static void put_done(void *request, ucs_status_t status, void *user_data)
@@ -250,6 +254,8 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
     kvc_conn_t *c = d->conn;
     const kv_layout_t *ll = &kvc->p.layout, *rl = &c->peer_layout;
     size_t seg_len = (size_t)c->nheads * kv_head_bytes(ll);
+    const sjob_t *done = NULL;  /* mapped slab: layers copied, LAYER_DONE not sent */
+    int32_t ndone = 0;
     int n = 0;
 
     while (d->job < r->njobs && r->state == SREQ_ACTIVE) {
@@ -270,7 +276,8 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             int32_t s = d->seg;
             int stage;
 
-            if (kvc->inflight >= kvc->p.max_inflight)
+            /* (copies into a mapped slab are never in flight) */
+            if (c->rptr == NULL && kvc->inflight >= kvc->p.max_inflight)
                 return n;
             lo = kv_offset(ll, j->layer, j->blocks[s / 2], s % 2, c->src_head);
             ro = kv_offset(rl, j->layer, d->blocks[fb + s / 2], s % 2, c->dst_head);
@@ -361,10 +368,22 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 d->off = 0;
             }
         }
-        flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, j);
+        if (c->rptr == NULL) {
+            flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, j, 1);
+        } else if (done != NULL && j->layer == done->layer + ndone && j->tok0 == done->tok0 &&
+                   j->tok1 == done->tok1) {
+            ndone++;    /* copied already: one LAYER_DONE for the run of layers */
+        } else {
+            if (done != NULL)
+                flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, done, ndone);
+            done = j;
+            ndone = 1;
+        }
         d->job++;
         d->seg = 0;
     }
+    if (done != NULL && r->state == SREQ_ACTIVE)
+        flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, done, ndone);
     return n;
 }
 
@@ -426,7 +445,7 @@ static int sreq_pump(kvc_t *kvc, sreq_t *r)
                 memcpy(m + 1, r->end_state, r->state_len);
                 kvc_am_send(d->conn, m, sizeof(*m) + r->state_len, &r->outstanding);
                 /* done only once KV_END left this side */
-                flush_then(kvc, r, j, KVC_MSG_KV_END, NULL);
+                flush_then(kvc, r, j, KVC_MSG_KV_END, NULL, 0);
                 d->end_sent = true;
                 n++;
             }

@@ -421,8 +421,15 @@ static void malformed(kvc_t *k)
     m.layer = 0;
     m.tok1 = 100000;
     kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* tokens past the grant */
-    m.h.req = 777777;
     m.tok1 = 4;
+    m.layer = NLAYERS - 1;
+    m.n_layers = 2;
+    kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* a run of layers past the last */
+    m.layer = 0;
+    m.n_layers = -1;
+    kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* a negative run */
+    m.n_layers = 0;
+    m.h.req = 777777;
     kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* unknown request */
     kvc_test_send_raw(k, DECODE_NODE, &e, sizeof(e));          /* state_len lies */
     kvc_test_send_raw(k, DECODE_NODE, junk, sizeof(junk));     /* too short */
@@ -747,7 +754,7 @@ static void run(const cfg_t *c)
     if (c->sc == SC_EXPIRED)
         ok(dr.expired >= 1, "expired: decode counted it");
     if (c->sc == SC_MALFORMED) {
-        ok(dr.rejected >= 6, "malformed: decode rejected %llu messages",
+        ok(dr.rejected >= 8, "malformed: decode rejected %llu messages",
            (unsigned long long)dr.rejected);
         ok(pr.rejected >= 4, "malformed: prefill rejected %llu out-of-range GRANTs",
            (unsigned long long)pr.rejected);
