@@ -254,7 +254,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
     kvc_conn_t *c = d->conn;
     const kv_layout_t *ll = &kvc->p.layout, *rl = &c->peer_layout;
     size_t seg_len = (size_t)c->nheads * kv_head_bytes(ll);
-    const sjob_t *done = NULL;  /* mapped slab: layers copied, LAYER_DONE not sent */
+    const sjob_t *done = NULL;  /* layers written (puts issued), LAYER_DONE not sent */
     int32_t ndone = 0;
     int n = 0;
 
@@ -278,7 +278,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
 
             /* (copies into a mapped slab are never in flight) */
             if (c->rptr == NULL && kvc->inflight >= kvc->p.max_inflight)
-                return n;
+                goto out;
             lo = kv_offset(ll, j->layer, j->blocks[s / 2], s % 2, c->src_head);
             ro = kv_offset(rl, j->layer, d->blocks[fb + s / 2], s % 2, c->dst_head);
             len = seg_len;
@@ -300,7 +300,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 if (kvc->staging) {
                     if (kvc->p.stage_copy(kvc->p.stage_arg, c->rptr + ro, src, len) != DUET_OK) {
                         sreq_fail(kvc, r, DUET_ERR_CUDA);
-                        return n;
+                        goto out;
                     }
                     kvc->stats.staged += len;
                 } else {
@@ -319,13 +319,13 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                  * other buffer's put overlaps this copy */
                 stage = !kvc->stage_busy[0] ? 0 : !kvc->stage_busy[1] ? 1 : -1;
                 if (stage < 0)
-                    return n;   /* both in flight: resume on a completion */
+                    goto out;   /* both in flight: resume on a completion */
                 if (len > kvc->p.stage_bytes)
                     len = kvc->p.stage_bytes;
                 if (kvc->p.stage_copy(kvc->p.stage_arg, kvc->stage_buf[stage], src, len) !=
                     DUET_OK) {
                     sreq_fail(kvc, r, DUET_ERR_CUDA);
-                    return n;
+                    goto out;
                 }
                 kvc->stats.staged += len;
                 src = kvc->stage_buf[stage];
@@ -333,7 +333,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             p = malloc(sizeof(*p));
             if (p == NULL) {
                 sreq_fail(kvc, r, DUET_ERR_NOMEM);
-                return n;
+                goto out;
             }
             p->kvc = kvc;
             p->r = r;
@@ -354,7 +354,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 log_req(LOG_LEVEL_WARN, r->h.id, "put failed: %s",
                         ucs_status_string(UCS_PTR_STATUS(q)));
                 sreq_fail(kvc, r, DUET_ERR_PEER);
-                return n;
+                goto out;
             } else {
                 r->outstanding++;
                 kvc->inflight += len;
@@ -368,11 +368,9 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 d->off = 0;
             }
         }
-        if (c->rptr == NULL) {
-            flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, j, 1);
-        } else if (done != NULL && j->layer == done->layer + ndone && j->tok0 == done->tok0 &&
-                   j->tok1 == done->tok1) {
-            ndone++;    /* copied already: one LAYER_DONE for the run of layers */
+        if (done != NULL && j->layer == done->layer + ndone && j->tok0 == done->tok0 &&
+            j->tok1 == done->tok1) {
+            ndone++;    /* one flush and one LAYER_DONE for the run of layers */
         } else {
             if (done != NULL)
                 flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, done, ndone);
@@ -382,6 +380,8 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
         d->job++;
         d->seg = 0;
     }
+out:
+    /* the layers whose writes were all issued: flush (puts) and LAYER_DONE */
     if (done != NULL && r->state == SREQ_ACTIVE)
         flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, done, ndone);
     return n;
