@@ -168,7 +168,7 @@ static duet_status_t prepare_weights(fwd_t *f, bool prepare)
         for (size_t m = 0; m < sizeof(mats) / sizeof(mats[0]); m++) {
             if (!prepare)
                 ops_release(f->ops, mats[m]);
-            else if (mats[m]->data != NULL)
+            else
                 CHECK(ops_prepare(f->ops, mats[m]));
         }
     }

@@ -545,22 +545,35 @@ static void x86_pack_q4_0(void *panel, const void *w, size_t ws, int64_t nb)
     x86_pack_q4(panel, w, ws, nb, false);
 }
 
-static void x86_pack_q8_0(void *panel, const void *w, size_t ws, int64_t nb)
+/* Q8_0 panels: the 8 vectors of w + 128, then the scales as 16 floats and the
+ * 16 constants -128 d (cpu_pack_fn), or compact: 16 f16 d (cpu_panelc_fn). */
+static void x86_pack_q8(void *panel, const void *w, size_t ws, int64_t nb, bool compact)
 {
     const __m512i idx = panel_rows(ws), bias = _mm512_set1_epi8((char)0x80);
     __m512i *p = panel;
 
-    for (int64_t b = 0; b < nb; b++, p += 10) {
+    for (int64_t b = 0; b < nb; b++, p += compact ? 9 : 10) {
         const char *blk = (const char *)w + b * (int64_t)sizeof(block_q8_0_t);
-        __m512 d;
+        __m512i dm = _mm512_i32gather_epi32(idx, blk, 1);
 
         for (int k = 0; k < 8; k++)
             _mm512_store_si512(p + k, _mm512_xor_si512(
                 _mm512_i32gather_epi32(idx, blk + 2 + 4 * k, 1), bias));
-        d = panel_f16_lo(_mm512_i32gather_epi32(idx, blk, 1));
-        _mm512_store_ps(p + 8, d);
-        _mm512_store_ps(p + 9, _mm512_mul_ps(d, _mm512_set1_ps(-128.0f)));
+        if (compact) {
+            _mm256_store_si256((__m256i *)(void *)(p + 8), _mm512_cvtepi32_epi16(dm));
+            _mm256_store_si256((__m256i *)(void *)(p + 8) + 1, _mm256_setzero_si256());
+        } else {
+            __m512 d = panel_f16_lo(dm);
+
+            _mm512_store_ps(p + 8, d);
+            _mm512_store_ps(p + 9, _mm512_mul_ps(d, _mm512_set1_ps(-128.0f)));
+        }
     }
+}
+
+static void x86_pack_q8_0(void *panel, const void *w, size_t ws, int64_t nb)
+{
+    x86_pack_q8(panel, w, ws, nb, false);
 }
 
 /* Block b of one panel (8 weight vectors, scales dw, constants cw) against
@@ -673,19 +686,7 @@ static void x86_packc_q4_0(void *panel, const void *w, size_t ws, int64_t nb)
 
 static void x86_packc_q8_0(void *panel, const void *w, size_t ws, int64_t nb)
 {
-    const __m512i idx = panel_rows(ws), bias = _mm512_set1_epi8((char)0x80);
-    __m512i *p = panel;
-
-    for (int64_t b = 0; b < nb; b++, p += 9) {
-        const char *blk = (const char *)w + b * (int64_t)sizeof(block_q8_0_t);
-
-        for (int k = 0; k < 8; k++)
-            _mm512_store_si512(p + k, _mm512_xor_si512(
-                _mm512_i32gather_epi32(idx, blk + 2 + 4 * k, 1), bias));
-        _mm256_store_si256((__m256i *)(void *)(p + 8),
-                           _mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, blk, 1)));
-        _mm256_store_si256((__m256i *)(void *)(p + 8) + 1, _mm256_setzero_si256());
-    }
+    x86_pack_q8(panel, w, ws, nb, true);
 }
 
 #ifndef PANELC_PREFETCH

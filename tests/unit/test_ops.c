@@ -290,6 +290,8 @@ static void test_matmul_n(void)
         {DTYPE_Q8_0, 64, {33, 16, 80}, 3, true},
         {DTYPE_Q4_0, 160, {48, 7, 130}, 2, false},
         {DTYPE_F16, 37, {9, 18, 5}, 4, false},
+        /* more row chunks than one parallel region takes (MM_MAX_TASKS) */
+        {DTYPE_F32, 4, {20000, 17000, 3}, 2, false},
     };
 
     for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
