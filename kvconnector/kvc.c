@@ -440,7 +440,7 @@ static void data_ep_open(kvc_t *kvc, kvc_conn_t *c)
     }
     /* The decode slab was allocated by a shared-memory domain (UCX_ALLOC_PRIO
      * puts md:sysv and md:posix first): map it here, and every write becomes
-     * one memcpy from our slab into it, the floor of any transfer on one host.
+     * one copy from our slab into it, the floor of any transfer on one host.
      * Otherwise puts, over whatever RMA lane the endpoint has (cma: one
      * process_vm_writev per put). */
     if (rkey_ptr_enabled() &&

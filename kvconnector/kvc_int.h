@@ -142,8 +142,8 @@ typedef struct kvc_conn {
                                        puts go on ep */
     ucp_rkey_h       drkey;         /* prefill: decode slab key unpacked on dep */
     char            *rptr;          /* prefill: the decode slab mapped here
-                                       (ucp_rkey_ptr on drkey), or NULL: writes
-                                       into it are plain stores, not puts */
+                                       (ucp_rkey_ptr on drkey): writes are
+                                       copies into it; NULL: writes are puts */
     void            *ack_extra;     /* prefill, until kvc_connect returns: the
                                        HELLO_ACK's packed rkey + worker address */
     size_t           ack_rkey_len, ack_waddr_len;

@@ -191,12 +191,16 @@ static void flush_then(kvc_t *kvc, sreq_t *r, int dest, int kind, const sjob_t *
         f->n_layers = n_layers;
     }
     r->outstanding++;
-    if (r->dest[dest].conn->rptr != NULL) {
-        /* our stores (non-temporal ones included) before the message */
+    if (kind != KVC_MSG_KV_END && r->dest[dest].conn->rptr != NULL) {
+        /* the writes were copies, done when they returned: nothing to flush,
+         * only our stores (non-temporal ones included) to order before the
+         * message */
 #if defined(__x86_64__)
         _mm_sfence();
 #endif
         atomic_thread_fence(memory_order_release);
+        flush_done(NULL, UCS_OK, f);
+        return;
     }
     prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     prm.cb.send = flush_done;
