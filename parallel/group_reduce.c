@@ -56,34 +56,26 @@ static size_t reduce_f32_pair_avx(float *out1, float *out2, const float *a,
 {
     size_t i = 0;
 
-    if (nt) {
-        /* out1 with non-temporal stores (32-byte aligned: the caller did
-         * the head); out2 is read by peers next, so it stays cached */
-        for (; i + 16 <= cnt; i += 16) {
-            __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
-            __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
-
-            _mm256_stream_ps(out1 + i, v0);
-            _mm256_stream_ps(out1 + i + 8, v1);
-            if (out2 != NULL) {
-                _mm256_storeu_ps(out2 + i, v0);
-                _mm256_storeu_ps(out2 + i + 8, v1);
-            }
-        }
-        _mm_sfence();
-        return i;
-    }
+    /* nt: out1 with non-temporal stores (32-byte aligned: the caller did the
+     * head); out2 is read by peers next, so it stays cached */
     for (; i + 16 <= cnt; i += 16) {
         __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
         __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
 
-        _mm256_storeu_ps(out1 + i, v0);
-        _mm256_storeu_ps(out1 + i + 8, v1);
+        if (nt) {
+            _mm256_stream_ps(out1 + i, v0);
+            _mm256_stream_ps(out1 + i + 8, v1);
+        } else {
+            _mm256_storeu_ps(out1 + i, v0);
+            _mm256_storeu_ps(out1 + i + 8, v1);
+        }
         if (out2 != NULL) {
             _mm256_storeu_ps(out2 + i, v0);
             _mm256_storeu_ps(out2 + i + 8, v1);
         }
     }
+    if (nt)
+        _mm_sfence();
     return i;
 }
 
