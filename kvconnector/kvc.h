@@ -19,6 +19,7 @@
 #ifndef DUET_KVCONNECTOR_KVC_H
 #define DUET_KVCONNECTOR_KVC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -171,6 +172,10 @@ duet_status_t kvc_end(kvc_t *kvc, uint64_t req, int32_t first_token,
  * DUET_ERR_CANCELED: aborted; DUET_ERR_PEER: decode rank died; DUET_ERR_TIMEOUT:
  * lease expired) and the request is forgotten. Unknown req: DUET_ERR_NOT_FOUND. */
 duet_status_t kvc_send_status(kvc_t *kvc, uint64_t req);
+
+/* True once a decode node granted req (it holds blocks for it; a NACK can no
+ * longer come), while the connector still knows req. */
+bool kvc_send_granted(kvc_t *kvc, uint64_t req);
 
 /* ---- decode ------------------------------------------------------------- */
 

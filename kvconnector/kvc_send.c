@@ -556,6 +556,14 @@ duet_status_t kvc_end(kvc_t *kvc, uint64_t req, int32_t first_token, const void 
     return DUET_OK;
 }
 
+bool kvc_send_granted(kvc_t *kvc, uint64_t req)
+{
+    const sreq_t *r = sreq_get(kvc, req);
+
+    /* bound at the node's first GRANT to this rank; its ranks grant together */
+    return r != NULL && kvc->p.role == KVC_ROLE_PREFILL && r->bound;
+}
+
 duet_status_t kvc_send_status(kvc_t *kvc, uint64_t req)
 {
     sreq_t *r = sreq_get(kvc, req);

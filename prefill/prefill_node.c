@@ -35,6 +35,9 @@ typedef struct preq {
     preq_state_t state;
     int32_t      n_prompt;
     bool         in_engine;     /* the engine still holds it (abort/release due) */
+    bool         first_due;     /* PR_SENDING: FIRST_TOKEN waits for the grant */
+    int32_t      first_token;
+    uint64_t     kv_bytes;
     double       deadline;      /* PR_SENDING / PR_ABORTING: give up then */
     char         decode[65];
 } preq_t;
@@ -169,14 +172,28 @@ static void pn_on_prefilled(void *arg, uint64_t id, int32_t first_token,
     n->ho[n->n_ho++] = (handover_t){id, first_token, blocks, n_blocks, n_tokens};
 }
 
+/* The first token to the router. Sent only once the decode node granted:
+ * before that it may still NACK (full, draining), and the router retries
+ * elsewhere only while it has seen no token of the request. */
+static void pn_send_first(pnode_t *n, preq_t *r)
+{
+    frame_writer_t *w = ctl_client_writer(n->ctl);
+
+    r->first_due = false;
+    frame_begin(w, FRAME_FIRST_TOKEN, 3);
+    frame_put_u64(w, "rid", r->rid);
+    frame_put_u64(w, "token", (uint64_t)r->first_token);
+    frame_put_u64(w, "kv_bytes", r->kv_bytes);
+    ctl_client_send(n->ctl);
+}
+
 /* The prompt is in the slab: every layer to the decode node, KV_END, and the
- * first token to the router. */
+ * first token to the router (now, or at the grant). */
 static void pn_hand_over(pnode_t *n, const handover_t *h)
 {
     preq_t *r = pn_find(n, h->rid);
     uint64_t rng[SAMPLER_RNG_WORDS];
     duet_status_t s = DUET_OK;
-    frame_writer_t *w;
     char msg[160];
 
     if (r == NULL || r->state != PR_COMPUTING) {
@@ -212,12 +229,11 @@ static void pn_hand_over(pnode_t *n, const handover_t *h)
         pn_fail(n, r, msg);
         return;
     }
-    w = ctl_client_writer(n->ctl);
-    frame_begin(w, FRAME_FIRST_TOKEN, 3);
-    frame_put_u64(w, "rid", h->rid);
-    frame_put_u64(w, "token", (uint64_t)h->first_token);
-    frame_put_u64(w, "kv_bytes", (uint64_t)h->nblocks * n->kv_bytes_per_block);
-    ctl_client_send(n->ctl);
+    r->first_due = true;
+    r->first_token = h->first_token;
+    r->kv_bytes = (uint64_t)h->nblocks * n->kv_bytes_per_block;
+    if (kvc_send_granted(n->kvc, h->rid))
+        pn_send_first(n, r);
 }
 
 static void pn_step_cb(evutil_socket_t fd, short what, void *arg)
@@ -290,6 +306,8 @@ static void pn_tick_cb(evutil_socket_t fd, short what, void *arg)
         next = TAILQ_NEXT(r, link);
         s = kvc_send_status(n->kvc, r->rid);
         if (s == DUET_INPROGRESS || (s == DUET_ERR_NOT_FOUND && r->state == PR_COMPUTING)) {
+            if (r->state == PR_SENDING && r->first_due && kvc_send_granted(n->kvc, r->rid))
+                pn_send_first(n, r);
             if (r->state != PR_COMPUTING && now > r->deadline) {
                 if (r->state == PR_SENDING) {
                     log_req(LOG_LEVEL_WARN, r->rid, "KV transfer to %s not done in %u ms: "
@@ -319,9 +337,18 @@ static void pn_tick_cb(evutil_socket_t fd, short what, void *arg)
             pn_remove(n, r);
             break;
         case PR_SENDING:
-            if (s != DUET_OK)
+            if (s == DUET_OK && r->first_due) {
+                pn_send_first(n, r);
+            } else if (s != DUET_OK && r->first_due) {
+                /* no token went out: the router can still retry */
+                snprintf(msg, sizeof(msg), "KV transfer to %s failed before the grant: %s",
+                         r->decode, duet_status_str(s));
+                log_req(LOG_LEVEL_WARN, r->rid, "%s", msg);
+                ctl_client_send_error(n->ctl, r->rid, msg);
+            } else if (s != DUET_OK) {
                 log_req(LOG_LEVEL_WARN, r->rid, "KV transfer to %s failed after the first "
                         "token: %s", r->decode, duet_status_str(s));
+            }
             /* fall through */
         case PR_ABORTING:
             if (r->in_engine)

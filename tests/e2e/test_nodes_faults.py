@@ -80,7 +80,7 @@ def stream_all(serve, body):
     conn = stream_request(serve, body)
     resp = conn.getresponse()
     if resp.status != 200:
-        return 0, f"HTTP {resp.status}"
+        return 0, f"HTTP {resp.status}: {resp.read()[:300]!r}"
     res = finish_stream(resp)
     conn.close()
     return res
@@ -350,7 +350,7 @@ def test_drain_under_load_loses_nothing(duet_bin, small):
         # new work keeps flowing to the other decode node while it drains
         n, err = stream_all(serve, {"model": mid, "prompt": [1, 2], "max_tokens": 4,
                                     "temperature": 0, "ignore_eos": True})
-        assert (n, err) == (4, None)
+        assert (n, err) == (4, None), err
         for t in ts:
             t.join(60)
         assert sorted(results) == [(200, None)] * 8, results
@@ -406,6 +406,89 @@ def test_decode_reserve_nack_grant_timeout_and_abort(duet_bin, small):
             node.wait()
     err = node.stderr.read()
     assert "runtime error" not in err and "AddressSanitizer" not in err, err
+
+
+def frames_for(fr, s, secs, until=lambda f: False):
+    """The frames a node sends on s within secs, or up to the first one that
+    until() accepts (heartbeats left out)."""
+    out, end = [], time.time() + secs
+    while not (out and until(out[-1])):
+        left = end - time.time()
+        if left <= 0:
+            return out
+        s.settimeout(left)
+        try:
+            f = fr.recv(s)
+        except socket.timeout:
+            return out
+        finally:
+            s.settimeout(30)
+        if f["t"] != 3:
+            out.append(f)
+    return out
+
+
+def test_first_token_waits_for_the_grant(duet_bin, small):
+    """A prefill node sends FIRST_TOKEN only once the decode node granted:
+    before that the decode node may still NACK (full, draining), and the
+    router can retry elsewhere only while it has seen no token. A NACKed
+    request gets no FIRST_TOKEN at all."""
+    fr = FakeRouter()
+    env = {**os.environ, "UCX_TLS": "tcp,self", "UCX_LOG_LEVEL": "fatal"}
+    common = ["--model", small, "--router", f"127.0.0.1:{fr.port}", "--threads", "1",
+              "--log-level", "error"]
+    dec = subprocess.Popen([duet_bin, "decode", "--node-id", "d0", "--kv-blocks", "8",
+                            "--kv-watermark", "0", *common],
+                           stderr=subprocess.PIPE, text=True, env=env)
+    pre = subprocess.Popen([duet_bin, "prefill", "--node-id", "p0", *common],
+                           stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        conns = dict(fr.accept_hello() for _ in range(2))
+        by_role = {h["role"]: (s, h) for s, h in conns.items()}
+        (sd, hd), (sp, _) = by_role["decode"], by_role["prefill"]
+        sampling = dict(max_tokens=3, temperature=0.0, ignore_eos=True, eos=[])
+
+        def prefill(rid, tokens):
+            sp.sendall(frame(6, rid=rid, tokens=tokens, decode="d0", decode_tp=1,
+                             decode_ucx=hd["ucx"], **sampling))
+
+        # the prompt is done long before the RESERVE: no FIRST_TOKEN yet
+        prefill(1, [5, 6, 7])
+        assert frames_for(fr, sp, 1.0) == []
+        sd.sendall(frame(4, rid=1, prefill="p0", tokens=[5, 6, 7], **sampling))
+        got = frames_for(fr, sp, 10.0, lambda f: True)
+        assert [(f["t"], f.get("rid")) for f in got] == [(7, 1)], got
+        got = frames_for(fr, sd, 10.0, lambda f: f["t"] == 9)
+        assert [(f["t"], f.get("rid")) for f in got][-1] == (9, 1), got
+        # a reservation holds 5 of the 8 blocks, so the next 5 get a NACK,
+        # and the prefill node never sends its FIRST_TOKEN
+        long = list(range(1, 70))
+        sd.sendall(frame(4, rid=2, prefill="p0", tokens=long, **sampling))
+        prefill(3, long)
+        sd.sendall(frame(4, rid=3, prefill="p0", tokens=long, **sampling))
+        got = frames_for(fr, sd, 10.0, lambda f: True)
+        assert [(f["t"], f.get("rid")) for f in got] == [(5, 3)], got
+        sp.sendall(frame(10, rid=3))
+        assert all(f["t"] != 7 for f in frames_for(fr, sp, 1.5))
+        sd.sendall(frame(10, rid=2))
+        # and both still serve
+        prefill(4, [8, 9])
+        sd.sendall(frame(4, rid=4, prefill="p0", tokens=[8, 9], **sampling))
+        got = frames_for(fr, sp, 10.0, lambda f: f["t"] == 7)
+        assert [(f["t"], f.get("rid")) for f in got][-1] == (7, 4), got
+    finally:
+        for p in (dec, pre):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in (dec, pre):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    for p in (dec, pre):
+        err = p.stderr.read()
+        assert "runtime error" not in err and "AddressSanitizer" not in err, err
 
 
 def test_restart_and_stop_mid_stream(duet_bin, small):
