@@ -3,7 +3,6 @@
 
 #include "decode/decode_node.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +15,7 @@
 #include "common/ctl_client.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/node_life.h"
 #include "engine/executor.h"
 #include "kvconnector/kvc.h"
 
@@ -64,8 +64,9 @@ typedef struct {
     struct dreq_list   reqs;
     int                n_reqs;
     uint64_t           queued_tokens;   /* colocated: prompts not started */
-    struct event      *step_ev, *tick_ev, *sigint_ev, *sigterm_ev, *drain_ev;
-    bool               draining, stopping, broken;
+    struct event      *step_ev, *tick_ev;
+    node_life_t        life;
+    bool               broken;
     int                exit_code;
     const char        *fail_why;        /* why exit_code is not 0 */
     uint64_t           seed_ctr;
@@ -247,8 +248,6 @@ static dreq_t *dn_find(dnode_t *n, uint64_t rid)
     return NULL;
 }
 
-static void dn_check_drained(dnode_t *n);
-
 static void dn_remove(dnode_t *n, dreq_t *r)
 {
     if (n->o->colocated && r->n_gen == 0)
@@ -257,7 +256,7 @@ static void dn_remove(dnode_t *n, dreq_t *r)
     n->n_reqs--;
     free(r->blocks);
     free(r);
-    dn_check_drained(n);
+    node_life_check_drained(&n->life);
 }
 
 static void dn_schedule_step(dnode_t *n)
@@ -611,7 +610,7 @@ static void dn_on_reserve(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
         ctl_client_send_error(n->ctl, rid, "RESERVE sent to a colocated node");
         return;
     }
-    if (n->draining) {
+    if (n->life.draining) {
         w = ctl_client_writer(n->ctl);
         frame_begin(w, FRAME_NACK, 2);
         frame_put_u64(w, "rid", rid);
@@ -696,7 +695,7 @@ static void dn_on_prefill(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
         ctl_client_send_error(n->ctl, rid, "PREFILL for a prefill node sent to a decode node");
         return;
     }
-    if (n->draining) {
+    if (n->life.draining) {
         ctl_client_send_error(n->ctl, rid, "node is draining");
         return;
     }
@@ -732,8 +731,6 @@ out:
     free(toks);
 }
 
-static void dn_start_drain(dnode_t *n, const char *why);
-
 static void dn_on_frame(void *arg, const frame_msg_t *msg)
 {
     dnode_t *n = arg;
@@ -741,7 +738,7 @@ static void dn_on_frame(void *arg, const frame_msg_t *msg)
     dreq_t *r;
 
     if (msg->type == FRAME_DRAIN) {
-        dn_start_drain(n, "the router asked");
+        node_life_drain(&n->life, "the router asked");
         return;
     }
     if (frame_get_u64(msg, "rid", &rid) != DUET_OK || rid == 0) {
@@ -804,8 +801,6 @@ static void dn_load(void *arg, ctl_load_t *l)
     l->queued_tokens = n->queued_tokens;
 }
 
-static void dn_shut_done(void *arg);
-
 /* A rank died or hung (the executor says so within seconds): every request
  * fails, and the node leaves with exit status 1 for its supervisor to
  * restart it. */
@@ -827,70 +822,20 @@ static void dn_broken(dnode_t *n)
         free(r->blocks);
         free(r);
     }
-    if (!n->stopping) {
-        n->stopping = true;
-        ctl_client_shutdown(n->ctl, dn_shut_done, n);
-    }
+    node_life_stop(&n->life);
 }
 
-/* ---- drain and signals ----------------------------------------------------- */
+/* ---- drain ---------------------------------------------------------------- */
 
-static void dn_shut_done(void *arg)
+static int dn_inflight(void *arg)
 {
-    dnode_t *n = arg;
-
-    event_base_loopexit(n->base, NULL);
+    return ((dnode_t *)arg)->n_reqs;
 }
 
-static void dn_check_drained(dnode_t *n)
+/* Drain timeout or a second signal. */
+static void dn_drain_abort(void *arg)
 {
-    if (!n->draining || n->stopping || n->n_reqs > 0)
-        return;
-    n->stopping = true;
-    log_info("drained: unregistering");
-    ctl_client_shutdown(n->ctl, dn_shut_done, n);
-}
-
-static void dn_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-    dnode_t *n = arg;
-
-    (void)fd;
-    (void)what;
-    log_warn("drain timeout: aborting %d requests", n->n_reqs);
-    dn_abort_all(n, true, "node shut down");
-}
-
-static void dn_start_drain(dnode_t *n, const char *why)
-{
-    struct timeval tv;
-
-    if (n->draining)
-        return;
-    n->draining = true;
-    log_info("draining (%s): %d requests in flight", why, n->n_reqs);
-    ctl_client_drain(n->ctl);
-    tv.tv_sec = (time_t)n->o->drain_timeout_s;
-    tv.tv_usec = (suseconds_t)((n->o->drain_timeout_s - (double)tv.tv_sec) * 1e6);
-    evtimer_add(n->drain_ev, &tv);
-    dn_check_drained(n);
-}
-
-static void dn_signal_cb(evutil_socket_t sig, short what, void *arg)
-{
-    dnode_t *n = arg;
-
-    (void)what;
-    if (n->draining) {
-        log_info("signal %d again: aborting what is left", (int)sig);
-        dn_abort_all(n, true, "node shut down");
-        if (!n->stopping) {
-            n->stopping = true;
-            ctl_client_shutdown(n->ctl, dn_shut_done, n);
-        }
-        return;
-    }
-    dn_start_drain(n, sig == SIGINT ? "SIGINT" : "SIGTERM");
+    dn_abort_all(arg, true, "node shut down");
 }
 
 /* ---- setup ------------------------------------------------------------------ */
@@ -903,6 +848,7 @@ int decode_node_run(const decode_node_opts_t *o, char *err, size_t errlen)
     engine_opts_t eo = o->engine;
     ctl_hello_t hello = {0};
     ctl_client_cbs_t cbs = {0};
+    node_life_ops_t life_ops = {.inflight = dn_inflight, .abort_all = dn_drain_abort, .arg = &n};
     static char addrs[DEC_MAX_TP][EXEC_REPLY_MAX];
     duet_status_t s;
 
@@ -964,12 +910,8 @@ int decode_node_run(const decode_node_opts_t *o, char *err, size_t errlen)
     }
     n.step_ev = evtimer_new(n.base, dn_step_cb, &n);
     n.tick_ev = evtimer_new(n.base, dn_tick_cb, &n);
-    n.drain_ev = evtimer_new(n.base, dn_drain_timeout_cb, &n);
-    n.sigint_ev = evsignal_new(n.base, SIGINT, dn_signal_cb, &n);
-    n.sigterm_ev = evsignal_new(n.base, SIGTERM, dn_signal_cb, &n);
-    if (n.step_ev == NULL || n.tick_ev == NULL || n.drain_ev == NULL ||
-        n.sigint_ev == NULL || n.sigterm_ev == NULL || evsignal_add(n.sigint_ev, NULL) != 0 ||
-        evsignal_add(n.sigterm_ev, NULL) != 0) {
+    if (n.step_ev == NULL || n.tick_ev == NULL ||
+        node_life_init(&n.life, n.base, o->drain_timeout_s, &life_ops) != DUET_OK) {
         SET_ERR("cannot set up events");
         goto err_events;
     }
@@ -983,6 +925,7 @@ int decode_node_run(const decode_node_opts_t *o, char *err, size_t errlen)
         SET_ERR("cannot start the control-plane client: %s", duet_status_str(s));
         goto err_events;
     }
+    n.life.ctl = n.ctl;
     log_info("%s node '%s': %d KV blocks of %d tokens, KV listener %s, router %s:%u",
              hello.role, o->node_id, (int)hello.blocks, (int)hello.block_size,
              n.n_ranks > 0 ? addrs[0] : "-", o->router_host, o->router_port);
@@ -1006,12 +949,7 @@ err_events:
         event_free(n.step_ev);
     if (n.tick_ev != NULL)
         event_free(n.tick_ev);
-    if (n.drain_ev != NULL)
-        event_free(n.drain_ev);
-    if (n.sigint_ev != NULL)
-        event_free(n.sigint_ev);
-    if (n.sigterm_ev != NULL)
-        event_free(n.sigterm_ev);
+    node_life_fini(&n.life);
     engine_destroy(n.engine);   /* stops the ranks; their hooks destroy the kvc_t */
     free(n.rank_arg);
     free(n.msg);

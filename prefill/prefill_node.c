@@ -4,7 +4,6 @@
 
 #include "prefill/prefill_node.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +15,7 @@
 #include "common/ctl_client.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/node_life.h"
 #include "kvconnector/kvc.h"
 
 #define PF_TICK_US       2000    /* connector progress with requests in flight */
@@ -73,8 +73,8 @@ typedef struct {
     handover_t        *ho;          /* filled by the engine's on_prefilled */
     int                n_ho, ho_cap;
     size_t             kv_bytes_per_block;   /* all layers, all heads */
-    struct event      *step_ev, *tick_ev, *sigint_ev, *sigterm_ev, *drain_ev;
-    bool               draining, stopping;
+    struct event      *step_ev, *tick_ev;
+    node_life_t        life;
     int                exit_code;
     uint64_t           seed_ctr;
 } pnode_t;
@@ -89,8 +89,6 @@ static preq_t *pn_find(pnode_t *n, uint64_t rid)
     return NULL;
 }
 
-static void pn_check_drained(pnode_t *n);
-
 static void pn_remove(pnode_t *n, preq_t *r)
 {
     if (r->state == PR_COMPUTING)
@@ -98,7 +96,7 @@ static void pn_remove(pnode_t *n, preq_t *r)
     TAILQ_REMOVE(&n->reqs, r, link);
     n->n_reqs--;
     free(r);
-    pn_check_drained(n);
+    node_life_check_drained(&n->life);
 }
 
 static void pn_schedule_step(pnode_t *n)
@@ -443,7 +441,7 @@ static void pn_on_prefill(pnode_t *n, const frame_msg_t *msg, uint64_t rid)
     int32_t *toks = NULL, ntok = 0;
     preq_t *r;
 
-    if (n->draining) {
+    if (n->life.draining) {
         ctl_client_send_error(n->ctl, rid, "node is draining");
         return;
     }
@@ -495,8 +493,6 @@ out:
     free(toks);
 }
 
-static void pn_start_drain(pnode_t *n, const char *why);
-
 static void pn_on_frame(void *arg, const frame_msg_t *msg)
 {
     pnode_t *n = arg;
@@ -504,7 +500,7 @@ static void pn_on_frame(void *arg, const frame_msg_t *msg)
     preq_t *r;
 
     if (msg->type == FRAME_DRAIN) {
-        pn_start_drain(n, "the router asked");
+        node_life_drain(&n->life, "the router asked");
         return;
     }
     if (frame_get_u64(msg, "rid", &rid) != DUET_OK || rid == 0) {
@@ -562,30 +558,20 @@ static void pn_load(void *arg, ctl_load_t *l)
     l->queued_tokens = n->queued_tokens;
 }
 
-/* ---- drain and signals ------------------------------------------------------ */
+/* ---- drain ---------------------------------------------------------------- */
 
-static void pn_shut_done(void *arg)
+static int pn_inflight(void *arg)
 {
-    event_base_loopexit(((pnode_t *)arg)->base, NULL);
+    return ((pnode_t *)arg)->n_reqs;
 }
 
-static void pn_check_drained(pnode_t *n)
-{
-    if (!n->draining || n->stopping || n->n_reqs > 0)
-        return;
-    n->stopping = true;
-    log_info("drained: unregistering");
-    ctl_client_shutdown(n->ctl, pn_shut_done, n);
-}
-
-static void pn_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+/* Drain timeout or a second signal: fail what is still computing, abort the
+ * transfers. */
+static void pn_drain_abort(void *arg)
 {
     pnode_t *n = arg;
     preq_t *r, *next;
 
-    (void)fd;
-    (void)what;
-    log_warn("drain timeout: aborting %d requests", n->n_reqs);
     for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
         next = TAILQ_NEXT(r, link);
         if (r->state == PR_COMPUTING)
@@ -593,38 +579,6 @@ static void pn_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
         else
             pn_abort(n, r);
     }
-}
-
-static void pn_start_drain(pnode_t *n, const char *why)
-{
-    struct timeval tv;
-
-    if (n->draining)
-        return;
-    n->draining = true;
-    log_info("draining (%s): %d requests in flight", why, n->n_reqs);
-    ctl_client_drain(n->ctl);
-    tv.tv_sec = (time_t)n->o->drain_timeout_s;
-    tv.tv_usec = (suseconds_t)((n->o->drain_timeout_s - (double)tv.tv_sec) * 1e6);
-    evtimer_add(n->drain_ev, &tv);
-    pn_check_drained(n);
-}
-
-static void pn_signal_cb(evutil_socket_t sig, short what, void *arg)
-{
-    pnode_t *n = arg;
-
-    (void)what;
-    if (n->draining) {
-        log_info("signal %d again: aborting what is left", (int)sig);
-        pn_drain_timeout_cb(-1, 0, n);
-        if (!n->stopping) {
-            n->stopping = true;
-            ctl_client_shutdown(n->ctl, pn_shut_done, n);
-        }
-        return;
-    }
-    pn_start_drain(n, sig == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
 /* ---- setup ------------------------------------------------------------------ */
@@ -637,6 +591,7 @@ int prefill_node_run(const prefill_node_opts_t *o, char *err, size_t errlen)
     engine_opts_t eo = o->engine;
     ctl_hello_t hello = {0};
     ctl_client_cbs_t cbs;
+    node_life_ops_t life_ops = {.inflight = pn_inflight, .abort_all = pn_drain_abort};
     kv_layout_t l = {
         .n_layers = o->cfg->n_layers, .n_blocks = 1, .n_kv_heads = o->cfg->n_kv_heads,
         .block_size = (int32_t)eo.block_size, .head_dim = o->cfg->head_dim,
@@ -693,12 +648,9 @@ int prefill_node_run(const prefill_node_opts_t *o, char *err, size_t errlen)
     };
     n.step_ev = evtimer_new(n.base, pn_step_cb, &n);
     n.tick_ev = evtimer_new(n.base, pn_tick_cb, &n);
-    n.drain_ev = evtimer_new(n.base, pn_drain_timeout_cb, &n);
-    n.sigint_ev = evsignal_new(n.base, SIGINT, pn_signal_cb, &n);
-    n.sigterm_ev = evsignal_new(n.base, SIGTERM, pn_signal_cb, &n);
-    if (n.step_ev == NULL || n.tick_ev == NULL || n.drain_ev == NULL ||
-        n.sigint_ev == NULL || n.sigterm_ev == NULL || evsignal_add(n.sigint_ev, NULL) != 0 ||
-        evsignal_add(n.sigterm_ev, NULL) != 0) {
+    life_ops.arg = &n;
+    if (n.step_ev == NULL || n.tick_ev == NULL ||
+        node_life_init(&n.life, n.base, o->drain_timeout_s, &life_ops) != DUET_OK) {
         SET_ERR("cannot set up events");
         goto err_events;
     }
@@ -711,6 +663,7 @@ int prefill_node_run(const prefill_node_opts_t *o, char *err, size_t errlen)
         SET_ERR("cannot start the control-plane client: %s", duet_status_str(s));
         goto err_events;
     }
+    n.life.ctl = n.ctl;
     pn_arm_tick(&n, false);
     log_info("prefill node '%s': %d KV blocks of %d tokens, router %s:%u", o->node_id,
              l.n_blocks, l.block_size, o->router_host, o->router_port);
@@ -732,12 +685,7 @@ err_events:
         event_free(n.step_ev);
     if (n.tick_ev != NULL)
         event_free(n.tick_ev);
-    if (n.drain_ev != NULL)
-        event_free(n.drain_ev);
-    if (n.sigint_ev != NULL)
-        event_free(n.sigint_ev);
-    if (n.sigterm_ev != NULL)
-        event_free(n.sigterm_ev);
+    node_life_fini(&n.life);
     engine_destroy(n.engine);
 err_kvc:
     kvc_destroy(n.kvc);
