@@ -463,6 +463,16 @@ duet_status_t ctl_client_send_error(ctl_client_t *c, uint64_t rid, const char *m
     return ctl_client_send(c);
 }
 
+duet_status_t ctl_client_send_nack(ctl_client_t *c, uint64_t rid, const char *reason)
+{
+    frame_writer_t *w = ctl_client_writer(c);
+
+    frame_begin(w, FRAME_NACK, 2);
+    frame_put_u64(w, "rid", rid);
+    frame_put_str(w, "reason", reason);
+    return ctl_client_send(c);
+}
+
 void ctl_client_drain(ctl_client_t *c)
 {
     if (c->draining)
@@ -603,4 +613,26 @@ uint64_t ctl_node_hash(const char *id)
         h *= 0x100000001b3ull;
     }
     return h ? h : 1;
+}
+
+duet_status_t ctl_client_get_request(ctl_client_t *c, const frame_msg_t *msg, uint64_t rid,
+                                     const char *what, int32_t **toks_p, int32_t *ntok_p,
+                                     ctl_sampling_t *sp)
+{
+    char err[256];
+    duet_status_t s;
+
+    s = ctl_get_tokens(msg, "tokens", toks_p, ntok_p);
+    if (s != DUET_OK) {
+        snprintf(err, sizeof(err), "%s: bad 'tokens'", what);
+        ctl_client_send_error(c, rid, s == DUET_ERR_NOMEM ? "out of memory" : err);
+        return s;
+    }
+    s = ctl_sampling_parse(msg, sp, err, sizeof(err));
+    if (s != DUET_OK) {
+        free(*toks_p);
+        *toks_p = NULL;
+        ctl_client_send_error(c, rid, err);
+    }
+    return s;
 }

@@ -79,6 +79,7 @@ duet_status_t ctl_client_send(ctl_client_t *c);
 
 /* Convenience frames. */
 duet_status_t ctl_client_send_error(ctl_client_t *c, uint64_t rid, const char *msg);
+duet_status_t ctl_client_send_nack(ctl_client_t *c, uint64_t rid, const char *reason);
 
 /* Tell the router this node drains (now, and again after a reconnect). */
 void ctl_client_drain(ctl_client_t *c);
@@ -110,6 +111,13 @@ duet_status_t ctl_sampling_parse(const frame_msg_t *msg, ctl_sampling_t *s,
  * uints below 2^31. */
 duet_status_t ctl_get_tokens(const frame_msg_t *msg, const char *key, int32_t **toks_p,
                              int32_t *n_p);
+
+/* The prompt ("tokens") and sampling fields of a RESERVE or PREFILL, `what`
+ * naming it in the error. On failure ERROR {rid, why} has gone to the
+ * router, nothing is left to free, and the status says why. */
+duet_status_t ctl_client_get_request(ctl_client_t *c, const frame_msg_t *msg, uint64_t rid,
+                                     const char *what, int32_t **toks_p, int32_t *ntok_p,
+                                     ctl_sampling_t *sp);
 
 /* A copy of a string field, NUL-terminated, into buf (DUET_ERR_TOO_BIG when
  * it does not fit). */

@@ -602,7 +602,6 @@ static void dn_on_reserve(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
     engine_req_params_t p;
     int32_t *toks = NULL, ntok = 0, nblocks;
     const int32_t *blocks;
-    frame_writer_t *w;
     dreq_t *r;
     duet_status_t s;
 
@@ -611,26 +610,19 @@ static void dn_on_reserve(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
         return;
     }
     if (n->life.draining) {
-        w = ctl_client_writer(n->ctl);
-        frame_begin(w, FRAME_NACK, 2);
-        frame_put_u64(w, "rid", rid);
-        frame_put_str(w, "reason", "draining");
-        ctl_client_send(n->ctl);
+        ctl_client_send_nack(n->ctl, rid, "draining");
         return;
     }
     if (dn_find(n, rid) != NULL) {
         log_req(LOG_LEVEL_WARN, rid, "RESERVE for a rid already held: ignored");
         return;
     }
-    if (ctl_get_strbuf(msg, "prefill", pname, sizeof(pname)) != DUET_OK || !pname[0] ||
-        ctl_get_tokens(msg, "tokens", &toks, &ntok) != DUET_OK) {
-        ctl_client_send_error(n->ctl, rid, "RESERVE: bad 'prefill' or 'tokens'");
+    if (ctl_get_strbuf(msg, "prefill", pname, sizeof(pname)) != DUET_OK || !pname[0]) {
+        ctl_client_send_error(n->ctl, rid, "RESERVE: bad 'prefill'");
         return;
     }
-    if (ctl_sampling_parse(msg, &sp, err, sizeof(err)) != DUET_OK) {
-        ctl_client_send_error(n->ctl, rid, err);
-        goto out;
-    }
+    if (ctl_client_get_request(n->ctl, msg, rid, "RESERVE", &toks, &ntok, &sp) != DUET_OK)
+        return;
     dn_params(n, &sp, &p);
     r = calloc(1, sizeof(*r));
     if (r == NULL) {
@@ -640,11 +632,7 @@ static void dn_on_reserve(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
     s = engine_reserve(n->engine, rid, toks, ntok, &p, &blocks, &nblocks, err, sizeof(err));
     if (s == DUET_ERR_NO_RESOURCE) {
         free(r);
-        w = ctl_client_writer(n->ctl);
-        frame_begin(w, FRAME_NACK, 2);
-        frame_put_u64(w, "rid", rid);
-        frame_put_str(w, "reason", err);
-        ctl_client_send(n->ctl);
+        ctl_client_send_nack(n->ctl, rid, err);
         goto out;
     }
     if (s != DUET_OK) {
@@ -701,14 +689,8 @@ static void dn_on_prefill(dnode_t *n, const frame_msg_t *msg, uint64_t rid)
     }
     if (dn_find(n, rid) != NULL)
         return;
-    if (ctl_get_tokens(msg, "tokens", &toks, &ntok) != DUET_OK) {
-        ctl_client_send_error(n->ctl, rid, "PREFILL: bad 'tokens'");
+    if (ctl_client_get_request(n->ctl, msg, rid, "PREFILL", &toks, &ntok, &sp) != DUET_OK)
         return;
-    }
-    if (ctl_sampling_parse(msg, &sp, err, sizeof(err)) != DUET_OK) {
-        ctl_client_send_error(n->ctl, rid, err);
-        goto out;
-    }
     dn_params(n, &sp, &p);
     r = calloc(1, sizeof(*r));
     if (r == NULL) {

@@ -452,12 +452,9 @@ static void pn_on_prefill(pnode_t *n, const frame_msg_t *msg, uint64_t rid)
                               "(colocated requests need a colocated node)");
         return;
     }
-    if (ctl_get_tokens(msg, "tokens", &toks, &ntok) != DUET_OK) {
-        ctl_client_send_error(n->ctl, rid, "PREFILL: bad 'tokens'");
+    if (ctl_client_get_request(n->ctl, msg, rid, "PREFILL", &toks, &ntok, &sp) != DUET_OK)
         return;
-    }
-    if (ctl_sampling_parse(msg, &sp, err, sizeof(err)) != DUET_OK ||
-        pn_peer(n, dname, msg, err, sizeof(err)) != DUET_OK) {
+    if (pn_peer(n, dname, msg, err, sizeof(err)) != DUET_OK) {
         ctl_client_send_error(n->ctl, rid, err);
         goto out;
     }
