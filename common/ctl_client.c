@@ -453,24 +453,25 @@ duet_status_t ctl_client_send(ctl_client_t *c)
     return s;
 }
 
-duet_status_t ctl_client_send_error(ctl_client_t *c, uint64_t rid, const char *msg)
+static duet_status_t send_rid_str(ctl_client_t *c, frame_type_t type, uint64_t rid,
+                                  const char *key, const char *str)
 {
     frame_writer_t *w = ctl_client_writer(c);
 
-    frame_begin(w, FRAME_ERROR, 2);
+    frame_begin(w, type, 2);
     frame_put_u64(w, "rid", rid);
-    frame_put_str(w, "msg", msg);
+    frame_put_str(w, key, str);
     return ctl_client_send(c);
+}
+
+duet_status_t ctl_client_send_error(ctl_client_t *c, uint64_t rid, const char *msg)
+{
+    return send_rid_str(c, FRAME_ERROR, rid, "msg", msg);
 }
 
 duet_status_t ctl_client_send_nack(ctl_client_t *c, uint64_t rid, const char *reason)
 {
-    frame_writer_t *w = ctl_client_writer(c);
-
-    frame_begin(w, FRAME_NACK, 2);
-    frame_put_u64(w, "rid", rid);
-    frame_put_str(w, "reason", reason);
-    return ctl_client_send(c);
+    return send_rid_str(c, FRAME_NACK, rid, "reason", reason);
 }
 
 void ctl_client_drain(ctl_client_t *c)
