@@ -25,6 +25,8 @@ struct engine {
     sampler_ws_t         *ws;
     sched_item_t         *items;      /* (max_running) */
     fwd_seq_t            *seqs;       /* (max_running) */
+    engine_kv_seq_t      *kvseqs;     /* (max_running) the step, for on_layer_kv */
+    int                   n_kvseqs;
     float                *logits;     /* (max_running, vocab) */
     engine_out_t         *outs;       /* (out_cap) */
     int                   n_out, out_cap;
@@ -120,6 +122,13 @@ void engine_req_params_from_ctl(const ctl_sampling_t *s, uint64_t default_seed,
             snprintf(err, errlen, __VA_ARGS__);          \
     } while (0)
 
+static void engine_on_layer(void *arg, int32_t layer)
+{
+    engine_t *e = arg;
+
+    e->opts.on_layer_kv(e->opts.cb_arg, layer, e->kvseqs, e->n_kvseqs);
+}
+
 duet_status_t engine_create(const gguf_t *g, const model_config_t *cfg,
                             const engine_opts_t *opts, engine_t **e_p,
                             char *err, size_t errlen)
@@ -200,6 +209,8 @@ duet_status_t engine_create(const gguf_t *g, const model_config_t *cfg,
         .tp_rank = opts->tp_rank,
         .tp_size = opts->tp_size,
         .kv_slab = opts->kv_slab,
+        .on_layer = opts->on_layer_kv != NULL ? engine_on_layer : NULL,
+        .layer_arg = e,
     };
     if (bm_create(&bo, &e->bm) != DUET_OK) {
         SET_ERR("cannot create the block manager (%d blocks)", bo.n_blocks);
@@ -212,10 +223,12 @@ duet_status_t engine_create(const gguf_t *g, const model_config_t *cfg,
     }
     e->items = calloc((size_t)opts->max_running, sizeof(*e->items));
     e->seqs = calloc((size_t)opts->max_running, sizeof(*e->seqs));
+    e->kvseqs = calloc((size_t)opts->max_running, sizeof(*e->kvseqs));
     e->logits = malloc(sizeof(float) * (size_t)opts->max_running * (size_t)e->vocab);
     e->out_cap = (int)opts->max_running;
     e->outs = calloc((size_t)e->out_cap, sizeof(*e->outs));
-    if (e->items == NULL || e->seqs == NULL || e->logits == NULL || e->outs == NULL) {
+    if (e->items == NULL || e->seqs == NULL || e->kvseqs == NULL || e->logits == NULL ||
+        e->outs == NULL) {
         SET_ERR("out of memory for %lld running requests", (long long)opts->max_running);
         goto err_free;
     }
@@ -263,6 +276,7 @@ void engine_destroy(engine_t *e)
     sampler_ws_destroy(e->ws);
     free(e->items);
     free(e->seqs);
+    free(e->kvseqs);
     free(e->logits);
     free(e->outs);
     free(e->pending);
@@ -491,7 +505,13 @@ duet_status_t engine_step(engine_t *e, const engine_out_t **outs_p, int *n_out_p
             .n_blocks = it->req->seq.n,
             .want_logits = it->want_logits,
         };
+        e->kvseqs[i] = (engine_kv_seq_t){
+            .req_id = it->req->id, .n_past = it->req->n_computed, .n_new = it->n_new,
+            .n_prompt = it->req->n_prompt, .blocks = it->req->seq.blocks,
+            .n_blocks = it->req->seq.n,
+        };
     }
+    e->n_kvseqs = n_items;
     if (n_items > 0) {
         status = exec_run(e->exec, e->seqs, n_items, e->logits);
         if (status != DUET_OK) {

@@ -44,6 +44,23 @@ typedef void (*engine_prefilled_cb_t)(void *arg, uint64_t req_id, int32_t first_
                                       const int32_t *blocks, int32_t n_blocks,
                                       int32_t n_tokens);
 
+/* One sequence of a step, for engine_layer_cb_t: its KV of tokens
+ * [n_past, n_past + n_new) is new in this step; blocks (n_blocks, borrowed
+ * for the call) hold tokens [0, n_past + n_new). */
+typedef struct {
+    uint64_t       req_id;
+    int32_t        n_past, n_new;
+    int32_t        n_prompt;
+    const int32_t *blocks;
+    int32_t        n_blocks;
+} engine_kv_seq_t;
+
+/* Called from engine_step, inside the forward pass, after each layer: that
+ * layer's KV of the step's new tokens is in the slab. It must not call the
+ * engine. */
+typedef void (*engine_layer_cb_t)(void *arg, int32_t layer, const engine_kv_seq_t *seqs,
+                                  int n_seqs);
+
 typedef struct {
     /* Settable by flags (engine_opts_flags). */
     int64_t threads;            /* 0: all cores */
@@ -60,6 +77,7 @@ typedef struct {
     /* Set by the node. */
     bool                  prefill_only;
     engine_prefilled_cb_t on_prefilled;
+    engine_layer_cb_t     on_layer_kv;  /* optional; cb_arg too */
     void                 *cb_arg;
     void                 *kv_slab;    /* NULL: allocate; else borrowed */
     int32_t               tp_rank, tp_size;

@@ -43,6 +43,8 @@ struct fwd {
     void          *slab;
     size_t         slab_bytes;
     bool           own_slab;
+    fwd_layer_cb_t on_layer;
+    void          *layer_arg;
 
     /* scratch for up to cap_tok tokens and cap_seqs sequences */
     int32_t        cap_tok, cap_seqs;
@@ -526,6 +528,10 @@ duet_status_t fwd_create(const gguf_t *g, const model_config_t *cfg,
         }
         f->own_slab = true;
     }
+    if (opts->tp_rank == 0) {
+        f->on_layer = opts->on_layer;
+        f->layer_arg = opts->layer_arg;
+    }
     log_debug("forward: %s, %d threads, KV %d blocks x %d tokens (%s, %.1f MiB)",
               f->ops->name, co.n_threads, opts->n_blocks, opts->block_size,
               dtype_name(opts->kv_dtype), (double)f->slab_bytes / 1048576.0);
@@ -635,8 +641,11 @@ duet_status_t fwd_run(fwd_t *f, const fwd_seq_t *seqs, int n_seqs, float *logits
         f->last[s] = row - 1;
     }
     CHECK(tp_embed(f, T));
-    for (int32_t l = 0; l < c->n_layers; l++)
+    for (int32_t l = 0; l < c->n_layers; l++) {
         CHECK(fwd_layer(f, &f->layers[l], l, T, n_seqs));
+        if (f->on_layer != NULL)
+            f->on_layer(f->layer_arg, l);
+    }
     if (n_want == 0)
         return DUET_OK;
 

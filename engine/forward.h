@@ -30,6 +30,10 @@ typedef struct {
     bool           want_logits;   /* logits of the last new token */
 } fwd_seq_t;
 
+/* fwd_run has written layer `layer`'s KV of every new token of the step
+ * into the slab (rank 0 only). */
+typedef void (*fwd_layer_cb_t)(void *arg, int32_t layer);
+
 typedef struct {
     int      n_threads;           /* 0: all cores */
     int32_t  n_blocks;            /* KV slab size in blocks */
@@ -45,6 +49,8 @@ typedef struct {
                                      prefill, but logits move by up to ~20%
                                      on SmolLM2); default false: two 8-bit
                                      levels, within ~0.1% of exact */
+    fwd_layer_cb_t on_layer;      /* optional, called between layers */
+    void          *layer_arg;
 } fwd_opts_t;
 
 typedef struct fwd fwd_t;

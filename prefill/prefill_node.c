@@ -35,6 +35,8 @@ typedef struct preq {
     preq_state_t state;
     int32_t      n_prompt;
     bool         in_engine;     /* the engine still holds it (abort/release due) */
+    int32_t      kv_sent;       /* prompt tokens whose every layer is queued */
+    duet_status_t kv_err;       /* a layer could not be queued */
     bool         first_due;     /* PR_SENDING: FIRST_TOKEN waits for the grant */
     int32_t      first_token;
     uint64_t     kv_bytes;
@@ -73,6 +75,7 @@ typedef struct {
     handover_t        *ho;          /* filled by the engine's on_prefilled */
     int                n_ho, ho_cap;
     size_t             kv_bytes_per_block;   /* all layers, all heads */
+    int32_t            block_size, n_layers;
     struct event      *step_ev, *tick_ev;
     node_life_t        life;
     int                exit_code;
@@ -151,6 +154,39 @@ static void pn_fail(pnode_t *n, preq_t *r, const char *msg)
 
 /* ---- the engine ------------------------------------------------------------ */
 
+/* Layer `layer` of this step is in the slab: queue it for the decode node
+ * now, so that its puts overlap the next layers' compute. Until the chunk
+ * that ends the prompt only whole blocks go (a block sent twice could land
+ * out of order); every layer of a step sends the same tokens, so kv_sent
+ * moves at the last one. Prefix-cached tokens go with the first chunk. */
+static void pn_on_layer(void *arg, int32_t layer, const engine_kv_seq_t *seqs, int n_seqs)
+{
+    pnode_t *n = arg;
+    int32_t bs = n->block_size;
+
+    for (int i = 0; i < n_seqs; i++) {
+        const engine_kv_seq_t *q = &seqs[i];
+        preq_t *r = pn_find(n, q->req_id);
+        int32_t t0, end = q->n_past + q->n_new;
+        duet_status_t s;
+
+        if (r == NULL || r->state != PR_COMPUTING || r->kv_err != DUET_OK)
+            continue;
+        if (end < q->n_prompt)
+            end -= end % bs;
+        t0 = r->kv_sent;
+        if (end <= t0)
+            continue;
+        s = kvc_send_kv_cache(n->kvc, r->rid, layer, t0, end, q->blocks + t0 / bs,
+                              (end - 1) / bs - t0 / bs + 1);
+        if (s != DUET_OK)
+            r->kv_err = s;   /* the hand-over fails it: not from inside a step */
+        else if (layer == n->n_layers - 1)
+            r->kv_sent = end;
+    }
+    kvc_progress(n->kvc);
+}
+
 static void pn_on_prefilled(void *arg, uint64_t id, int32_t first_token,
                             const int32_t *blocks, int32_t n_blocks, int32_t n_tokens)
 {
@@ -212,12 +248,18 @@ static void pn_hand_over(pnode_t *n, const handover_t *h)
         pn_remove(n, r);
         return;
     }
-    s = DUET_OK;
     n->queued_tokens -= (uint64_t)r->n_prompt;
     r->state = PR_SENDING;
     r->deadline = clock_now_s() + n->o->lease_ms / 1000.0;
-    for (int32_t l = 0; l < n->o->cfg->n_layers && s == DUET_OK; l++)
-        s = kvc_send_kv_cache(n->kvc, h->rid, l, 0, h->ntokens, h->blocks, h->nblocks);
+    /* the layers went out as they were computed; what is left (nothing,
+     * unless a layer could not be queued) goes now */
+    s = r->kv_err;
+    for (int32_t l = 0; l < n->n_layers && s == DUET_OK && r->kv_sent < h->ntokens; l++) {
+        int32_t b0 = r->kv_sent / n->block_size;
+
+        s = kvc_send_kv_cache(n->kvc, h->rid, l, r->kv_sent, h->ntokens, h->blocks + b0,
+                              h->nblocks - b0);
+    }
     if (s == DUET_OK)
         s = engine_req_rng(n->engine, h->rid, rng);
     if (s == DUET_OK)
@@ -612,6 +654,8 @@ int prefill_node_run(const prefill_node_opts_t *o, char *err, size_t errlen)
         goto err_base;
     }
     n.kv_bytes_per_block = kv_slab_bytes(&l);
+    n.block_size = l.block_size;
+    n.n_layers = l.n_layers;
     l.n_blocks = (int32_t)nb;
     eo.kv_blocks = nb;
     {
@@ -630,6 +674,7 @@ int prefill_node_run(const prefill_node_opts_t *o, char *err, size_t errlen)
     eo.kv_slab = kvc_slab(n.kvc);
     eo.prefill_only = true;
     eo.on_prefilled = pn_on_prefilled;
+    eo.on_layer_kv = pn_on_layer;
     eo.cb_arg = &n;
     eo.tp_rank = 0;
     eo.tp_size = 1;

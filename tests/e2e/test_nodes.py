@@ -75,6 +75,34 @@ def test_greedy_equals_generate(duet_bin, small, topology, request):
     assert code == 0, err[-3000:]
 
 
+def test_chunked_and_cached_prompts_equal_generate(duet_bin, smollm2):
+    """The prefill node sends each layer's KV as the forward pass computes
+    it: whole blocks while a prompt is chunked over steps (a 40-token budget
+    ends chunks inside blocks), the rest with its last chunk, and a prompt
+    that hits the prefix cache sends its cached blocks too. Every output
+    equals `duet generate`'s. SmolLM2 itself: the small mkmodel model's
+    output hardly depends on the KV."""
+    rng = random.Random(7)
+    shared = [rng.randrange(100, 49000) for _ in range(48)]
+    prompts = [[rng.randrange(100, 49000) for _ in range(n)] for n in (41, 80, 97, 130)]
+    prompts += [shared + [rng.randrange(100, 49000) for _ in range(n)] for n in (5, 21, 40)]
+    serve = Serve(duet_bin, smollm2, "--prefill", "1", "--decode", "1", "--kv-mem", "64",
+                  "--max-step-tokens", "40")
+    try:
+        model_id = serve.get_json("/v1/models")["data"][0]["id"]
+        got = complete_all(serve, model_id, prompts[:4])
+        # one after another, so that the later ones find the shared prefix
+        for p in prompts[4:]:
+            got += complete_all(serve, model_id, [p])
+        for i, g in enumerate(got):
+            w = generate_text(duet_bin, smollm2, prompts[i], MAX_TOKENS)
+            assert g[0] == w and g[2] == MAX_TOKENS, (i, len(prompts[i]), g, w)
+        assert wait_for(serve.all_blocks_free, 5), serve.nodes()
+    finally:
+        code, err = serve.stop()
+    assert code == 0, err[-3000:]
+
+
 def test_smollm2_chat_disaggregated_equals_colocated(duet_bin, smollm2):
     questions = ["What is the capital of France?", "Name three colors.",
                  "Write a haiku about the sea.", "What is 2 + 2?"]
