@@ -407,6 +407,33 @@ static void ctl_on_first_token(node_t *node, const frame_msg_t *msg)
     rreq_on_first_token(node->r, node, rid, (int32_t)tok, kv_bytes, kv_s);
 }
 
+/* Mark the items of a TOKENS frame whose stream has had only its first
+ * token. They go out first: that token came alone (FIRST_TOKEN), so a
+ * place late in this frame's fan-out would stretch the stream's first gap
+ * by the whole fan-out, while the other streams keep their places from
+ * step to step (a constant delay stretches no gap). All items of one rid
+ * get the same mark, so each stream's tokens stay in order. */
+static void ctl_mark_fresh(router_t *r, const msgpack_object *items)
+{
+    uint32_t n = items->via.array.size;
+
+    if (n > r->tok_cap) {
+        uint8_t *m = realloc(r->tok_first, n);
+
+        if (m == NULL) {
+            r->tok_cap = 0;   /* out of memory: none first, all in frame order */
+            return;
+        }
+        r->tok_first = m;
+        r->tok_cap = n;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const rreq_t *req = rreq_find(r, items->via.array.ptr[i].via.array.ptr[0].via.u64);
+
+        r->tok_first[i] = req != NULL && req->first_seen && req->ncompletion == 1;
+    }
+}
+
 static void ctl_on_tokens(node_t *node, const frame_msg_t *msg)
 {
     const msgpack_object *items = frame_get(msg, "items");
@@ -425,11 +452,17 @@ static void ctl_on_tokens(node_t *node, const frame_msg_t *msg)
             return ctl_reject(node, "malformed",
                               "TOKENS: each item must be [rid, token] with a token in the vocabulary");
     }
-    for (uint32_t i = 0; i < items->via.array.size && !node->closing; i++) {
-        const msgpack_object *it = &items->via.array.ptr[i];
+    ctl_mark_fresh(node->r, items);
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < items->via.array.size && !node->closing; i++) {
+            const msgpack_object *it = &items->via.array.ptr[i];
 
-        rreq_on_token(node->r, node, it->via.array.ptr[0].via.u64,
-                      (int32_t)it->via.array.ptr[1].via.u64);
+            bool first = i < node->r->tok_cap && node->r->tok_first[i];
+
+            if (first == (pass == 0))
+                rreq_on_token(node->r, node, it->via.array.ptr[0].via.u64,
+                              (int32_t)it->via.array.ptr[1].via.u64);
+        }
     }
 }
 

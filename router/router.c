@@ -151,6 +151,7 @@ void router_destroy(router_t *r)
     if (r->scratch != NULL)
         evbuffer_free(r->scratch);
     free(r->wbuf);
+    free(r->tok_first);
     if (r->token_trace != NULL)
         fclose(r->token_trace);
     rtok_destroy(r->tok);

@@ -173,6 +173,8 @@ struct router {
     char                       *wbuf;      /* (wcap) one HTTP chunk of the fast text path */
     size_t                      wcap;
     uint64_t                    t_read;    /* when the node bytes being handled were read */
+    uint8_t                    *tok_first; /* (tok_cap) TOKENS items of fresh streams */
+    size_t                      tok_cap;
     FILE                       *token_trace;   /* --token-trace: one line per token */
 };
 

@@ -605,3 +605,56 @@ def test_frames_about_other_nodes_requests_are_ignored(router):
     assert not b.closed.is_set()          # harmless frames, b stays registered
     a.close()
     b.close()
+
+
+def test_fresh_streams_go_first_in_a_tokens_frame(duet_bin, tmp_path):
+    """In one TOKENS frame the router writes first the tokens of streams
+    that have had only their first token (it came alone, so a late place in
+    this frame would stretch their first gap by the whole fan-out), each
+    stream's tokens still in order."""
+    from router_peer import FINISH, TOKENS
+    import threading
+    trace = tmp_path / "tokens.trace"
+    r = Router(duet_bin, "--token-trace", str(trace))
+    try:
+        cl = {}
+        p = ProtocolTestPeer(r, "prefill", "p", cluster=cl, script="F")
+        d = ProtocolTestPeer(r, "decode", "d", cluster={})   # the test plays its TOKENS
+        texts, first = {}, {}
+
+        def one(name):
+            first[name] = threading.Event()
+            out = []
+            for c in client(r).completions.create(model="duet-byte", prompt=name,
+                                                  max_tokens=10, stream=True):
+                if c.choices and c.choices[0].text:
+                    out.append(c.choices[0].text)
+                    first[name].set()
+            texts[name] = "".join(out)
+
+        ta = threading.Thread(target=one, args=("a",))
+        ta.start()
+        assert wait_for(lambda: len(p.frames_of(PREFILL)) == 1)
+        rid_a = p.frames_of(PREFILL)[0]["rid"]
+        assert wait_for(lambda: "a" in first) and first["a"].wait(5)
+        d.send(frame(TOKENS, items=[[rid_a, ord("x")]]))
+        tb = threading.Thread(target=one, args=("b",))
+        tb.start()
+        assert wait_for(lambda: len(p.frames_of(PREFILL)) == 2)
+        rid_b = p.frames_of(PREFILL)[1]["rid"]
+        assert wait_for(lambda: "b" in first) and first["b"].wait(5)
+        time.sleep(0.1)   # a's "x" is out too
+        d.send(frame(TOKENS, items=[[rid_a, ord("y")], [rid_b, ord("1")], [rid_b, ord("2")],
+                                    [rid_a, ord("z")]]))
+        d.send(frame(FINISH, rid=rid_a, reason="length"))
+        d.send(frame(FINISH, rid=rid_b, reason="length"))
+        ta.join(10)
+        tb.join(10)
+        assert texts == {"a": "Fxyz", "b": "F12"}, texts
+    finally:
+        r.stop()
+    rows = [list(map(int, line.split())) for line in trace.read_text().splitlines()]
+    last = max(t for _, t, _ in rows)
+    order = [rid for rid, t, _ in sorted((row for row in rows if row[1] == last),
+                                         key=lambda row: row[2])]
+    assert order == [rid_b, rid_b, rid_a, rid_a], (order, rid_a, rid_b)
