@@ -13,14 +13,15 @@
  * which every peer posts only after it finished reading step k.
  *
  * all_reduce, large: copy in the parts the peers sum, sync, rank r sums part
- * r over ranks 0..n-1 in rank order (group_reduce.c) into its slot and its
- * output, sync, copy the other parts out (reduce-scatter + all-gather).
- * Pipelined over chunks with one sync per chunk: after summing chunk k a
- * rank copies in chunk k+1, and one sync both publishes chunk k's sums and
- * chunk k+1's inputs; chunk k's copy-out then runs. A message of s steps
- * takes s + 1 syncs, not 2 s. Staged in place (src = dst = our slot, from
- * group_input_buffer()): no copy-in, each sum stored once, in the slot. A
- * large private dst (>= 2 x L2) is written with non-temporal stores.
+ * r over ranks 0..n-1 in rank order (group_reduce.c) into its output and
+ * over part r of every peer's slot ("push"), sync, copy the other parts out
+ * of its own slot (reduce-scatter + all-gather). Pipelined over chunks with
+ * one sync per chunk: after summing chunk k a rank copies in chunk k+1, and
+ * one sync both publishes chunk k's sums and chunk k+1's inputs; chunk k's
+ * copy-out then runs. A message of s steps takes s + 1 syncs, not 2 s.
+ * Staged in place (src = dst = our slot, from group_input_buffer()): no
+ * copy-in, no copy-out; each rank's sums land in every slot. A large
+ * private dst (>= 2 x L2) is written with non-temporal stores.
  * all_reduce, small (bytes x (n-1) <= SMALL_BYTES, one chunk): copy in, sync, every rank
  * sums the whole chunk in the same rank order (one sync; same bytes on every
  * rank).
@@ -274,7 +275,6 @@ static void ar_sum_push(shm_ctx_t *c, group_dtype_t dt, uint8_t *out,
             group_copy(ob, sb, m * esz, true);
     }
 }
-
 
 static duet_status_t shm_start(shm_ctx_t *c)
 {
