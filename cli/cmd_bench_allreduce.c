@@ -173,12 +173,6 @@ static double memcpy_gbps(size_t bytes, double budget_s)
     return best;
 }
 
-/* Cross-core memcpy bandwidth (GB/s) for bytes: a writer thread on another
- * CPU fills the buffer, then this thread copies it into a buffer of its own
- * (reused, like memcpy_gbps's): the lines come from the other core's cache,
- * as every byte a peer rank wrote does in an all-reduce. Best of three
- * rounds of about budget_s / 3; 0 when fewer than two CPUs are usable. The
- * calling thread's CPU affinity is restored (forked ranks inherit it). */
 static inline void spin_pause(void)
 {
 #if defined(__x86_64__)
@@ -216,6 +210,12 @@ static void *xc_writer(void *arg)
     }
 }
 
+/* Cross-core memcpy bandwidth (GB/s) for bytes: a writer thread on another
+ * CPU fills the buffer, then this thread copies it into a buffer of its own
+ * (reused, like memcpy_gbps's): the lines come from the other core's cache,
+ * as every byte a peer rank wrote does in an all-reduce. Best of three
+ * rounds of about budget_s / 3; 0 when fewer than two CPUs are usable. The
+ * calling thread's CPU affinity is restored (forked ranks inherit it). */
 static double xcore_gbps(size_t bytes, double budget_s)
 {
     cpu_set_t saved, set;
@@ -246,7 +246,7 @@ static double xcore_gbps(size_t bytes, double budget_s)
     CPU_ZERO(&set);
     CPU_SET(cpus[0], &set);
     sched_setaffinity(0, sizeof(set), &set);
-    /* one copy to size the rounds */
+    /* round 0: three copies size the three timed rounds */
     per_round = 0;
     for (int round = 0; round < 4; round++) {
         int iters = round == 0 ? 3 : per_round;
