@@ -35,6 +35,7 @@ typedef struct {
     group_dtype_t dt;
     bool          staged;               /* input built in group_input_buffer() */
     bool          in_place;             /* dst = src */
+    bool          produce;              /* every rank writes its input before each call */
     bool          consume;              /* every rank reads the result after each call */
     double        lat_us[MAX_SIZES];    /* out, rank 0 */
     double        cpu_us[MAX_SIZES];    /* rank 0's CPU time per all-reduce */
@@ -96,6 +97,12 @@ static duet_status_t ar_body(procgroup_t *pg, ar_plan_t *p)
              * the group's buffer, so there is nothing to copy in */
             void *in = p->staged ? group_input_buffer(g, count * esz) : NULL;
             void *x = in != NULL ? in : src;
+
+            if (p->produce) {
+                /* the producer (a matmul) writes this call's input */
+                memset(x, (int)(i & 0x3f), count * esz);
+                __asm__ __volatile__("" ::: "memory");
+            }
 
             CHECK_GOTO(group_all_reduce(g, p->in_place ? x : dst, x, count, p->dt), s, out);
             if (p->consume) {
@@ -295,7 +302,7 @@ static int allreduce_run(int argc, char **argv)
 {
     int64_t min_ranks = 2, max_ranks = 0, min_bytes = 4096, max_bytes = 16 << 20, slot = 0;
     double budget = 0.2;
-    bool json = false, staged = false, in_place = false, consume_res = false;
+    bool json = false, staged = false, in_place = false, consume_res = false, produce = false;
     const char *dtype = "f32";
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     const flag_t flags[] = {
@@ -313,6 +320,8 @@ static int allreduce_run(int argc, char **argv)
          "(group_input_buffer: no copy-in; messages up to the slot size)", NULL, 0, 0, 0, 0},
         {"in-place", 0, FLAG_BOOL, &in_place, "the result overwrites the input (with "
          "--staged: in the group's buffer, as the forward pass uses it)", NULL, 0, 0, 0, 0},
+        {"produce", 0, FLAG_BOOL, &produce, "every rank writes its input (memset) before "
+         "each all-reduce (the producer; counted in the latency)", NULL, 0, 0, 0, 0},
         {"consume", 0, FLAG_BOOL, &consume_res, "every rank copies the whole result out after "
          "each all-reduce (the next layer reading it; counted in the latency)", NULL, 0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &json, "print JSON", NULL, 0, 0, 0, 0},
@@ -349,6 +358,7 @@ static int allreduce_run(int argc, char **argv)
     p->staged = staged;
     p->in_place = in_place;
     p->consume = consume_res;
+    p->produce = produce;
     p->slot = (size_t)slot;
     for (int64_t b = min_bytes; b <= max_bytes && p->nsizes < MAX_SIZES; b *= 4) {
         size_t esz = group_dtype_size(p->dt);
@@ -363,7 +373,7 @@ static int allreduce_run(int argc, char **argv)
     if (json)
         printf("{\"bench\": \"allreduce\", \"backend\": \"shm\", \"dtype\": \"%s\", "
                "\"cpus\": %ld, \"l2_bytes\": %zu, \"slot_bytes\": %zu, \"staged\": %s, "
-               "\"in_place\": %s, \"consume\": %s, "
+               "\"in_place\": %s, \"produce\": %s, \"consume\": %s, "
                "\"memcpy\": \"one thread, src and dst of the message size, reused: in L2 "
                "when 2 x bytes fits (memcpy_in_l2), else from L3 or memory\", "
                "\"xcore_memcpy\": \"informational: memcpy of a buffer that a thread on "
@@ -371,9 +381,9 @@ static int allreduce_run(int argc, char **argv)
                "algbw / xcore_memcpy_gbps\", \"results\": [",
                group_dtype_name(p->dt), ncpu, l2_bytes(), p->slot ? p->slot : (size_t)1 << 20,
                staged ? "true" : "false", in_place ? "true" : "false",
-               consume_res ? "true" : "false");
+               produce ? "true" : "false", consume_res ? "true" : "false");
     else
-        printf("# all-reduce (%s, shm, one process per rank%s%s%s) on %ld CPUs, L2 %zu KiB/core\n"
+        printf("# all-reduce (%s, shm, one process per rank%s%s%s%s) on %ld CPUs, L2 %zu KiB/core\n"
                "# memcpy: one thread, src and dst of the message size reused like the "
                "collective's (l2: both fit in L2, hot; out: from L3 or memory); "
                "ratio = algbw / memcpy\n"
@@ -381,7 +391,8 @@ static int allreduce_run(int argc, char **argv)
                "xratio = algbw / xcore\n"
                "# %5s %11s %8s %11s %9s %10s %10s %11s %6s %6s %10s %6s\n",
                group_dtype_name(p->dt), staged ? ", staged input" : "",
-               in_place ? ", in place" : "", consume_res ? ", result read" : "", ncpu,
+               in_place ? ", in place" : "", produce ? ", input written" : "",
+               consume_res ? ", result read" : "", ncpu,
                l2_bytes() >> 10, "ranks", "bytes", "iters", "lat_us", "cpu_us",
                "algbw_GB/s", "busbw_GB/s", "memcpy_GB/s", "cache", "ratio", "xcore_GB/s",
                "xratio");

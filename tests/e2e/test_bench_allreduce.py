@@ -23,7 +23,8 @@ def test_json_report(duet_bin):
         assert x["xcore_memcpy_gbps"] >= 0
         if x["xcore_memcpy_gbps"] > 0:
             assert abs(x["xcore_ratio"] - x["algbw_gbps"] / x["xcore_memcpy_gbps"]) < 0.01
-    assert d["consume"] is False and "another CPU" in d["xcore_memcpy"]
+    assert d["consume"] is False and d["produce"] is False
+    assert "another CPU" in d["xcore_memcpy"]
 
 
 def test_staged_half(duet_bin):
@@ -46,14 +47,15 @@ def test_staged_in_place(duet_bin):
     assert all(x["lat_us"] > 0 for x in d["results"])
 
 
-def test_consume(duet_bin):
-    # every rank copies the result out after each call (counted in lat_us)
+def test_produce_consume(duet_bin):
+    # every rank writes its input before and copies the result out after each
+    # call (both counted in lat_us), as a forward pass would
     r = run_duet(duet_bin, "bench", "allreduce", "--max-ranks", "2", "--min-bytes", "65536",
                  "--max-bytes", "65536", "--slot", "262144", "--time", "0.01", "--staged",
-                 "--in-place", "--consume", "--json")
+                 "--in-place", "--produce", "--consume", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["consume"] is True and len(d["results"]) == 1
+    assert d["consume"] is True and d["produce"] is True and len(d["results"]) == 1
     assert d["results"][0]["lat_us"] > 0
 
 
