@@ -4,7 +4,13 @@
  *
  * algbw = bytes / time per all-reduce; busbw = algbw * 2 (n-1) / n (the
  * bytes each rank must move in a ring, as nccl-tests report it);
- * ratio = algbw / memcpy bandwidth. Ranks are real processes (procgroup). */
+ * ratio = algbw / memcpy bandwidth (the target's reference). For
+ * information, xcore = memcpy of a buffer another core just wrote (the
+ * cross-core rate every all-reduce is bound by), and xratio = algbw / xcore.
+ * Ranks are real processes (procgroup). */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +35,8 @@ typedef struct {
     group_dtype_t dt;
     bool          staged;               /* input built in group_input_buffer() */
     bool          in_place;             /* dst = src */
+    bool          produce;              /* every rank writes its input before each call */
+    bool          consume;              /* every rank reads the result after each call */
     double        lat_us[MAX_SIZES];    /* out, rank 0 */
     double        cpu_us[MAX_SIZES];    /* rank 0's CPU time per all-reduce */
     int           iters[MAX_SIZES];
@@ -49,7 +57,7 @@ static duet_status_t ar_body(procgroup_t *pg, ar_plan_t *p)
                           .world_size = procgroup_size(pg), .name = name,
                           .timeout_s = 30, .slot_bytes = p->slot};
     size_t maxb = p->sizes[p->nsizes - 1], esz = group_dtype_size(p->dt);
-    uint8_t *src = NULL, *dst = NULL;
+    uint8_t *src = NULL, *dst = NULL, *next = NULL;
     group_t *g = NULL;
     duet_status_t s;
 
@@ -57,7 +65,8 @@ static duet_status_t ar_body(procgroup_t *pg, ar_plan_t *p)
     CHECK(group_create(&cfg, &g));
     src = calloc(1, maxb);
     dst = calloc(1, maxb);
-    if (src == NULL || dst == NULL) {
+    next = p->consume ? calloc(1, maxb) : NULL;
+    if (src == NULL || dst == NULL || (p->consume && next == NULL)) {
         s = DUET_ERR_NOMEM;
         goto out;
     }
@@ -89,7 +98,18 @@ static duet_status_t ar_body(procgroup_t *pg, ar_plan_t *p)
             void *in = p->staged ? group_input_buffer(g, count * esz) : NULL;
             void *x = in != NULL ? in : src;
 
+            if (p->produce) {
+                /* the producer (a matmul) writes this call's input */
+                memset(x, (int)(i & 0x3f), count * esz);
+                __asm__ __volatile__("" ::: "memory");
+            }
+
             CHECK_GOTO(group_all_reduce(g, p->in_place ? x : dst, x, count, p->dt), s, out);
+            if (p->consume) {
+                /* the next layer reads the result (at memcpy speed) */
+                memcpy(next, p->in_place ? x : dst, count * esz);
+                __asm__ __volatile__("" ::: "memory");
+            }
         }
         CHECK_GOTO(group_barrier(g), s, out);
         p->lat_us[k] = (double)(clock_now_ns() - t0) * 1e-3 / iters;
@@ -100,6 +120,7 @@ static duet_status_t ar_body(procgroup_t *pg, ar_plan_t *p)
 out:
     free(src);
     free(dst);
+    free(next);
     group_destroy(g);
     return s;
 }
@@ -159,6 +180,113 @@ static double memcpy_gbps(size_t bytes, double budget_s)
     return best;
 }
 
+static inline void spin_pause(void)
+{
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+}
+
+typedef struct {
+    uint8_t       *buf;
+    size_t         bytes;
+    int            cpu;
+    _Atomic int    want;        /* > done: fill once more; < 0: stop */
+    _Atomic int    done;
+} xc_writer_t;
+
+static void *xc_writer(void *arg)
+{
+    xc_writer_t *w = arg;
+    cpu_set_t set;
+    int it = 0;
+
+    CPU_ZERO(&set);
+    CPU_SET(w->cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    for (;;) {
+        int want;
+
+        while ((want = atomic_load_explicit(&w->want, memory_order_acquire)) == it)
+            spin_pause();
+        if (want < 0)
+            return NULL;
+        memset(w->buf, (uint8_t)(want + 1), w->bytes);
+        it = want;
+        atomic_store_explicit(&w->done, it, memory_order_release);
+    }
+}
+
+/* Cross-core memcpy bandwidth (GB/s) for bytes: a writer thread on another
+ * CPU fills the buffer, then this thread copies it into a buffer of its own
+ * (reused, like memcpy_gbps's): the lines come from the other core's cache,
+ * as every byte a peer rank wrote does in an all-reduce. Best of three
+ * rounds of about budget_s / 3; 0 when fewer than two CPUs are usable. The
+ * calling thread's CPU affinity is restored (forked ranks inherit it). */
+static double xcore_gbps(size_t bytes, double budget_s)
+{
+    cpu_set_t saved, set;
+    int cpus[2], ncpus = 0;
+    xc_writer_t w = {.bytes = bytes};
+    uint8_t *dst = NULL;
+    pthread_t th;
+    double best = 0;
+    int it = 0, per_round;
+    uint64_t t0, spent = 0;
+
+    if (sched_getaffinity(0, sizeof(saved), &saved) != 0)
+        return 0;
+    for (int i = 0; i < CPU_SETSIZE && ncpus < 2; i++)
+        if (CPU_ISSET(i, &saved))
+            cpus[ncpus++] = i;
+    if (ncpus < 2)
+        return 0;
+    w.buf = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (w.buf == NULL || dst == NULL)
+        goto out;
+    memset(w.buf, 0, bytes);
+    memset(dst, 0, bytes);
+    w.cpu = cpus[1];
+    if (pthread_create(&th, NULL, xc_writer, &w) != 0)
+        goto out;
+    CPU_ZERO(&set);
+    CPU_SET(cpus[0], &set);
+    sched_setaffinity(0, sizeof(set), &set);
+    /* round 0: three copies size the three timed rounds */
+    per_round = 0;
+    for (int round = 0; round < 4; round++) {
+        int iters = round == 0 ? 3 : per_round;
+
+        spent = 0;
+        for (int i = 0; i < iters; i++) {
+            atomic_store_explicit(&w.want, ++it, memory_order_release);
+            while (atomic_load_explicit(&w.done, memory_order_acquire) != it)
+                spin_pause();
+            t0 = clock_now_ns();
+            memcpy(dst, w.buf, bytes);
+            __asm__ __volatile__("" ::: "memory");
+            spent += clock_now_ns() - t0;
+        }
+        if (round == 0) {
+            double one = (double)spent * 1e-9 / iters;
+
+            per_round = (int)(budget_s / 3 / (one > 1e-9 ? one : 1e-9));
+            per_round = per_round < 3 ? 3 : per_round > 100000 ? 100000 : per_round;
+            continue;
+        }
+        if ((double)bytes * iters / ((double)spent + 1) > best)
+            best = (double)bytes * iters / ((double)spent + 1);     /* bytes/ns = GB/s */
+    }
+    atomic_store_explicit(&w.want, -1, memory_order_release);
+    pthread_join(th, NULL);
+    sched_setaffinity(0, sizeof(saved), &saved);
+out:
+    free(w.buf);
+    free(dst);
+    return best;
+}
+
 static duet_status_t parse_dtype(const char *s, group_dtype_t *dt_p)
 {
     for (int d = 0; d < GROUP_DTYPE_COUNT; d++) {
@@ -174,7 +302,7 @@ static int allreduce_run(int argc, char **argv)
 {
     int64_t min_ranks = 2, max_ranks = 0, min_bytes = 4096, max_bytes = 16 << 20, slot = 0;
     double budget = 0.2;
-    bool json = false, staged = false, in_place = false;
+    bool json = false, staged = false, in_place = false, consume_res = false, produce = false;
     const char *dtype = "f32";
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     const flag_t flags[] = {
@@ -192,6 +320,10 @@ static int allreduce_run(int argc, char **argv)
          "(group_input_buffer: no copy-in; messages up to the slot size)", NULL, 0, 0, 0, 0},
         {"in-place", 0, FLAG_BOOL, &in_place, "the result overwrites the input (with "
          "--staged: in the group's buffer, as the forward pass uses it)", NULL, 0, 0, 0, 0},
+        {"produce", 0, FLAG_BOOL, &produce, "every rank writes its input (memset) before "
+         "each all-reduce (the producer; counted in the latency)", NULL, 0, 0, 0, 0},
+        {"consume", 0, FLAG_BOOL, &consume_res, "every rank copies the whole result out after "
+         "each all-reduce (the next layer reading it; counted in the latency)", NULL, 0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &json, "print JSON", NULL, 0, 0, 0, 0},
     };
     const flags_usage_t u = {"duet bench allreduce", NULL,
@@ -199,7 +331,7 @@ static int allreduce_run(int argc, char **argv)
                              "rank) against memcpy bandwidth measured in the same run."};
     duet_status_t s = flags_parse(&u, flags, FLAGS_COUNT(flags), argc, argv, NULL, 0, NULL);
     ar_plan_t *p;
-    double mc[MAX_SIZES];
+    double mc[MAX_SIZES], xc[MAX_SIZES];
     bool first = true;
     int rc = 0;
 
@@ -225,32 +357,45 @@ static int allreduce_run(int argc, char **argv)
     p->budget_s = budget;
     p->staged = staged;
     p->in_place = in_place;
+    p->consume = consume_res;
+    p->produce = produce;
     p->slot = (size_t)slot;
     for (int64_t b = min_bytes; b <= max_bytes && p->nsizes < MAX_SIZES; b *= 4) {
         size_t esz = group_dtype_size(p->dt);
 
         p->sizes[p->nsizes++] = ((size_t)b + esz - 1) / esz * esz;
     }
-    for (int k = 0; k < p->nsizes; k++)
+    for (int k = 0; k < p->nsizes; k++) {
         mc[k] = memcpy_gbps(p->sizes[k], budget);
+        xc[k] = xcore_gbps(p->sizes[k], budget);
+    }
 
     if (json)
         printf("{\"bench\": \"allreduce\", \"backend\": \"shm\", \"dtype\": \"%s\", "
                "\"cpus\": %ld, \"l2_bytes\": %zu, \"slot_bytes\": %zu, \"staged\": %s, "
-               "\"in_place\": %s, "
+               "\"in_place\": %s, \"produce\": %s, \"consume\": %s, "
                "\"memcpy\": \"one thread, src and dst of the message size, reused: in L2 "
-               "when 2 x bytes fits (memcpy_in_l2), else from L3 or memory\", \"results\": [",
+               "when 2 x bytes fits (memcpy_in_l2), else from L3 or memory\", "
+               "\"xcore_memcpy\": \"informational: memcpy of a buffer that a thread on "
+               "another CPU just wrote, into a reused dst (0: one CPU); xcore_ratio = "
+               "algbw / xcore_memcpy_gbps\", \"results\": [",
                group_dtype_name(p->dt), ncpu, l2_bytes(), p->slot ? p->slot : (size_t)1 << 20,
-               staged ? "true" : "false", in_place ? "true" : "false");
+               staged ? "true" : "false", in_place ? "true" : "false",
+               produce ? "true" : "false", consume_res ? "true" : "false");
     else
-        printf("# all-reduce (%s, shm, one process per rank%s%s) on %ld CPUs, L2 %zu KiB/core\n"
+        printf("# all-reduce (%s, shm, one process per rank%s%s%s%s) on %ld CPUs, L2 %zu KiB/core\n"
                "# memcpy: one thread, src and dst of the message size reused like the "
-               "collective's (l2: both fit in L2, hot; out: from L3 or memory)\n"
-               "# %5s %11s %8s %11s %9s %10s %10s %11s %6s %6s\n",
+               "collective's (l2: both fit in L2, hot; out: from L3 or memory); "
+               "ratio = algbw / memcpy\n"
+               "# xcore (informational): memcpy of a buffer another CPU just wrote; "
+               "xratio = algbw / xcore\n"
+               "# %5s %11s %8s %11s %9s %10s %10s %11s %6s %6s %10s %6s\n",
                group_dtype_name(p->dt), staged ? ", staged input" : "",
-               in_place ? ", in place" : "", ncpu, l2_bytes() >> 10,
-               "ranks", "bytes", "iters", "lat_us", "cpu_us",
-               "algbw_GB/s", "busbw_GB/s", "memcpy_GB/s", "cache", "ratio");
+               in_place ? ", in place" : "", produce ? ", input written" : "",
+               consume_res ? ", result read" : "", ncpu,
+               l2_bytes() >> 10, "ranks", "bytes", "iters", "lat_us", "cpu_us",
+               "algbw_GB/s", "busbw_GB/s", "memcpy_GB/s", "cache", "ratio", "xcore_GB/s",
+               "xratio");
     for (int n = (int)min_ranks; n <= max_ranks; n++) {
         procgroup_opts_t o = {.world_size = n, .worker_main = ar_worker, .worker_arg = p,
                               .timeout_s = 30};
@@ -277,13 +422,15 @@ static int allreduce_run(int argc, char **argv)
                 printf("%s\n  {\"ranks\": %d, \"bytes\": %zu, \"iters\": %d, \"lat_us\": %.6g, "
                        "\"cpu_us\": %.6g, \"algbw_gbps\": %.6g, \"busbw_gbps\": %.6g, "
                        "\"memcpy_gbps\": %.6g, \"memcpy_in_l2\": %s, "
-                       "\"ratio\": %.6g}", first ? "" : ",", n, p->sizes[k], p->iters[k],
+                       "\"ratio\": %.6g, \"xcore_memcpy_gbps\": %.6g, \"xcore_ratio\": %.6g}",
+                       first ? "" : ",", n, p->sizes[k], p->iters[k],
                        p->lat_us[k], p->cpu_us[k], alg, bus, mc[k], in_l2 ? "true" : "false",
-                       mc[k] > 0 ? alg / mc[k] : 0);
+                       mc[k] > 0 ? alg / mc[k] : 0, xc[k], xc[k] > 0 ? alg / xc[k] : 0);
             else
-                printf("  %5d %11zu %8d %11.2f %9.2f %10.2f %10.2f %11.2f %6s %6.2f\n", n,
-                       p->sizes[k], p->iters[k], p->lat_us[k], p->cpu_us[k], alg, bus, mc[k],
-                       in_l2 ? "l2" : "out", mc[k] > 0 ? alg / mc[k] : 0);
+                printf("  %5d %11zu %8d %11.2f %9.2f %10.2f %10.2f %11.2f %6s %6.2f %10.2f %6.2f\n",
+                       n, p->sizes[k], p->iters[k], p->lat_us[k], p->cpu_us[k], alg, bus, mc[k],
+                       in_l2 ? "l2" : "out", mc[k] > 0 ? alg / mc[k] : 0, xc[k],
+                       xc[k] > 0 ? alg / xc[k] : 0);
             first = false;
         }
     }

@@ -125,9 +125,11 @@ void *group_input_buffer(group_t *g, size_t bytes);
 /* shm: an all_reduce of n ranks whose bytes x (n - 1) are at most this,
  * and that fits one slot, takes one sync (every rank sums the whole
  * message), unless dst is the input buffer itself: the peers still read
- * it, so in place takes the two-sync path. For small messages, build the
- * input in group_input_buffer() and pass a private dst; for large ones, in
- * place in the input buffer moves the fewest bytes. */
+ * it, so in place takes the two-sync path. For tiny messages, build the
+ * input in group_input_buffer() and pass a private dst; from about 16 KiB
+ * (2 ranks, input written before and result read after, as in a forward
+ * pass; docs/parallel.md round 4), in place in the input buffer is faster
+ * and moves the fewest bytes. */
 #define GROUP_SHM_ONE_SHOT_BYTES (256u * 1024)
 
 /* NCCL: wait until the ops enqueued so far on the group's stream completed

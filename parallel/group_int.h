@@ -60,6 +60,11 @@ extern const group_ops_t group_nccl_ops;
 void group_reduce(group_dtype_t dt, void *out1, void *out2, uint8_t *const *srcs,
                   int n, size_t cnt, bool nt);
 
+/* Ask for the cache lines of [p, p + bytes) in a writable state ahead of
+ * stores (prefetchw): a copy another core holds is then invalidated in the
+ * background, not by a store that stalls on it. */
+void group_prefetch_w(const void *p, size_t bytes);
+
 /* memcpy; nt: with non-temporal stores (for a destination far larger than
  * the caches, not read soon). */
 void group_copy(void *dst, const void *src, size_t bytes, bool nt);

@@ -13,14 +13,15 @@
  * which every peer posts only after it finished reading step k.
  *
  * all_reduce, large: copy in the parts the peers sum, sync, rank r sums part
- * r over ranks 0..n-1 in rank order (group_reduce.c) into its slot and its
- * output, sync, copy the other parts out (reduce-scatter + all-gather).
- * Pipelined over chunks with one sync per chunk: after summing chunk k a
- * rank copies in chunk k+1, and one sync both publishes chunk k's sums and
- * chunk k+1's inputs; chunk k's copy-out then runs. A message of s steps
- * takes s + 1 syncs, not 2 s. Staged in place (src = dst = our slot, from
- * group_input_buffer()): no copy-in, each sum stored once, in the slot. A
- * large private dst (>= 2 x L2) is written with non-temporal stores.
+ * r over ranks 0..n-1 in rank order (group_reduce.c) into its output and
+ * over part r of every peer's slot ("push"), sync, copy the other parts out
+ * of its own slot (reduce-scatter + all-gather). Pipelined over chunks with
+ * one sync per chunk: after summing chunk k a rank copies in chunk k+1, and
+ * one sync both publishes chunk k's sums and chunk k+1's inputs; chunk k's
+ * copy-out then runs. A message of s steps takes s + 1 syncs, not 2 s.
+ * Staged in place (src = dst = our slot, from group_input_buffer()): no
+ * copy-in, no copy-out; each rank's sums land in every slot. A large
+ * private dst (>= 2 x L2) is written with non-temporal stores.
  * all_reduce, small (bytes x (n-1) <= SMALL_BYTES, one chunk): copy in, sync, every rank
  * sums the whole chunk in the same rank order (one sync; same bytes on every
  * rank).
@@ -46,6 +47,7 @@
 #define SHM_YIELD_MAX_NS (2ull * 1000 * 1000)   /* yield-poll cap before sleeping */
 #define SMALL_BYTES     GROUP_SHM_ONE_SHOT_BYTES /* one-shot all-reduce */
 #define SHM_BUFS        3                       /* data buffers, used in turn */
+#define PUSH_BLOCK_BYTES (16u << 10)            /* n > 2 push sums: block in L1 */
 
 enum {
     OP_INVALID = 0,             /* a rank got bad arguments (poison) */
@@ -101,6 +103,7 @@ typedef struct {
     int           pidfds[SHM_MAX_RANKS];
     size_t        nt_bytes;     /* all-reduces this large store dst non-temporally */
     bool          broken;
+    _Alignas(64) uint8_t scratch[PUSH_BLOCK_BYTES];  /* n > 2 sums before a streamed dst */
 } shm_ctx_t;
 
 #define RANKS_OFF 128     /* rank areas start on a cache line of their own */
@@ -231,6 +234,48 @@ static void part_range(size_t c, int r, int n, size_t *lo_p, size_t *hi_p)
 
 /* ---- collectives -------------------------------------------------------- */
 
+/* Two-shot all-reduce, our part of one chunk: out (cnt) = the rank-order
+ * sum of srcs[0..n-1] (cnt each; srcs[j] is part r of rank j's slot, ours
+ * may be our private src), also written over part r of every peer's slot
+ * ("push": each peer then finds the whole result in its own slot). A peer's
+ * part r is read here and rewritten at once, so its cache line crosses
+ * cores once; pulling the sums from our slot instead made each peer first
+ * invalidate the copies we had read, then fetch the sums (docs/parallel.md,
+ * round 4). out is part r of our slot (in place on the staged input) or of
+ * the caller's dst; in the latter case our slot's part r is not written,
+ * nobody reads it. nt: stream out (a large private dst). */
+static void ar_sum_push(shm_ctx_t *c, group_dtype_t dt, uint8_t *out,
+                        uint8_t *const *srcs, size_t cnt, bool nt)
+{
+    size_t esz = group_dtype_size(dt), blk = PUSH_BLOCK_BYTES / esz;
+    uint8_t *bs[SHM_MAX_RANKS];
+
+    if (c->n == 2) {
+        /* one pass: both outputs stored from the same registers */
+        group_reduce(dt, out, srcs[1 - c->rank], srcs, 2, cnt, nt);
+        return;
+    }
+    /* n > 2, by blocks that stay in L1: sum into a cached place (out, or a
+     * scratch block when out is streamed), then copy that to the peers'
+     * slots (and to a streamed out) */
+    for (size_t b = 0; b < cnt; b += blk) {
+        size_t m = cnt - b < blk ? cnt - b : blk;
+        uint8_t *ob = out + b * esz, *sb = nt ? c->scratch : ob;
+
+        for (int j = 0; j < c->n; j++) {
+            bs[j] = srcs[j] + b * esz;
+            if (j != c->rank)
+                group_prefetch_w(bs[j], m * esz);   /* read now, stored below */
+        }
+        group_reduce(dt, sb, NULL, bs, c->n, m, false);
+        for (int j = 0; j < c->n; j++)
+            if (j != c->rank)
+                memcpy(bs[j], sb, m * esz);
+        if (sb != ob)
+            group_copy(ob, sb, m * esz, true);
+    }
+}
+
 static duet_status_t shm_start(shm_ctx_t *c)
 {
     if (c->broken || atomic_load(&c->hdr->abort)) {
@@ -302,8 +347,9 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
 
     /* Step k (chunk k) uses the buffers of c->step + k. Sync k+1 publishes
      * our sums of chunk k and our inputs of chunk k+1. Buffer reuse: our
-     * copy-in of chunk k+1 overwrites chunk k-2's buffer, which peers
-     * finished reading (copy-out of k-2) before they posted sync k. */
+     * copy-in of chunk k+1 overwrites chunk k-2's buffer, which every rank
+     * finished reading (its copy-out of k-2, from its own slot) and writing
+     * (the sums of k-2 into our slot) before it posted sync k. */
     ar_copy_in(c, src, count, chunk, esz, 0, false);
     s = sync_first(c, OP_ALL_REDUCE, dt, count, 0, "all_reduce",
                    (count < chunk ? count : chunk) * esz);
@@ -321,9 +367,7 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
         for (int j = 0; j < c->n; j++)
             srcs[j] = slot_at(c, c->step + k, j) + lo * esz;
         srcs[c->rank] = (uint8_t *)in + lo * esz;
-        /* in place on our slot (staged input as dst): one store per sum */
-        group_reduce(dt, out + lo * esz, out == mine ? NULL : mine + lo * esz, srcs,
-                     c->n, hi - lo, nt);
+        ar_sum_push(c, dt, out + lo * esz, srcs, hi - lo, nt);
         if (k + 1 < steps)
             ar_copy_in(c, src, count, chunk, esz, k + 1, false);
         s = shm_sync(c, "all_reduce", cnt * esz);
@@ -331,12 +375,10 @@ static duet_status_t shm_all_reduce(void *ctx, void *dst, const void *src,
             c->step += steps;
             return s;
         }
-        for (int j = 0; j < c->n; j++) {
-            if (j == c->rank)
-                continue;
-            part_range(cnt, j, c->n, &lo, &hi);
-            group_copy(out + lo * esz, slot_at(c, c->step + k, j) + lo * esz, (hi - lo) * esz,
-                       nt);
+        /* our slot now holds every part's sum (the peers wrote theirs) */
+        if (out != mine) {
+            group_copy(out, mine, lo * esz, nt);
+            group_copy(out + hi * esz, mine + hi * esz, (cnt - hi) * esz, nt);
         }
     }
     c->step += steps;

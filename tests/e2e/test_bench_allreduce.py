@@ -19,6 +19,12 @@ def test_json_report(duet_bin):
         for k in ("iters", "lat_us", "cpu_us", "algbw_gbps", "busbw_gbps", "memcpy_gbps", "ratio"):
             assert x[k] > 0, (k, x)
         assert abs(x["ratio"] - x["algbw_gbps"] / x["memcpy_gbps"]) < 0.01
+        # informational cross-core reference: 0 only with a single usable CPU
+        assert x["xcore_memcpy_gbps"] >= 0
+        if x["xcore_memcpy_gbps"] > 0:
+            assert abs(x["xcore_ratio"] - x["algbw_gbps"] / x["xcore_memcpy_gbps"]) < 0.01
+    assert d["consume"] is False and d["produce"] is False
+    assert "another CPU" in d["xcore_memcpy"]
 
 
 def test_staged_half(duet_bin):
@@ -39,6 +45,18 @@ def test_staged_in_place(duet_bin):
     d = json.loads(r.stdout)
     assert d["staged"] is True and d["in_place"] is True and len(d["results"]) == 2
     assert all(x["lat_us"] > 0 for x in d["results"])
+
+
+def test_produce_consume(duet_bin):
+    # every rank writes its input before and copies the result out after each
+    # call (both counted in lat_us), as a forward pass would
+    r = run_duet(duet_bin, "bench", "allreduce", "--max-ranks", "2", "--min-bytes", "65536",
+                 "--max-bytes", "65536", "--slot", "262144", "--time", "0.01", "--staged",
+                 "--in-place", "--produce", "--consume", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["consume"] is True and d["produce"] is True and len(d["results"]) == 1
+    assert d["results"][0]["lat_us"] > 0
 
 
 def test_bad_flags(duet_bin):

@@ -462,7 +462,8 @@ static void local_checks(void)
 int main(int argc, char **argv)
 {
     run_t r2 = {.n = 2, .max_count = 1048579, .huge = true, .extras = true};
-    run_t r3 = {.n = 3, .max_count = 262147, .extras = true};
+    /* huge at 3 ranks: the n > 2 sum with a streamed private dst */
+    run_t r3 = {.n = 3, .max_count = 262147, .huge = true, .extras = true};
     run_t r4 = {.n = 4, .max_count = 262147, .extras = true};
     run_t small = {.n = 3, .slot = 4096, .max_count = 65537};
     run_t again = {.n = 3, .det_only = true};
@@ -474,7 +475,7 @@ int main(int argc, char **argv)
         /* suite 'slow': the whole matrix up to 16M+1 elements */
         slow = true;
         r2.max_count = r3.max_count = r4.max_count = 16777217;
-        r2.huge = false;
+        r2.huge = r3.huge = false;
     }
     local_checks();
     run(&r2);
