@@ -122,6 +122,13 @@ void engine_req_params_from_ctl(const ctl_sampling_t *s, uint64_t default_seed,
             snprintf(err, errlen, __VA_ARGS__);          \
     } while (0)
 
+static void engine_on_preempt(void *arg, uint64_t id)
+{
+    engine_t *e = arg;
+
+    e->opts.on_preempt(e->opts.cb_arg, id);
+}
+
 static void engine_on_layer(void *arg, int32_t layer)
 {
     engine_t *e = arg;
@@ -200,6 +207,8 @@ duet_status_t engine_create(const gguf_t *g, const model_config_t *cfg,
         .max_running = (int32_t)opts->max_running,
         .max_step_tokens = (int32_t)opts->max_step_tokens,
         .chunked_prefill = opts->chunked_prefill,
+        .on_preempt = opts->on_preempt != NULL ? engine_on_preempt : NULL,
+        .cb_arg = e,
     };
     fo = (fwd_opts_t){
         .n_threads = (int)opts->threads,

@@ -61,6 +61,11 @@ typedef struct {
 typedef void (*engine_layer_cb_t)(void *arg, int32_t layer, const engine_kv_seq_t *seqs,
                                   int n_seqs);
 
+/* Called from engine_step when the scheduler preempts a request: its blocks
+ * are free again (another request may write them in this step) and its KV
+ * will be recomputed. It must not call the engine. */
+typedef void (*engine_preempt_cb_t)(void *arg, uint64_t req_id);
+
 typedef struct {
     /* Settable by flags (engine_opts_flags). */
     int64_t threads;            /* 0: all cores */
@@ -78,6 +83,7 @@ typedef struct {
     bool                  prefill_only;
     engine_prefilled_cb_t on_prefilled;
     engine_layer_cb_t     on_layer_kv;  /* optional; cb_arg too */
+    engine_preempt_cb_t   on_preempt;   /* optional; cb_arg too */
     void                 *cb_arg;
     void                 *kv_slab;    /* NULL: allocate; else borrowed */
     int32_t               tp_rank, tp_size;

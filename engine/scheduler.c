@@ -312,6 +312,8 @@ static void preempt(sched_t *s, sched_req_t *r, sched_item_t *items, int *n_item
     q_push_head(s, Q_WAITING, r);
     log_debug("preempted request %llu (%d tokens, %d times)", (unsigned long long)r->id,
               r->n_tokens, r->n_preempted);
+    if (s->opts.on_preempt != NULL)
+        s->opts.on_preempt(s->opts.cb_arg, r->id);
 }
 
 /* Schedule running request r for up to *budget tokens, preempting newer

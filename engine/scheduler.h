@@ -75,6 +75,9 @@ typedef struct {
     int32_t max_running;        /* requests in the running batch */
     int32_t max_step_tokens;    /* token budget per step */
     bool    chunked_prefill;    /* split prompts larger than the budget */
+    /* optional: a request was preempted (its blocks are free again) */
+    void  (*on_preempt)(void *arg, uint64_t id);
+    void   *cb_arg;
 } sched_opts_t;
 
 typedef struct {

@@ -173,6 +173,14 @@ duet_status_t kvc_end(kvc_t *kvc, uint64_t req, int32_t first_token,
  * lease expired) and the request is forgotten. Unknown req: DUET_ERR_NOT_FOUND. */
 duet_status_t kvc_send_status(kvc_t *kvc, uint64_t req);
 
+/* The caller is about to reuse the local blocks of req's queued layers (its
+ * engine preempted the prompt). DUET_OK: no put will read them any more:
+ * every queued layer was put and completed, or none had started and all
+ * are dropped (*resend_p: queue them again, from the new blocks).
+ * DUET_ERR_BUSY: puts may be reading them: abort req. DUET_ERR_NOT_FOUND:
+ * unknown req. */
+duet_status_t kvc_send_blocks_reused(kvc_t *kvc, uint64_t req, bool *resend_p);
+
 /* True once a decode node granted req (it holds blocks for it; a NACK can no
  * longer come), while the connector still knows req. */
 bool kvc_send_granted(kvc_t *kvc, uint64_t req);

@@ -556,6 +556,36 @@ duet_status_t kvc_end(kvc_t *kvc, uint64_t req, int32_t first_token, const void 
     return DUET_OK;
 }
 
+duet_status_t kvc_send_blocks_reused(kvc_t *kvc, uint64_t req, bool *resend_p)
+{
+    sreq_t *r = sreq_get(kvc, req);
+    bool started = false, done = true;
+
+    *resend_p = false;
+    if (r == NULL || kvc->p.role != KVC_ROLE_PREFILL)
+        return DUET_ERR_NOT_FOUND;
+    if (r->state == SREQ_FINAL)
+        return DUET_OK;
+    if (r->state != SREQ_ACTIVE)
+        return DUET_ERR_BUSY;
+    for (int j = 0; r->bound && j < r->ndest; j++) {
+        const sdest_t *d = &r->dest[j];
+
+        if (!d->expected)
+            continue;
+        started |= d->job > 0 || d->seg > 0 || d->off > 0;
+        done &= d->job == r->njobs;
+    }
+    if (!started) {
+        for (int i = 0; i < r->njobs; i++)
+            free(r->jobs[i].blocks);
+        r->njobs = 0;
+        *resend_p = true;
+        return DUET_OK;
+    }
+    return done && r->outstanding == 0 ? DUET_OK : DUET_ERR_BUSY;
+}
+
 bool kvc_send_granted(kvc_t *kvc, uint64_t req)
 {
     const sreq_t *r = sreq_get(kvc, req);

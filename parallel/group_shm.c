@@ -600,9 +600,11 @@ duet_status_t group_shm_create(const group_config_t *cfg, void **ctx_p)
                   cfg->name, SHM_MAX_RANKS, cfg->world_size);
         return DUET_ERR_INVALID;
     }
-    c = calloc(1, sizeof(*c));
+    /* aligned: the scratch is _Alignas(64), which calloc does not honour */
+    c = aligned_alloc(64, (sizeof(*c) + 63) & ~(size_t)63);
     if (c == NULL)
         return DUET_ERR_NOMEM;
+    memset(c, 0, sizeof(*c));
     for (int j = 0; j < SHM_MAX_RANKS; j++)
         c->pidfds[j] = -1;
     snprintf(c->name, sizeof(c->name), "%s", cfg->name);

@@ -36,7 +36,7 @@ typedef struct preq {
     int32_t      n_prompt;
     bool         in_engine;     /* the engine still holds it (abort/release due) */
     int32_t      kv_sent;       /* prompt tokens whose every layer is queued */
-    duet_status_t kv_err;       /* a layer could not be queued */
+    duet_status_t kv_err;       /* a layer could not be queued, or preempted */
     bool         first_due;     /* PR_SENDING: FIRST_TOKEN waits for the grant */
     int32_t      first_token;
     uint64_t     kv_bytes;
@@ -111,14 +111,19 @@ static void pn_schedule_step(pnode_t *n)
 }
 
 /* Drop a request at whatever stage. The engine's blocks are freed at once
- * unless the connector may still read them (PR_SENDING): then once it says
- * it is done. */
+ * unless the prompt is done (PR_SENDING): then once the connector says it
+ * is done. A computing prompt may have layers queued: puts already issued
+ * may still read its freed blocks, which is harmless, as the aborted
+ * transfer's remote blocks are discarded (the decode side frees them only
+ * once this side answered its ABORT, after a flush). */
 static void pn_abort(pnode_t *n, preq_t *r)
 {
     duet_status_t s;
 
     if (r->state == PR_ABORTING)
         return;
+    if (r->state == PR_SENDING && r->first_due)   /* no token out: it can be retried */
+        ctl_client_send_error(n->ctl, r->rid, "KV transfer aborted before the decode node granted");
     s = kvc_abort(n->kvc, r->rid);
     if (r->state == PR_COMPUTING) {
         engine_abort(n->engine, r->rid);
@@ -185,6 +190,29 @@ static void pn_on_layer(void *arg, int32_t layer, const engine_kv_seq_t *seqs, i
             r->kv_sent = end;
     }
     kvc_progress(n->kvc);
+}
+
+/* The engine preempted a prompt: its blocks are free, and may be written by
+ * another request in this very step, while the connector holds their ids
+ * for the layers already queued. Layers not started yet are dropped and
+ * sent again once recomputed; layers all put already are fine; a transfer
+ * under way is aborted, and the step's end fails the request (no token
+ * went out, so the router retries it). */
+static void pn_on_preempt(void *arg, uint64_t id)
+{
+    pnode_t *n = arg;
+    preq_t *r = pn_find(n, id);
+    bool resend;
+
+    if (r == NULL || r->state != PR_COMPUTING || r->kv_sent == 0 || r->kv_err != DUET_OK)
+        return;
+    if (kvc_send_blocks_reused(n->kvc, id, &resend) == DUET_OK) {
+        if (resend)
+            r->kv_sent = 0;
+        return;
+    }
+    r->kv_err = DUET_ERR_CANCELED;
+    kvc_abort(n->kvc, id);
 }
 
 static void pn_on_prefilled(void *arg, uint64_t id, int32_t first_token,
@@ -276,6 +304,27 @@ static void pn_hand_over(pnode_t *n, const handover_t *h)
         pn_send_first(n, r);
 }
 
+/* After a step, not inside it: fail the prompts whose layers could not be
+ * queued or that were preempted with layers queued, and send the
+ * FIRST_TOKENs whose grant came in during the step. */
+static void pn_after_step(pnode_t *n)
+{
+    preq_t *r, *next;
+    char msg[160];
+
+    for (r = TAILQ_FIRST(&n->reqs); r != NULL; r = next) {
+        next = TAILQ_NEXT(r, link);
+        if (r->state == PR_COMPUTING && r->kv_err != DUET_OK) {
+            snprintf(msg, sizeof(msg), "KV send to %s stopped before the prompt was done: %s",
+                     r->decode, r->kv_err == DUET_ERR_CANCELED ? "preempted (blocks reused)"
+                                                               : duet_status_str(r->kv_err));
+            pn_fail(n, r, msg);
+        } else if (r->state == PR_SENDING && r->first_due && kvc_send_granted(n->kvc, r->rid)) {
+            pn_send_first(n, r);
+        }
+    }
+}
+
 static void pn_step_cb(evutil_socket_t fd, short what, void *arg)
 {
     pnode_t *n = arg;
@@ -304,6 +353,7 @@ static void pn_step_cb(evutil_socket_t fd, short what, void *arg)
     for (int i = 0; i < n->n_ho; i++)
         pn_hand_over(n, &n->ho[i]);
     n->n_ho = 0;
+    pn_after_step(n);
     /* A request that ended at its first token without a handover: only the
      * context can do that here (stop rules are the decode node's). */
     for (int i = 0; i < n_out; i++) {
@@ -675,6 +725,7 @@ int prefill_node_run(const prefill_node_opts_t *o, char *err, size_t errlen)
     eo.prefill_only = true;
     eo.on_prefilled = pn_on_prefilled;
     eo.on_layer_kv = pn_on_layer;
+    eo.on_preempt = pn_on_preempt;
     eo.cb_arg = &n;
     eo.tp_rank = 0;
     eo.tp_size = 1;

@@ -491,6 +491,83 @@ def test_first_token_waits_for_the_grant(duet_bin, small):
         assert "runtime error" not in err and "AddressSanitizer" not in err, err
 
 
+def test_prefill_preempted_with_layers_queued(duet_bin, small, tmp_path):
+    """A prefill node short of blocks preempts a prompt whose first layers
+    are already queued for a decode node that has not granted yet: those
+    layers are dropped (their blocks go to another prompt) and sent again
+    once recomputed, so the decode node gets the right KV. Reference: the
+    same prompt again once the pool is free."""
+    fr = FakeRouter()
+    env = {**os.environ, "UCX_TLS": "tcp,self", "UCX_LOG_LEVEL": "fatal"}
+    common = ["--model", small, "--router", f"127.0.0.1:{fr.port}", "--threads", "1"]
+    dec = subprocess.Popen([duet_bin, "decode", "--node-id", "d0", "--kv-blocks", "64",
+                            "--log-level", "error", *common],
+                           stderr=subprocess.PIPE, text=True, env=env)
+    # debug: the scheduler logs each preemption (thousands while the pool is
+    # short), so into a file, not a pipe nobody reads until the end
+    pre_log = open(tmp_path / "prefill.log", "w+")
+    pre = subprocess.Popen([duet_bin, "prefill", "--node-id", "p0", "--kv-blocks", "8",
+                            "--kv-watermark", "0", "--max-step-tokens", "48",
+                            "--no-prefix-caching", "--log-level", "debug", *common],
+                           stderr=pre_log, text=True, env=env)
+    try:
+        conns = dict(fr.accept_hello() for _ in range(2))
+        by_role = {h["role"]: (s, h) for s, h in conns.items()}
+        (sd, hd), (sp, _) = by_role["decode"], by_role["prefill"]
+        sampling = dict(max_tokens=6, temperature=0.0, ignore_eos=True, eos=[])
+        a = [100 + i for i in range(80)]
+        b = [3000 + 7 * i for i in range(80)]
+
+        def run(rid, tokens):
+            sp.sendall(frame(6, rid=rid, tokens=tokens, decode="d0", decode_tp=1,
+                             decode_ucx=hd["ucx"], **sampling))
+
+        def reserve(rid, tokens):
+            sd.sendall(frame(4, rid=rid, prefill="p0", tokens=tokens, **sampling))
+
+        def generated(rid):
+            first = frames_for(fr, sp, 20.0, lambda f: f["t"] in (7, 11))
+            assert [(f["t"], f.get("rid")) for f in first][-1] == (7, rid), first
+            toks = [first[-1]["token"]]
+            for f in frames_for(fr, sd, 20.0, lambda f: f["t"] in (9, 11)):
+                toks += [t for r, t in f.get("items", []) if r == rid]
+                assert f["t"] != 11, f
+            return toks
+
+        # a: 5 blocks, done after two steps and held (no grant yet); b: its
+        # first 16 tokens' layers queued, then preempted for want of blocks
+        run(1, a)
+        run(2, b)
+        time.sleep(1.0)
+        reserve(1, a)
+        got_a = generated(1)
+        reserve(2, b)
+        got_b = generated(2)
+        # the references, one at a time with the pool free
+        run(3, b)
+        reserve(3, b)
+        assert generated(3) == got_b
+        run(4, a)
+        reserve(4, a)
+        assert generated(4) == got_a
+    finally:
+        for p in (dec, pre):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in (dec, pre):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    pre_log.seek(0)
+    err = pre_log.read()
+    pre_log.close()
+    assert "preempted request 2" in err, err[-3000:]
+    for e in (err, dec.stderr.read()):
+        assert "runtime error" not in e and "AddressSanitizer" not in e, e
+
+
 def test_restart_and_stop_mid_stream(duet_bin, small):
     """--restart brings a killed node back; Ctrl-C with streams in flight
     stops everything with exit 0 and no orphans (checked by Serve.stop)."""

@@ -446,7 +446,7 @@ static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
     int32_t lb[KVC_MAX_TP][NREQ][NBLOCKS];
     int32_t order[NREQ][NLAYERS * 2];
     int next[NREQ] = {0};
-    bool fin[NREQ][KVC_MAX_TP] = {{false}}, ended[NREQ] = {false};
+    bool fin[NREQ][KVC_MAX_TP] = {{false}}, ended[NREQ] = {false}, requeued = false;
     uint64_t rng = mix(c->seed + 99), t0, last_send = 0;
     char line[256];
     int sent = 0;
@@ -535,6 +535,18 @@ static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
                 }
                 if (i == 0)
                     last_send = now, sent++;
+            } else if (c->sc == SC_LATE_GRANT && i == 1 && !requeued) {
+                /* the prefill engine preempted req 1 before any grant: its
+                 * queued layers are dropped, to be queued again from the
+                 * blocks it gets next (here the same ones) */
+                for (int r = 0; r < c->p; r++) {
+                    bool resend = false;
+
+                    if (kvc_send_blocks_reused(k[r], req_id(i), &resend) != DUET_OK || !resend)
+                        res->errors++;
+                }
+                requeued = true;
+                next[i] = 0;
             } else if (!ended[i] && !(c->sc == SC_ABORT_DECODE && i == 0)) {
                 /* (abort from decode: req 0 never ends, so it cannot complete
                  * before the decode's abort however late that comes) */
@@ -753,6 +765,11 @@ static void run(const cfg_t *c)
            (unsigned long long)pr.staged);
     if (c->sc == SC_EXPIRED)
         ok(dr.expired >= 1, "expired: decode counted it");
+    if (c->sc == SC_EXACT || c->sc == SC_LATE_GRANT)
+        /* late grant: req 1's layers were dropped and queued again; each
+         * token range must still reach the decode exactly once */
+        ok(dr.rejected == 0, "%s: decode rejected nothing (%llu)", sc_name[c->sc],
+           (unsigned long long)dr.rejected);
     if (c->sc == SC_MALFORMED) {
         ok(dr.rejected >= 8, "malformed: decode rejected %llu messages",
            (unsigned long long)dr.rejected);
