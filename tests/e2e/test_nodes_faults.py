@@ -428,34 +428,73 @@ def frames_for(fr, s, secs, until=lambda f: False):
     return out
 
 
-def test_first_token_waits_for_the_grant(duet_bin, small):
+class FakePair:
+    """A real decode node d0 and a real prefill node p0 against a FakeRouter:
+    the test sends their RESERVE / PREFILL / ABORT frames itself, and so
+    chooses when the decode node grants. Logs go to files under tmp (a
+    debug log fills a pipe nobody reads until the end)."""
+
+    def __init__(self, duet_bin, model, tmp, dec_args=(), pre_args=(), sampling=None):
+        self.fr = FakeRouter()
+        env = {**os.environ, "UCX_TLS": "tcp,self", "UCX_LOG_LEVEL": "fatal"}
+        common = ["--model", model, "--router", f"127.0.0.1:{self.fr.port}", "--threads", "1"]
+        self.logs = {r: open(tmp / f"{r}.log", "w+") for r in ("decode", "prefill")}
+        self.procs = [
+            subprocess.Popen([duet_bin, "decode", "--node-id", "d0", "--log-level", "error",
+                              *common, *dec_args], stderr=self.logs["decode"], env=env),
+            subprocess.Popen([duet_bin, "prefill", "--node-id", "p0", "--log-level", "error",
+                              *common, *pre_args], stderr=self.logs["prefill"], env=env),
+        ]
+        self.sampling = sampling or dict(max_tokens=3, temperature=0.0, ignore_eos=True, eos=[])
+        try:
+            conns = dict(self.fr.accept_hello() for _ in range(2))
+        except Exception:
+            self.stop()
+            raise
+        by_role = {h["role"]: (sock, h) for sock, h in conns.items()}
+        (self.sd, self.hd), (self.sp, _) = by_role["decode"], by_role["prefill"]
+
+    def prefill(self, rid, tokens):
+        self.sp.sendall(frame(6, rid=rid, tokens=tokens, decode="d0", decode_tp=1,
+                              decode_ucx=self.hd["ucx"], **self.sampling))
+
+    def reserve(self, rid, tokens):
+        self.sd.sendall(frame(4, rid=rid, prefill="p0", tokens=tokens, **self.sampling))
+
+    def stop(self):
+        """SIGTERM both; {role: log}, checked for sanitizer reports."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        out = {}
+        for role, f in self.logs.items():
+            f.seek(0)
+            out[role] = f.read()
+            f.close()
+            assert "runtime error" not in out[role] and "AddressSanitizer" not in out[role], \
+                out[role][-3000:]
+        return out
+
+
+def test_first_token_waits_for_the_grant(duet_bin, small, tmp_path):
     """A prefill node sends FIRST_TOKEN only once the decode node granted:
     before that the decode node may still NACK (full, draining), and the
     router can retry elsewhere only while it has seen no token. A NACKed
     request gets no FIRST_TOKEN at all."""
-    fr = FakeRouter()
-    env = {**os.environ, "UCX_TLS": "tcp,self", "UCX_LOG_LEVEL": "fatal"}
-    common = ["--model", small, "--router", f"127.0.0.1:{fr.port}", "--threads", "1",
-              "--log-level", "error"]
-    dec = subprocess.Popen([duet_bin, "decode", "--node-id", "d0", "--kv-blocks", "8",
-                            "--kv-watermark", "0", *common],
-                           stderr=subprocess.PIPE, text=True, env=env)
-    pre = subprocess.Popen([duet_bin, "prefill", "--node-id", "p0", *common],
-                           stderr=subprocess.PIPE, text=True, env=env)
+    pair = FakePair(duet_bin, small, tmp_path, dec_args=["--kv-blocks", "8",
+                                                         "--kv-watermark", "0"])
+    fr, sd, sp = pair.fr, pair.sd, pair.sp
     try:
-        conns = dict(fr.accept_hello() for _ in range(2))
-        by_role = {h["role"]: (s, h) for s, h in conns.items()}
-        (sd, hd), (sp, _) = by_role["decode"], by_role["prefill"]
-        sampling = dict(max_tokens=3, temperature=0.0, ignore_eos=True, eos=[])
-
-        def prefill(rid, tokens):
-            sp.sendall(frame(6, rid=rid, tokens=tokens, decode="d0", decode_tp=1,
-                             decode_ucx=hd["ucx"], **sampling))
-
         # the prompt is done long before the RESERVE: no FIRST_TOKEN yet
-        prefill(1, [5, 6, 7])
+        pair.prefill(1, [5, 6, 7])
         assert frames_for(fr, sp, 1.0) == []
-        sd.sendall(frame(4, rid=1, prefill="p0", tokens=[5, 6, 7], **sampling))
+        pair.reserve(1, [5, 6, 7])
         got = frames_for(fr, sp, 10.0, lambda f: True)
         assert [(f["t"], f.get("rid")) for f in got] == [(7, 1)], got
         got = frames_for(fr, sd, 10.0, lambda f: f["t"] == 9)
@@ -463,32 +502,21 @@ def test_first_token_waits_for_the_grant(duet_bin, small):
         # a reservation holds 5 of the 8 blocks, so the next 5 get a NACK,
         # and the prefill node never sends its FIRST_TOKEN
         long = list(range(1, 70))
-        sd.sendall(frame(4, rid=2, prefill="p0", tokens=long, **sampling))
-        prefill(3, long)
-        sd.sendall(frame(4, rid=3, prefill="p0", tokens=long, **sampling))
+        pair.reserve(2, long)
+        pair.prefill(3, long)
+        pair.reserve(3, long)
         got = frames_for(fr, sd, 10.0, lambda f: True)
         assert [(f["t"], f.get("rid")) for f in got] == [(5, 3)], got
         sp.sendall(frame(10, rid=3))
         assert all(f["t"] != 7 for f in frames_for(fr, sp, 1.5))
         sd.sendall(frame(10, rid=2))
         # and both still serve
-        prefill(4, [8, 9])
-        sd.sendall(frame(4, rid=4, prefill="p0", tokens=[8, 9], **sampling))
+        pair.prefill(4, [8, 9])
+        pair.reserve(4, [8, 9])
         got = frames_for(fr, sp, 10.0, lambda f: f["t"] == 7)
         assert [(f["t"], f.get("rid")) for f in got][-1] == (7, 4), got
     finally:
-        for p in (dec, pre):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in (dec, pre):
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    for p in (dec, pre):
-        err = p.stderr.read()
-        assert "runtime error" not in err and "AddressSanitizer" not in err, err
+        pair.stop()
 
 
 def test_prefill_preempted_with_layers_queued(duet_bin, small, tmp_path):
@@ -497,75 +525,44 @@ def test_prefill_preempted_with_layers_queued(duet_bin, small, tmp_path):
     layers are dropped (their blocks go to another prompt) and sent again
     once recomputed, so the decode node gets the right KV. Reference: the
     same prompt again once the pool is free."""
-    fr = FakeRouter()
-    env = {**os.environ, "UCX_TLS": "tcp,self", "UCX_LOG_LEVEL": "fatal"}
-    common = ["--model", small, "--router", f"127.0.0.1:{fr.port}", "--threads", "1"]
-    dec = subprocess.Popen([duet_bin, "decode", "--node-id", "d0", "--kv-blocks", "64",
-                            "--log-level", "error", *common],
-                           stderr=subprocess.PIPE, text=True, env=env)
-    # debug: the scheduler logs each preemption (thousands while the pool is
-    # short), so into a file, not a pipe nobody reads until the end
-    pre_log = open(tmp_path / "prefill.log", "w+")
-    pre = subprocess.Popen([duet_bin, "prefill", "--node-id", "p0", "--kv-blocks", "8",
-                            "--kv-watermark", "0", "--max-step-tokens", "48",
-                            "--no-prefix-caching", "--log-level", "debug", *common],
-                           stderr=pre_log, text=True, env=env)
+    pair = FakePair(duet_bin, small, tmp_path, dec_args=["--kv-blocks", "64"],
+                    pre_args=["--kv-blocks", "8", "--kv-watermark", "0",
+                              "--max-step-tokens", "48", "--no-prefix-caching",
+                              "--log-level", "debug"],
+                    sampling=dict(max_tokens=6, temperature=0.0, ignore_eos=True, eos=[]))
+    fr, sd, sp = pair.fr, pair.sd, pair.sp
+    a = [100 + i for i in range(80)]
+    b = [3000 + 7 * i for i in range(80)]
+
+    def generated(rid):
+        first = frames_for(fr, sp, 20.0, lambda f: f["t"] in (7, 11))
+        assert [(f["t"], f.get("rid")) for f in first][-1] == (7, rid), first
+        toks = [first[-1]["token"]]
+        for f in frames_for(fr, sd, 20.0, lambda f: f["t"] in (9, 11)):
+            toks += [t for r, t in f.get("items", []) if r == rid]
+            assert f["t"] != 11, f
+        return toks
+
     try:
-        conns = dict(fr.accept_hello() for _ in range(2))
-        by_role = {h["role"]: (s, h) for s, h in conns.items()}
-        (sd, hd), (sp, _) = by_role["decode"], by_role["prefill"]
-        sampling = dict(max_tokens=6, temperature=0.0, ignore_eos=True, eos=[])
-        a = [100 + i for i in range(80)]
-        b = [3000 + 7 * i for i in range(80)]
-
-        def run(rid, tokens):
-            sp.sendall(frame(6, rid=rid, tokens=tokens, decode="d0", decode_tp=1,
-                             decode_ucx=hd["ucx"], **sampling))
-
-        def reserve(rid, tokens):
-            sd.sendall(frame(4, rid=rid, prefill="p0", tokens=tokens, **sampling))
-
-        def generated(rid):
-            first = frames_for(fr, sp, 20.0, lambda f: f["t"] in (7, 11))
-            assert [(f["t"], f.get("rid")) for f in first][-1] == (7, rid), first
-            toks = [first[-1]["token"]]
-            for f in frames_for(fr, sd, 20.0, lambda f: f["t"] in (9, 11)):
-                toks += [t for r, t in f.get("items", []) if r == rid]
-                assert f["t"] != 11, f
-            return toks
-
         # a: 5 blocks, done after two steps and held (no grant yet); b: its
         # first 16 tokens' layers queued, then preempted for want of blocks
-        run(1, a)
-        run(2, b)
+        pair.prefill(1, a)
+        pair.prefill(2, b)
         time.sleep(1.0)
-        reserve(1, a)
+        pair.reserve(1, a)
         got_a = generated(1)
-        reserve(2, b)
+        pair.reserve(2, b)
         got_b = generated(2)
         # the references, one at a time with the pool free
-        run(3, b)
-        reserve(3, b)
+        pair.prefill(3, b)
+        pair.reserve(3, b)
         assert generated(3) == got_b
-        run(4, a)
-        reserve(4, a)
+        pair.prefill(4, a)
+        pair.reserve(4, a)
         assert generated(4) == got_a
     finally:
-        for p in (dec, pre):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in (dec, pre):
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    pre_log.seek(0)
-    err = pre_log.read()
-    pre_log.close()
-    assert "preempted request 2" in err, err[-3000:]
-    for e in (err, dec.stderr.read()):
-        assert "runtime error" not in e and "AddressSanitizer" not in e, e
+        logs = pair.stop()
+    assert "preempted request 2" in logs["prefill"], logs["prefill"][-3000:]
 
 
 def test_restart_and_stop_mid_stream(duet_bin, small):
