@@ -249,6 +249,13 @@ static void pn_send_first(pnode_t *n, preq_t *r)
     ctl_client_send(n->ctl);
 }
 
+/* FIRST_TOKEN now if it is due and the grant is in. */
+static void pn_first_if_granted(pnode_t *n, preq_t *r)
+{
+    if (r->state == PR_SENDING && r->first_due && kvc_send_granted(n->kvc, r->rid))
+        pn_send_first(n, r);
+}
+
 /* The prompt is in the slab: every layer to the decode node, KV_END, and the
  * first token to the router (now, or at the grant). */
 static void pn_hand_over(pnode_t *n, const handover_t *h)
@@ -300,8 +307,7 @@ static void pn_hand_over(pnode_t *n, const handover_t *h)
     r->first_due = true;
     r->first_token = h->first_token;
     r->kv_bytes = (uint64_t)h->nblocks * n->kv_bytes_per_block;
-    if (kvc_send_granted(n->kvc, h->rid))
-        pn_send_first(n, r);
+    pn_first_if_granted(n, r);
 }
 
 /* After a step, not inside it: fail the prompts whose layers could not be
@@ -319,8 +325,8 @@ static void pn_after_step(pnode_t *n)
                      r->decode, r->kv_err == DUET_ERR_CANCELED ? "preempted (blocks reused)"
                                                                : duet_status_str(r->kv_err));
             pn_fail(n, r, msg);
-        } else if (r->state == PR_SENDING && r->first_due && kvc_send_granted(n->kvc, r->rid)) {
-            pn_send_first(n, r);
+        } else {
+            pn_first_if_granted(n, r);
         }
     }
 }
@@ -403,8 +409,7 @@ static void pn_tick_cb(evutil_socket_t fd, short what, void *arg)
         next = TAILQ_NEXT(r, link);
         s = kvc_send_status(n->kvc, r->rid);
         if (s == DUET_INPROGRESS || (s == DUET_ERR_NOT_FOUND && r->state == PR_COMPUTING)) {
-            if (r->state == PR_SENDING && r->first_due && kvc_send_granted(n->kvc, r->rid))
-                pn_send_first(n, r);
+            pn_first_if_granted(n, r);
             if (r->state != PR_COMPUTING && now > r->deadline) {
                 if (r->state == PR_SENDING) {
                     log_req(LOG_LEVEL_WARN, r->rid, "KV transfer to %s not done in %u ms: "

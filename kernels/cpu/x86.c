@@ -504,6 +504,16 @@ ALWAYS_INLINE __m512 panel_f16_lo(__m512i v)   /* f16 in the low half of each dw
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
 }
 
+/* A panel's scales from the f16 d of its 16 rows: d (vector 8) and the
+ * constant c d (vector 9) that undoes the unsigned offset of the weights. */
+ALWAYS_INLINE void panel_put_scales(__m512i *p, __m512i dm, float c)
+{
+    __m512 d = panel_f16_lo(dm);
+
+    _mm512_store_ps(p + 8, d);
+    _mm512_store_ps(p + 9, _mm512_mul_ps(d, _mm512_set1_ps(c)));
+}
+
 static void x86_pack_q4(void *panel, const void *w, size_t ws, int64_t nb, bool q4_1)
 {
     const __m512i idx = panel_rows(ws), m4 = _mm512_set1_epi8(0x0f);
@@ -527,10 +537,7 @@ static void x86_pack_q4(void *panel, const void *w, size_t ws, int64_t nb, bool 
             _mm512_store_ps(p + 8, panel_f16_lo(dm));
             _mm512_store_ps(p + 9, panel_f16_lo(_mm512_srli_epi32(dm, 16)));
         } else {
-            __m512 d = panel_f16_lo(dm);
-
-            _mm512_store_ps(p + 8, d);
-            _mm512_store_ps(p + 9, _mm512_mul_ps(d, _mm512_set1_ps(-8.0f)));
+            panel_put_scales(p, dm, -8.0f);
         }
     }
 }
@@ -563,10 +570,7 @@ static void x86_pack_q8(void *panel, const void *w, size_t ws, int64_t nb, bool 
             _mm256_store_si256((__m256i *)(void *)(p + 8), _mm512_cvtepi32_epi16(dm));
             _mm256_store_si256((__m256i *)(void *)(p + 8) + 1, _mm256_setzero_si256());
         } else {
-            __m512 d = panel_f16_lo(dm);
-
-            _mm512_store_ps(p + 8, d);
-            _mm512_store_ps(p + 9, _mm512_mul_ps(d, _mm512_set1_ps(-128.0f)));
+            panel_put_scales(p, dm, -128.0f);
         }
     }
 }
