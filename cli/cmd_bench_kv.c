@@ -6,7 +6,9 @@
  * of the same segments out of cache, and ucx_perftest put bandwidth at the
  * same message size (a cache-hot buffer). Last, the pipelining check for
  * SmolLM2's shapes: does a layer's transfer finish before the next layer's
- * compute would? */
+ * compute would? With --cuda (CUDA builds) the prefill slabs are in GPU
+ * memory and staged through pinned host buffers; the put reference is then
+ * the device-to-host copy of the same segments. */
 #define DUET_LOG_COMPONENT "bench"
 
 #include <errno.h>
@@ -29,7 +31,11 @@
 #include "common/clock.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "duet_config.h"
 #include "kvconnector/kvc.h"
+#if DUET_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 static int bench_kv_run(int argc, char **argv);
 
@@ -56,7 +62,7 @@ typedef struct {
 typedef struct {
     int64_t slab_mib, requests, check_tokens;
     double  us_per_token;
-    bool    json, perftest, quick;
+    bool    json, perftest, quick, cuda;
 } opts_t;
 
 static uint64_t mix(uint64_t x)
@@ -127,7 +133,77 @@ static int rd(int fd, void *p, size_t n)
     return 0;
 }
 
-static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t slab_mib)
+/* A device slab of len bytes, every byte `fill`; NULL without CUDA. */
+static void *dev_slab(size_t len, int fill)
+{
+#if DUET_HAVE_CUDA
+    void *d = NULL;
+
+    cudaError_t e = cudaMalloc(&d, len);
+
+    if (e != cudaSuccess) {
+        log_error("cudaMalloc of %zu bytes: %s", len, cudaGetErrorString(e));
+        return NULL;
+    }
+    if (cudaMemset(d, fill, len) != cudaSuccess) {
+        cudaFree(d);
+        return NULL;
+    }
+    return d;
+#else
+    (void)len;
+    (void)fill;
+    return NULL;
+#endif
+}
+
+static void dev_free(void *d)
+{
+#if DUET_HAVE_CUDA
+    if (d != NULL)
+        cudaFree(d);
+#else
+    (void)d;
+#endif
+}
+
+/* kvc's CUDA helpers, which exist in CUDA builds only. */
+static duet_status_t dev_copy_d2h(void *dst, const void *src, size_t len)
+{
+#if DUET_HAVE_CUDA
+    return kvc_cuda_copy_d2h(NULL, dst, src, len);
+#else
+    (void)dst;
+    (void)src;
+    (void)len;
+    return DUET_ERR_UNSUPPORTED;
+#endif
+}
+
+static duet_status_t host_pin(void *ptr, size_t len)
+{
+#if DUET_HAVE_CUDA
+    return kvc_cuda_pin(NULL, ptr, len);
+#else
+    (void)ptr;
+    (void)len;
+    return DUET_ERR_UNSUPPORTED;
+#endif
+}
+
+static void host_unpin(void *ptr)
+{
+#if DUET_HAVE_CUDA
+    kvc_cuda_unpin(NULL, ptr);
+#else
+    (void)ptr;
+#endif
+}
+
+/* *dev: a prefill rank's device slab (--cuda), freed by the caller after
+ * kvc_destroy; NULL for host slabs. */
+static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t slab_mib,
+                   bool cuda, void **dev)
 {
     kvc_params_t prm = {0};
     kvc_t *k = NULL;
@@ -140,6 +216,23 @@ static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t
     prm.layout = case_layout(c, tp, rank, slab_mib);
     prm.model_fp = 42;
     prm.listen_ip = "127.0.0.1";
+    if (cuda && role == KVC_ROLE_PREFILL) {
+#if DUET_HAVE_CUDA
+        prm.mem = KVC_MEM_CUDA;
+        prm.stage_copy = kvc_cuda_copy_d2h;
+        prm.stage_pin = kvc_cuda_pin;
+        prm.stage_unpin = kvc_cuda_unpin;
+#endif
+        prm.slab = *dev = dev_slab(kv_slab_bytes(&prm.layout), rank + 1);
+        if (prm.slab == NULL)
+            return NULL;
+        if (kvc_create(&prm, &k) != DUET_OK) {
+            dev_free(*dev);
+            *dev = NULL;
+            return NULL;
+        }
+        return k;
+    }
     if (kvc_create(&prm, &k) != DUET_OK)
         return NULL;
     memset(kvc_slab(k), rank + 1, kv_slab_bytes(&prm.layout));   /* fault it in */
@@ -205,7 +298,7 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
     char addrs[MAXR][64];
 
     for (int r = 0; r < c->d; r++) {
-        k[r] = make(c, KVC_ROLE_DECODE, c->d, r, o->slab_mib);
+        k[r] = make(c, KVC_ROLE_DECODE, c->d, r, o->slab_mib, false, NULL);
         if (k[r] == NULL)
             _exit(3);
         kvc_listen_address(k[r], addrs[r], sizeof(addrs[r]));
@@ -381,6 +474,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     void *addr, *rkey_buf, *cpy_dst;
     uint64_t base;
     int64_t tag;
+    void *dev[MAXR] = {NULL}, *src_host = NULL;
 
     memset(res, 0, sizeof(*res));
     shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -397,7 +491,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     close(to_p[1]);
     pthread_mutex_init(&pt.mu, NULL);
     for (int r = 0; r < c->p; r++) {
-        pt.k[r] = make(c, KVC_ROLE_PREFILL, c->p, r, o->slab_mib);
+        pt.k[r] = make(c, KVC_ROLE_PREFILL, c->p, r, o->slab_mib, o->cuda, &dev[r]);
         if (pt.k[r] == NULL)
             goto err;
     }
@@ -516,6 +610,15 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
      * 0 into calloc, whose fresh pages would then be faulted in by the timed
      * memcpy (that measured page faults, 0.3-0.9 GB/s, not memcpy) */
     memset(cpy_dst, 0x5a, ((size_t)o->slab_mib << 20) + (64u << 20));
+    if (o->cuda) {
+        /* the memcpy reference copies from host memory of the same layout;
+         * the device copies land in pinned memory, as the staging ones do */
+        src_host = malloc((size_t)o->slab_mib << 20);
+        if (src_host == NULL ||
+            host_pin(cpy_dst, ((size_t)o->slab_mib << 20) + (64u << 20)) != DUET_OK)
+            goto err;
+        memset(src_host, 0x3c, (size_t)o->slab_mib << 20);
+    }
     for (int64_t i = 0; i < o->requests; i++) {
         int32_t nb = c->blocks_per_req;
         kv_layout_t l0 = case_layout(c, c->p, 0, o->slab_mib), d0 = case_layout(c, c->d, 0, o->slab_mib);
@@ -525,7 +628,19 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         pick_blocks(lb, nb, l0.n_blocks, c->run, (uint64_t)i + 1000);
         pick_blocks(rb, nb, d0.n_blocks, c->run, (uint64_t)i + 1);
         t0 = clock_now_ns();
-        for (int r = 0; r < c->p; r++)
+        for (int r = 0; r < c->p && o->cuda; r++)
+            for (int dr = 0; dr < c->d; dr++) {
+                /* --cuda: the device-to-host copy any staging must make */
+                int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+
+                for (int s = 0; s < n; s++) {
+                    if (dev_copy_d2h((char *)cpy_dst + segs[s].ro, (char *)dev[r] + segs[s].lo,
+                                     segs[s].len) != DUET_OK)
+                        goto err;
+                    reqb += (double)segs[s].len;
+                }
+            }
+        for (int r = 0; r < c->p && !o->cuda; r++)
             for (int dr = 0; dr < c->d; dr++) {
                 int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
                 ucp_request_param_t prm = {0};
@@ -558,7 +673,8 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
                 int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
 
                 for (int s = 0; s < n; s++)
-                    memcpy((char *)cpy_dst + segs[s].ro, (char *)kvc_slab(pt.k[r]) + segs[s].lo,
+                    memcpy((char *)cpy_dst + segs[s].ro,
+                           (char *)(o->cuda ? src_host : kvc_slab(pt.k[r])) + segs[s].lo,
                            segs[s].len);
             }
         tcpy += (double)(clock_now_ns() - t0) * 1e-9;
@@ -588,7 +704,10 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         res->perftest_gbps = o->perftest ? ucx_perftest_gbps((size_t)res->msg_size) : 0;
     }
     free(segs);
+    if (o->cuda)
+        host_unpin(cpy_dst);
     free(cpy_dst);
+    free(src_host);
     ucp_rkey_destroy(rkey);
     {
         ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
@@ -605,8 +724,10 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     ucp_cleanup(ctx);
     free(addr);
     free(rkey_buf);
-    for (int r = 0; r < c->p; r++)
+    for (int r = 0; r < c->p; r++) {
         kvc_destroy(pt.k[r]);
+        dev_free(dev[r]);
+    }
     res->tail_between_ms = out.tail_s[0] * 1e3;
     res->tail_thread_ms = out.tail_s[1] * 1e3;
     res->layer_ms = o->us_per_token * 1e-3 * (double)o->check_tokens;
@@ -617,8 +738,10 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
 err:
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
-    for (int r = 0; r < c->p; r++)
+    for (int r = 0; r < c->p; r++) {
         kvc_destroy(pt.k[r]);
+        dev_free(dev[r]);
+    }
     close(to_c[1]);
     close(to_p[0]);
     return -1;
@@ -658,6 +781,9 @@ static int bench_kv_run(int argc, char **argv)
         {"perftest", 0, FLAG_BOOL, &o.perftest, "run ucx_perftest as a reference", NULL, 0, 0, 0, 0},
         {"quick", 'q', FLAG_BOOL, &o.quick, "only the SmolLM2 cases", NULL, 0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &o.json, "print JSON", NULL, 0, 0, 0, 0},
+        {"cuda", 0, FLAG_BOOL, &o.cuda, "prefill slabs in GPU memory, staged through pinned host "
+         "buffers; the put reference becomes the device-to-host copy (CUDA builds)",
+         NULL, 0, 0, 0, 0},
     };
     const flags_usage_t u = {"duet bench kv", NULL,
                              "KV connector throughput/latency between two processes "
@@ -672,16 +798,20 @@ static int bench_kv_run(int argc, char **argv)
         return 2;
     if (o.quick)
         ncases = 4;
+    if (o.cuda && !DUET_HAVE_CUDA) {
+        fprintf(stderr, "duet bench kv: --cuda needs a CUDA build\n");
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
     if (o.json)
-        printf("{\"ucx_tls\": \"%s\", \"slab_mib\": %lld, \"cases\": [\n", tls ? tls : "",
-               (long long)o.slab_mib);
+        printf("{\"ucx_tls\": \"%s\", \"slab_mib\": %lld, \"cuda\": %s, \"cases\": [\n",
+               tls ? tls : "", (long long)o.slab_mib, o.cuda ? "true" : "false");
     else
         printf("UCX_TLS=%s, slab %lld MiB per rank, %lld requests per case; perftest reuses one "
                "cache-hot buffer\n%-20s %9s %7s %7s %8s %9s %7s %7s %7s %6s %6s %6s\n",
                tls ? tls : "(default)", (long long)o.slab_mib, (long long)o.requests, "case",
-               "KiB/req", "puts", "GB/s", "p50 ms", "p99 ms", "put", "memcpy", "perft",
-               "/put", "/cpy", "/perf");
+               "KiB/req", "puts", "GB/s", "p50 ms", "p99 ms", o.cuda ? "d2h" : "put", "memcpy",
+               "perft", o.cuda ? "/d2h" : "/put", "/cpy", "/perf");
     for (int i = 0; i < ncases; i++) {
         kvres_t r;
 

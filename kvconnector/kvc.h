@@ -49,9 +49,16 @@ typedef enum {
  * on return (e.g. cudaMemcpy device-to-host). Used by the staging path. */
 typedef duet_status_t (*kvc_copy_fn_t)(void *arg, void *dst, const void *src, size_t len);
 
-/* A kvc_copy_fn_t doing cudaMemcpy device-to-host; only in CUDA builds
- * (DUET_HAVE_CUDA). */
+/* Page-lock (pin) len bytes of host memory at ptr for the staging copies,
+ * and undo it. */
+typedef duet_status_t (*kvc_pin_fn_t)(void *arg, void *ptr, size_t len);
+typedef void (*kvc_unpin_fn_t)(void *arg, void *ptr);
+
+/* Only in CUDA builds (DUET_HAVE_CUDA): a kvc_copy_fn_t doing cudaMemcpy
+ * device-to-host, and pinning by cudaHostRegister / cudaHostUnregister. */
 duet_status_t kvc_cuda_copy_d2h(void *arg, void *dst, const void *src, size_t len);
+duet_status_t kvc_cuda_pin(void *arg, void *ptr, size_t len);
+void kvc_cuda_unpin(void *arg, void *ptr);
 
 typedef struct {
     kvc_role_t  role;
@@ -78,7 +85,12 @@ typedef struct {
      * decode rank needs a UCX that handles CUDA memory (or a host slab). */
     kvc_mem_t     mem;
     kvc_copy_fn_t stage_copy;     /* required when staging */
-    void         *stage_arg;
+    kvc_pin_fn_t  stage_pin;      /* optional: pins what stage_copy writes (the
+                                     staging buffers, a decode slab mapped here);
+                                     a device copy into pageable memory goes
+                                     through the driver's own bounce buffer */
+    kvc_unpin_fn_t stage_unpin;
+    void         *stage_arg;      /* for stage_copy, stage_pin, stage_unpin */
     size_t        stage_bytes;
     int           stage_force;    /* stage even host memory (tests, benchmarks) */
 } kvc_params_t;

@@ -17,3 +17,23 @@ duet_status_t kvc_cuda_copy_d2h(void *arg, void *dst, const void *src, size_t le
     }
     return DUET_OK;
 }
+
+duet_status_t kvc_cuda_pin(void *arg, void *ptr, size_t len)
+{
+    cudaError_t e = cudaHostRegister(ptr, len, cudaHostRegisterPortable);
+
+    (void)arg;
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();   /* not sticky: clear it */
+        log_warn("cudaHostRegister of %zu bytes: %s", len, cudaGetErrorString(e));
+        return DUET_ERR_CUDA;
+    }
+    return DUET_OK;
+}
+
+void kvc_cuda_unpin(void *arg, void *ptr)
+{
+    (void)arg;
+    if (cudaHostUnregister(ptr) != cudaSuccess)
+        (void)cudaGetLastError();
+}

@@ -144,6 +144,7 @@ typedef struct kvc_conn {
     char            *rptr;          /* prefill: the decode slab mapped here
                                        (ucp_rkey_ptr on drkey): writes are
                                        copies into it; NULL: writes are puts */
+    bool             rptr_pinned;   /* rptr pinned by params.stage_pin */
     void            *ack_extra;     /* prefill, until kvc_connect returns: the
                                        HELLO_ACK's packed rkey + worker address */
     size_t           ack_rkey_len, ack_waddr_len;
@@ -178,6 +179,7 @@ struct kvc {
     ucp_mem_h      stage_memh;
     char          *stage_buf[2];    /* pinned host, [stage_bytes] each */
     bool           stage_busy[2];
+    bool           stage_pinned;    /* stage_buf pinned by params.stage_pin */
 };
 
 /* Send one message (buf of len bytes, taken over and freed) on conn as an
