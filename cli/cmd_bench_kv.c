@@ -8,7 +8,7 @@
  * SmolLM2's shapes: does a layer's transfer finish before the next layer's
  * compute would? With --cuda (CUDA builds) the prefill slabs are in GPU
  * memory and staged through pinned host buffers; the put reference is then
- * the device-to-host copy of the same segments. */
+ * one contiguous device-to-host copy of the same bytes. */
 #define DUET_LOG_COMPONENT "bench"
 
 #include <errno.h>
@@ -157,14 +157,19 @@ static void *dev_slab(size_t len, int fill)
 #endif
 }
 
-static void dev_free(void *d)
+/* A prefill rank's device slab and its batched-copy state (--cuda). */
+typedef struct {
+    void *slab, *batch;
+} devslab_t;
+
+static void dev_free(devslab_t *d)
 {
 #if DUET_HAVE_CUDA
-    if (d != NULL)
-        cudaFree(d);
-#else
-    (void)d;
+    if (d->slab != NULL)
+        cudaFree(d->slab);
+    kvc_cuda_batch_destroy(d->batch);
 #endif
+    d->slab = d->batch = NULL;
 }
 
 /* kvc's CUDA helpers, which exist in CUDA builds only. */
@@ -200,10 +205,10 @@ static void host_unpin(void *ptr)
 #endif
 }
 
-/* *dev: a prefill rank's device slab (--cuda), freed by the caller after
- * kvc_destroy; NULL for host slabs. */
+/* dev: a prefill rank's device slab (--cuda), for the caller to dev_free
+ * after kvc_destroy. */
 static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t slab_mib,
-                   bool cuda, void **dev)
+                   bool cuda, devslab_t *dev)
 {
     kvc_params_t prm = {0};
     kvc_t *k = NULL;
@@ -222,13 +227,13 @@ static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t
         prm.stage_copy = kvc_cuda_copy_d2h;
         prm.stage_pin = kvc_cuda_pin;
         prm.stage_unpin = kvc_cuda_unpin;
+        if (kvc_cuda_batch_create((kvc_cuda_batch_t **)&dev->batch) == DUET_OK)
+            prm.stage_copy_batch = kvc_cuda_copy_batch_d2h;
+        prm.stage_batch_arg = dev->batch;
 #endif
-        prm.slab = *dev = dev_slab(kv_slab_bytes(&prm.layout), rank + 1);
-        if (prm.slab == NULL)
-            return NULL;
-        if (kvc_create(&prm, &k) != DUET_OK) {
-            dev_free(*dev);
-            *dev = NULL;
+        prm.slab = dev->slab = dev_slab(kv_slab_bytes(&prm.layout), rank + 1);
+        if (prm.slab == NULL || kvc_create(&prm, &k) != DUET_OK) {
+            dev_free(dev);
             return NULL;
         }
         return k;
@@ -474,7 +479,8 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     void *addr, *rkey_buf, *cpy_dst;
     uint64_t base;
     int64_t tag;
-    void *dev[MAXR] = {NULL}, *src_host = NULL;
+    devslab_t dev[MAXR] = {{NULL, NULL}};
+    void *src_host = NULL;
 
     memset(res, 0, sizeof(*res));
     shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -630,15 +636,16 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         t0 = clock_now_ns();
         for (int r = 0; r < c->p && o->cuda; r++)
             for (int dr = 0; dr < c->d; dr++) {
-                /* --cuda: the device-to-host copy any staging must make */
+                /* --cuda: the device-to-host copy any staging must make, as
+                 * one contiguous copy of the same bytes (the link's limit) */
                 int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+                size_t len = 0;
 
-                for (int s = 0; s < n; s++) {
-                    if (dev_copy_d2h((char *)cpy_dst + segs[s].ro, (char *)dev[r] + segs[s].lo,
-                                     segs[s].len) != DUET_OK)
-                        goto err;
-                    reqb += (double)segs[s].len;
-                }
+                for (int s = 0; s < n; s++)
+                    len += segs[s].len;
+                if (dev_copy_d2h(cpy_dst, dev[r].slab, len) != DUET_OK)
+                    goto err;
+                reqb += (double)len;
             }
         for (int r = 0; r < c->p && !o->cuda; r++)
             for (int dr = 0; dr < c->d; dr++) {
@@ -726,7 +733,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     free(rkey_buf);
     for (int r = 0; r < c->p; r++) {
         kvc_destroy(pt.k[r]);
-        dev_free(dev[r]);
+        dev_free(&dev[r]);
     }
     res->tail_between_ms = out.tail_s[0] * 1e3;
     res->tail_thread_ms = out.tail_s[1] * 1e3;
@@ -740,7 +747,7 @@ err:
     waitpid(pid, NULL, 0);
     for (int r = 0; r < c->p; r++) {
         kvc_destroy(pt.k[r]);
-        dev_free(dev[r]);
+        dev_free(&dev[r]);
     }
     close(to_c[1]);
     close(to_p[0]);
@@ -782,7 +789,8 @@ static int bench_kv_run(int argc, char **argv)
         {"quick", 'q', FLAG_BOOL, &o.quick, "only the SmolLM2 cases", NULL, 0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &o.json, "print JSON", NULL, 0, 0, 0, 0},
         {"cuda", 0, FLAG_BOOL, &o.cuda, "prefill slabs in GPU memory, staged through pinned host "
-         "buffers; the put reference becomes the device-to-host copy (CUDA builds)",
+         "buffers; the put reference becomes one device-to-host copy of the same bytes "
+         "(CUDA builds)",
          NULL, 0, 0, 0, 0},
     };
     const flags_usage_t u = {"duet bench kv", NULL,

@@ -180,6 +180,8 @@ struct kvc {
     char          *stage_buf[2];    /* pinned host, [stage_bytes] each */
     bool           stage_busy[2];
     bool           stage_pinned;    /* stage_buf pinned by params.stage_pin */
+    kvc_copy_t    *batch;           /* copies for params.stage_copy_batch */
+    int            nbatch, capbatch;
 };
 
 /* Send one message (buf of len bytes, taken over and freed) on conn as an

@@ -250,6 +250,34 @@ static void put_done(void *request, ucs_status_t status, void *user_data)
     ucp_request_free(request);
 }
 
+/* Queue one copy for params.stage_copy_batch. */
+static duet_status_t batch_add(kvc_t *kvc, void *dst, const void *src, size_t len)
+{
+    if (kvc->nbatch == kvc->capbatch) {
+        int cap = kvc->capbatch ? 2 * kvc->capbatch : 256;
+        kvc_copy_t *v = realloc(kvc->batch, (size_t)cap * sizeof(*v));
+
+        if (v == NULL)
+            return DUET_ERR_NOMEM;
+        kvc->batch = v;
+        kvc->capbatch = cap;
+    }
+    kvc->batch[kvc->nbatch++] = (kvc_copy_t){dst, src, len};
+    return DUET_OK;
+}
+
+/* Run the queued copies; done when it returns. */
+static duet_status_t batch_run(kvc_t *kvc)
+{
+    int n = kvc->nbatch;
+
+    kvc->nbatch = 0;
+    if (n == 0)
+        return DUET_OK;
+    kvc->stats.batches++;
+    return kvc->p.stage_copy_batch(kvc->p.stage_batch_arg, kvc->batch, n);
+}
+
 /* Issue puts for dest's current job until it is done or the in-flight bound
  * is reached. Returns the number of puts issued. */
 static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
@@ -261,6 +289,9 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
     const sjob_t *done = NULL;  /* layers written (puts issued), LAYER_DONE not sent */
     int32_t ndone = 0;
     int n = 0;
+    /* copies from a device slab into a pinned mapped decode slab: one batch
+     * per job */
+    bool batched = kvc->staging && c->rptr_pinned && kvc->p.stage_copy_batch != NULL;
 
     while (d->job < r->njobs && r->state == SREQ_ACTIVE) {
         const sjob_t *j = &r->jobs[d->job];
@@ -302,8 +333,13 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 /* the decode slab is mapped here: one copy, done when it
                  * returns (a device slab copies straight into it) */
                 if (kvc->staging) {
-                    if (kvc->p.stage_copy(kvc->p.stage_arg, c->rptr + ro, src, len) != DUET_OK) {
-                        sreq_fail(kvc, r, DUET_ERR_CUDA);
+                    duet_status_t cs = batched ? batch_add(kvc, c->rptr + ro, src, len)
+                                               : kvc->p.stage_copy(kvc->p.stage_arg,
+                                                                   c->rptr + ro, src, len);
+
+                    if (cs != DUET_OK) {
+                        kvc->nbatch = 0;
+                        sreq_fail(kvc, r, cs == DUET_ERR_NOMEM ? cs : DUET_ERR_CUDA);
                         goto out;
                     }
                     kvc->stats.staged += len;
@@ -371,6 +407,11 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 d->seg = s;
                 d->off = 0;
             }
+        }
+        /* the job's copies, queued above, run before its LAYER_DONE */
+        if (batched && batch_run(kvc) != DUET_OK) {
+            sreq_fail(kvc, r, DUET_ERR_CUDA);
+            goto out;
         }
         if (done != NULL && j->layer == done->layer + ndone && j->tok0 == done->tok0 &&
             j->tok1 == done->tok1) {

@@ -77,6 +77,13 @@ static void stage_unpin(void *arg, void *ptr)
     pinned--;
 }
 
+static duet_status_t stage_copy_batch(void *arg, const kvc_copy_t *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        memcpy(v[i].dst, v[i].src, v[i].len);
+    return stage_copy(arg, NULL, NULL, 0);
+}
+
 typedef struct {
     scenario_t sc;
     int        H, p, d;
@@ -147,6 +154,7 @@ static kvc_t *make(const cfg_t *c, kvc_role_t role, int tp, int rank)
         prm.stage_copy = stage_copy;
         prm.stage_pin = stage_pin;
         prm.stage_unpin = stage_unpin;
+        prm.stage_copy_batch = stage_copy_batch;
         prm.stage_bytes = 1000;   /* smaller than a run: runs are split */
     }
 #if DUET_HAVE_CUDA
@@ -161,6 +169,8 @@ static kvc_t *make(const cfg_t *c, kvc_role_t role, int tp, int rank)
         prm.stage_pin = kvc_cuda_pin;
         prm.stage_unpin = kvc_cuda_unpin;
         prm.stage_bytes = 1000;
+        if (kvc_cuda_batch_create((kvc_cuda_batch_t **)&prm.stage_batch_arg) == DUET_OK)
+            prm.stage_copy_batch = kvc_cuda_copy_batch_d2h;   /* leaked at exit */
     }
 #endif
     if (kvc_create(&prm, &k) != DUET_OK)
@@ -431,7 +441,7 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
 
 typedef struct {
     int      status[NREQ];
-    uint64_t rejected, nacks, staged;
+    uint64_t rejected, nacks, staged, batches;
     int      errors;
     int      pinned;      /* stage_pin calls not undone (staged: one per rank,
                              more for decode slabs mapped here) */
@@ -686,6 +696,7 @@ static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
         res->rejected += st.rejected;
         res->nacks += st.nacks;
         res->staged += st.staged;
+        res->batches += st.batches;
     }
     res->pinned = pinned;
     if (resfd >= 0) {
@@ -832,6 +843,15 @@ static void run(const cfg_t *c)
     if (c->sc == SC_STAGED || c->sc == SC_CUDA)
         ok(pr.staged > 0, "%s: %llu bytes copied out of the device slab by stage_copy",
            sc_name[c->sc], (unsigned long long)pr.staged);
+    if (c->sc == SC_STAGED || c->sc == SC_CUDA) {
+        /* over shared memory the decode slabs are mapped here: pinned, and
+         * each layer's copies into them go as one batch */
+        const char *tls = getenv("UCX_TLS");
+        bool mapped = tls != NULL && strstr(tls, "sm") != NULL;
+
+        ok(mapped == (pr.batches > 0), "%s: %llu batched copies, decode slabs %s",
+           sc_name[c->sc], (unsigned long long)pr.batches, mapped ? "mapped" : "not mapped");
+    }
     if (c->sc == SC_STAGED)
         ok(pr.pinned >= c->p && WIFEXITED(pst) && WEXITSTATUS(pst) == 0,
            "staged: the staging buffers were pinned (%d pins), and unpinned at destroy",
