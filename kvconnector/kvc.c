@@ -718,6 +718,7 @@ static void slab_unmap(kvc_t *kvc)
     if (kvc->stage_pinned)
         stage_unpin(kvc, kvc->stage_buf[0]);
     free(kvc->batch);
+    free(kvc->gput);
     if (kvc->stage_memh)
         ucp_mem_unmap(kvc->ctx, kvc->stage_memh);
     if (kvc->slab_owned)

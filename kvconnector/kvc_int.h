@@ -153,6 +153,12 @@ typedef struct kvc_conn {
 
 /* ---- the context -------------------------------------------------------- */
 
+/* A put from a staging buffer that several runs share: its bytes at boff,
+ * gathered by the pending batch, go to remote offset ro. */
+typedef struct {
+    size_t boff, ro, len;
+} kvc_gput_t;
+
 struct kvc {
     kvc_params_t   p;
     ucp_context_h  ctx;
@@ -178,10 +184,12 @@ struct kvc {
     bool           slab_owned;      /* staging test stand-in allocated here */
     ucp_mem_h      stage_memh;
     char          *stage_buf[2];    /* pinned host, [stage_bytes] each */
-    bool           stage_busy[2];
+    int            stage_busy[2];   /* puts in flight from each buffer */
     bool           stage_pinned;    /* stage_buf pinned by params.stage_pin */
     kvc_copy_t    *batch;           /* copies for params.stage_copy_batch */
     int            nbatch, capbatch;
+    kvc_gput_t    *gput;            /* puts waiting for their batch (gather) */
+    int            ngput, capgput;
 };
 
 /* Send one message (buf of len bytes, taken over and freed) on conn as an
