@@ -250,18 +250,28 @@ static void put_done(void *request, ucs_status_t status, void *user_data)
     ucp_request_free(request);
 }
 
+/* Room for one more element in the array *v of *cap elements of size esz,
+ * n of them used. */
+static duet_status_t room_for_one(void **v, int *cap, int n, size_t esz)
+{
+    void *nv;
+    int ncap;
+
+    if (n < *cap)
+        return DUET_OK;
+    ncap = *cap ? 2 * *cap : 256;
+    nv = realloc(*v, (size_t)ncap * esz);
+    if (nv == NULL)
+        return DUET_ERR_NOMEM;
+    *v = nv;
+    *cap = ncap;
+    return DUET_OK;
+}
+
 /* Queue one copy for params.stage_copy_batch. */
 static duet_status_t batch_add(kvc_t *kvc, void *dst, const void *src, size_t len)
 {
-    if (kvc->nbatch == kvc->capbatch) {
-        int cap = kvc->capbatch ? 2 * kvc->capbatch : 256;
-        kvc_copy_t *v = realloc(kvc->batch, (size_t)cap * sizeof(*v));
-
-        if (v == NULL)
-            return DUET_ERR_NOMEM;
-        kvc->batch = v;
-        kvc->capbatch = cap;
-    }
+    CHECK(room_for_one((void **)&kvc->batch, &kvc->capbatch, kvc->nbatch, sizeof(*kvc->batch)));
     kvc->batch[kvc->nbatch++] = (kvc_copy_t){dst, src, len};
     return DUET_OK;
 }
@@ -323,15 +333,7 @@ static duet_status_t put_one(kvc_t *kvc, sreq_t *r, kvc_conn_t *c, void *src, si
 static duet_status_t gather_add(kvc_t *kvc, int stage, size_t boff, const void *src, size_t ro,
                                 size_t len)
 {
-    if (kvc->ngput == kvc->capgput) {
-        int cap = kvc->capgput ? 2 * kvc->capgput : 256;
-        kvc_gput_t *v = realloc(kvc->gput, (size_t)cap * sizeof(*v));
-
-        if (v == NULL)
-            return DUET_ERR_NOMEM;
-        kvc->gput = v;
-        kvc->capgput = cap;
-    }
+    CHECK(room_for_one((void **)&kvc->gput, &kvc->capgput, kvc->ngput, sizeof(*kvc->gput)));
     CHECK(batch_add(kvc, kvc->stage_buf[stage] + boff, src, len));
     kvc->gput[kvc->ngput++] = (kvc_gput_t){boff, ro, len};
     kvc->stats.staged += len;
