@@ -261,12 +261,13 @@ static void dn_remove(dnode_t *n, dreq_t *r)
 }
 
 /* The next step after delay_us. A zero timer, not event_active: the loop
- * polls the sockets between two steps. */
+ * polls the sockets between two steps. A step due now replaces one
+ * pending later (new work after a step that ran nothing). */
 static void dn_schedule_step_in(dnode_t *n, long delay_us)
 {
     struct timeval tv = {0, delay_us};
 
-    if (!evtimer_pending(n->step_ev, NULL))
+    if (delay_us == 0 || !evtimer_pending(n->step_ev, NULL))
         evtimer_add(n->step_ev, &tv);
 }
 

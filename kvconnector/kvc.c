@@ -676,7 +676,11 @@ static duet_status_t slab_map(kvc_t *kvc)
             kvc->slab = calloc(1, kv_slab_bytes(&kvc->p.layout));
             kvc->slab_owned = true;
             if (kvc->slab == NULL) {
+                if (kvc->stage_pinned)
+                    stage_unpin(kvc, kvc->stage_buf[0]);
+                kvc->stage_pinned = false;
                 ucp_mem_unmap(kvc->ctx, kvc->stage_memh);
+                kvc->stage_memh = NULL;
                 return DUET_ERR_NOMEM;
             }
         }

@@ -105,12 +105,16 @@ typedef struct {
      * decode rank needs a UCX that handles CUDA memory (or a host slab). */
     kvc_mem_t     mem;
     kvc_copy_fn_t stage_copy;     /* required when staging */
-    kvc_copy_batch_fn_t stage_copy_batch;  /* optional: a layer's copies into a
-                                     pinned decode slab mapped here, at once */
+    kvc_copy_batch_fn_t stage_copy_batch;  /* optional: copies in batches, into
+                                     a pinned decode slab mapped here (a layer
+                                     at a time) or into the pinned staging
+                                     buffers (runs gathered, then put each) */
     kvc_pin_fn_t  stage_pin;      /* optional: pins what stage_copy writes (the
-                                     staging buffers, a decode slab mapped here);
-                                     a device copy into pageable memory goes
-                                     through the driver's own bounce buffer */
+                                     staging buffers at create, a decode slab
+                                     mapped here at connect: that one is as big
+                                     as the peer's slab, and kvc_connect waits
+                                     for it); a device copy into pageable memory
+                                     goes through the driver's bounce buffer */
     kvc_unpin_fn_t stage_unpin;
     void         *stage_arg;      /* for stage_copy, stage_pin, stage_unpin */
     void         *stage_batch_arg;  /* for stage_copy_batch */

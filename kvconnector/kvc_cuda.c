@@ -18,6 +18,7 @@ duet_status_t kvc_cuda_copy_d2h(void *arg, void *dst, const void *src, size_t le
 
     (void)arg;
     if (e != cudaSuccess) {
+        (void)cudaGetLastError();   /* not the next copy's error */
         log_error("staging copy of %zu bytes failed: %s", len, cudaGetErrorString(e));
         return DUET_ERR_CUDA;
     }
@@ -51,8 +52,10 @@ _Static_assert(sizeof(kvc_cuda_piece_t) == sizeof(kvc_copy_t) &&
                offsetof(kvc_cuda_piece_t, len) == offsetof(kvc_copy_t, len),
                "kvc_cuda_piece_t must have kvc_copy_t's layout");
 
+/* The batch runs on the legacy default stream, as cudaMemcpy does: it waits
+ * for the work queued before it on every blocking stream (the layer's own
+ * kernels), so the caller need not synchronize before kvc_send_kv_cache. */
 struct kvc_cuda_batch {
-    cudaStream_t      stream;
     kvc_cuda_piece_t *host;     /* pinned, [cap]: the descriptors, uploaded */
     kvc_cuda_piece_t *dev;      /* [cap] */
     int               cap;
@@ -75,11 +78,6 @@ duet_status_t kvc_cuda_batch_create(kvc_cuda_batch_t **out)
     b = calloc(1, sizeof(*b));
     if (b == NULL)
         return DUET_ERR_NOMEM;
-    if (cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking) != cudaSuccess) {
-        (void)cudaGetLastError();
-        free(b);
-        return DUET_ERR_CUDA;
-    }
     *out = b;
     return DUET_OK;
 }
@@ -90,7 +88,6 @@ void kvc_cuda_batch_destroy(kvc_cuda_batch_t *b)
         return;
     cudaFreeHost(b->host);
     cudaFree(b->dev);
-    cudaStreamDestroy(b->stream);
     free(b);
 }
 
@@ -124,12 +121,13 @@ duet_status_t kvc_cuda_copy_batch_d2h(void *arg, const kvc_copy_t *v, int n)
     CHECK(batch_reserve(b, n));
     memcpy(b->host, v, (size_t)n * sizeof(*v));
     e = cudaMemcpyAsync(b->dev, b->host, (size_t)n * sizeof(*v), cudaMemcpyHostToDevice,
-                        b->stream);
-    if (e == cudaSuccess && kvc_cuda_gather_launch(b->dev, n, b->stream) != 0)
-        e = cudaErrorLaunchFailure;
+                        cudaStreamLegacy);
     if (e == cudaSuccess)
-        e = cudaStreamSynchronize(b->stream);
+        e = kvc_cuda_gather_launch(b->dev, n, cudaStreamLegacy);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(cudaStreamLegacy);
     if (e != cudaSuccess) {
+        (void)cudaGetLastError();   /* not the next batch's error */
         log_error("batched staging copy of %d pieces failed: %s", n, cudaGetErrorString(e));
         return DUET_ERR_CUDA;
     }

@@ -17,8 +17,8 @@ typedef struct {
     size_t      len;
 } kvc_cuda_piece_t;
 
-/* Launch the copy of v[0..n) (v in device memory) on stream; 0 or -1. */
-int kvc_cuda_gather_launch(const kvc_cuda_piece_t *v, int n, cudaStream_t stream);
+/* Launch the copy of v[0..n) (v in device memory) on stream. */
+cudaError_t kvc_cuda_gather_launch(const kvc_cuda_piece_t *v, int n, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -27,10 +27,11 @@ static __global__ void kvc_gather(const kvc_cuda_piece_t *v, int n)
     }
 }
 
-extern "C" int kvc_cuda_gather_launch(const kvc_cuda_piece_t *v, int n, cudaStream_t stream)
+extern "C" cudaError_t kvc_cuda_gather_launch(const kvc_cuda_piece_t *v, int n,
+                                              cudaStream_t stream)
 {
     int blocks = n < 1024 ? n : 1024;
 
     kvc_gather<<<blocks, 256, 0, stream>>>(v, n);
-    return cudaGetLastError() == cudaSuccess ? 0 : -1;
+    return cudaPeekAtLastError();   /* the caller clears it on failure */
 }

@@ -346,11 +346,14 @@ static int gather_flush(kvc_t *kvc, sreq_t *r, kvc_conn_t *c, int stage)
 {
     int n = kvc->ngput;
 
+    duet_status_t s;
+
     kvc->ngput = 0;
     if (n == 0)
         return 0;
-    if (batch_run(kvc) != DUET_OK) {
-        sreq_fail(kvc, r, DUET_ERR_CUDA);
+    s = batch_run(kvc);
+    if (s != DUET_OK) {
+        sreq_fail(kvc, r, s);
         return -1;
     }
     for (int i = 0; i < n; i++) {
@@ -382,6 +385,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                   kvc->p.stage_copy_batch != NULL;
     int gbuf = -1, g;
     size_t gfill = 0;
+    duet_status_t bs;
 
     while (d->job < r->njobs && r->state == SREQ_ACTIVE) {
         const sjob_t *j = &r->jobs[d->job];
@@ -426,7 +430,6 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                                                                    c->rptr + ro, src, len);
 
                     if (cs != DUET_OK) {
-                        kvc->nbatch = 0;
                         sreq_fail(kvc, r, cs == DUET_ERR_NOMEM ? cs : DUET_ERR_CUDA);
                         goto out;
                     }
@@ -492,22 +495,23 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 d->off = 0;
             }
         }
-        /* the job's copies, queued above, run before its LAYER_DONE (and
-         * gathered puts are issued before its flush) */
-        if (batched && batch_run(kvc) != DUET_OK) {
-            sreq_fail(kvc, r, DUET_ERR_CUDA);
+        /* the job's copies, queued above, run before its LAYER_DONE */
+        if (batched && (bs = batch_run(kvc)) != DUET_OK) {
+            sreq_fail(kvc, r, bs);
             goto out;
-        }
-        if (gbuf >= 0) {
-            if ((g = gather_flush(kvc, r, c, gbuf)) < 0)
-                goto out;
-            n += g;
-            gbuf = -1;
         }
         if (done != NULL && j->layer == done->layer + ndone && j->tok0 == done->tok0 &&
             j->tok1 == done->tok1) {
             ndone++;    /* one flush and one LAYER_DONE for the run of layers */
         } else {
+            /* gathered puts (a buffer may hold several layers) go before
+             * the flush that LAYER_DONE waits for */
+            if (done != NULL && gbuf >= 0) {
+                if ((g = gather_flush(kvc, r, c, gbuf)) < 0)
+                    goto out;
+                n += g;
+                gbuf = -1;
+            }
             if (done != NULL)
                 flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, done, ndone);
             done = j;

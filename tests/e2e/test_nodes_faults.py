@@ -589,7 +589,9 @@ def test_decode_blocked_request_does_not_spin(duet_bin, small, tmp_path):
         pair.reserve(1, a)
         first = frames_for(fr, sp, 20.0, lambda f: f["t"] in (7, 11))
         assert [(f["t"], f.get("rid")) for f in first][-1] == (7, 1), first
-        time.sleep(1.5)                   # a has run into the wall by now
+        # a runs into the wall: preempted, and waiting for blocks
+        assert wait_for(lambda: "preempted request" in open(tmp_path / "decode.log").read(), 20)
+        time.sleep(0.2)
         pid = pair.procs[0].pid
         c0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(2.0)
