@@ -56,7 +56,7 @@ typedef struct {
 typedef struct {
     double gbps, p50_ms, p99_ms, bytes_per_req, puts_per_req;
     double ref_put_gbps, ref_memcpy_gbps, perftest_gbps, msg_size;
-    double r_put, r_cpy, r_perf, r_perf_min, r_perf_max;
+    double r_put, r_cpy, r_perf, r_perf_min, r_perf_max, hot_put_gbps;
     double round_gbps[MAXROUND], round_perf[MAXROUND];
     int    rounds;
     double tail_between_ms, tail_thread_ms, layer_ms;   /* pipelining check */
@@ -66,7 +66,7 @@ typedef struct {
 typedef struct {
     int64_t     slab_mib, requests, rounds, check_tokens;
     double      us_per_token;
-    bool        json, perftest, quick;
+    bool        json, perftest, quick, hot;
     const char *only;
 } opts_t;
 
@@ -136,6 +136,26 @@ static int rd(int fd, void *p, size_t n)
         got += (size_t)r;
     }
     return 0;
+}
+
+/* A UCX context for the references, with the settings the connector applies
+ * to its own (kvc_ucx_settings), so that they run on the same transport
+ * configuration. */
+static ucs_status_t ref_ucp_init(ucp_context_h *ctx)
+{
+    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_RMA};
+    const kvc_ucx_setting_t *set;
+    ucp_config_t *cfg;
+    ucs_status_t us = ucp_config_read(NULL, NULL, &cfg);
+
+    if (us != UCS_OK)
+        return us;
+    for (int i = 0, n = kvc_ucx_settings(&set); i < n && us == UCS_OK; i++)
+        us = ucp_config_modify(cfg, set[i].key, set[i].value);
+    if (us == UCS_OK)
+        us = ucp_init(&up, cfg, ctx);
+    ucp_config_release(cfg);
+    return us;
 }
 
 static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t slab_mib)
@@ -231,7 +251,6 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
     ucp_context_h ctx;
     ucp_worker_h w;
     ucp_mem_h memh;
-    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_RMA};
     ucp_worker_params_t wp = {0};
     ucp_mem_map_params_t mp = {0};
     ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS};
@@ -252,7 +271,7 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
         kvc_listen_address(k[r], addrs[r], sizeof(addrs[r]));
     }
     /* the plain-put reference target: its own context, slab-sized */
-    if (ucp_init(&up, NULL, &ctx) != UCS_OK || ucp_worker_create(ctx, &wp, &w) != UCS_OK)
+    if (ref_ucp_init(&ctx) != UCS_OK || ucp_worker_create(ctx, &wp, &w) != UCS_OK)
         _exit(4);
     mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
     mp.length = kv_slab_bytes(&l0) + (64u << 20);
@@ -356,13 +375,15 @@ static void *prog_thread(void *arg)
 
 /* ucx_perftest put bandwidth at `size` bytes per put, `bytes` in all (the
  * bytes of one round of the connector), in GB/s; 0 if it is not installed or
- * did not run. Same environment (UCX_TLS and every UCX_ variable) and the same
- * nice level as this process. The server is started first and the client
+ * did not run. Same environment (UCX_TLS and every UCX_ variable) plus the
+ * settings the connector applies to its own context (kvc_ucx_settings), and
+ * the same nice level as this process. The server is started first and the client
  * retried while it is not listening yet (under load 0.3 s was not always
  * enough); both are bounded by `timeout`. */
 static double ucx_perftest_gbps(size_t size, double bytes)
 {
-    char cmd[768], line[512];
+    char cmd[1024], line[512], env[256] = "";
+    const kvc_ucx_setting_t *set;
     double mbps = 0;
     int port = 20000 + (int)((getpid() * 7 + (int)(clock_now_ns() / 1000)) % 20000);
     long iters = (long)(bytes / (double)(size ? size : 1));
@@ -371,12 +392,16 @@ static double ucx_perftest_gbps(size_t size, double bytes)
     if (system("command -v ucx_perftest >/dev/null 2>&1") != 0)
         return 0;
     iters = iters < 1000 ? 1000 : iters > 200000 ? 200000 : iters;
+    /* the settings the connector applies to its own context, on both sides */
+    for (int i = 0, n = kvc_ucx_settings(&set); i < n; i++)
+        snprintf(env + strlen(env), sizeof(env) - strlen(env), "%s=%s ", set[i].env,
+                 set[i].value);
     snprintf(cmd, sizeof(cmd),
-             "(timeout 90 ucx_perftest -p %d >/dev/null 2>&1 &) ; sleep 0.3; "
+             "(%stimeout 90 ucx_perftest -p %d >/dev/null 2>&1 &) ; sleep 0.3; "
              "for t in 1 2 3 4 5 6 7 8 9 10; do "
-             "timeout 60 ucx_perftest 127.0.0.1 -p %d -t ucp_put_bw -s %zu -n %ld -w 100 "
+             "%stimeout 60 ucx_perftest 127.0.0.1 -p %d -t ucp_put_bw -s %zu -n %ld -w 100 "
              "2>&1 | grep '^Final:' && break; sleep 0.3; done",
-             port, port, size, iters);
+             env, port, env, port, size, iters);
     f = popen(cmd, "r");
     if (f == NULL)
         return 0;
@@ -401,10 +426,12 @@ static double median(double *v, int n)
 
 /* Reference 1: plain UCX puts of request i's segments into a UCX-mapped slab
  * in the child (the child progresses it while it waits for its next tag);
- * reference 2: memcpy of them into a local buffer. Adds the seconds. */
+ * reference 2: memcpy of them into a local buffer. Adds the seconds (thot:
+ * see below; NULL skips it). */
 static void ref_request(const kvcase_t *c, const opts_t *o, const prog_t *pt, int64_t i,
                         ucp_worker_h w, ucp_ep_h ep, ucp_rkey_h rkey, uint64_t base,
-                        seg_t *segs, void *cpy_dst, double *tref, double *tcpy, double *bytes)
+                        seg_t *segs, void *cpy_dst, double *tref, double *tcpy, double *thot,
+                        double *bytes)
 {
     int32_t lb[4096], rb[4096];
     int32_t nb = c->blocks_per_req;
@@ -451,6 +478,34 @@ static void ref_request(const kvcase_t *c, const opts_t *o, const prog_t *pt, in
                        segs[s].len);
         }
     *tcpy += (double)(clock_now_ns() - t0) * 1e-9;
+    if (thot == NULL)
+        return;
+    /* reference 3 (--hot): the same puts, every one from and to the start of
+     * the slabs, i.e. ucx_perftest's cache-hot pattern inside this bench */
+    t0 = clock_now_ns();
+    for (int r = 0; r < c->p; r++)
+        for (int dr = 0; dr < c->d; dr++) {
+            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+            ucp_request_param_t prm = {0};
+
+            for (int s = 0; s < n; s++) {
+                void *q = ucp_put_nbx(ep, kvc_slab(pt->k[r]), segs[s].len, base, rkey, &prm);
+
+                if (UCS_PTR_IS_PTR(q))
+                    ucp_request_free(q);
+            }
+        }
+    {
+        ucp_request_param_t prm = {0};
+        void *q = ucp_worker_flush_nbx(w, &prm);
+
+        if (UCS_PTR_IS_PTR(q)) {
+            while (ucp_request_check_status(q) == UCS_INPROGRESS)
+                ucp_worker_progress(w);
+            ucp_request_free(q);
+        }
+    }
+    *thot += (double)(clock_now_ns() - t0) * 1e-9;
 }
 
 static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
@@ -464,13 +519,13 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     int32_t lb[4096];
     uint64_t puts0 = 0, puts1 = 0;
     double lat[MAXREQ], bytes_req = 0;
-    double tref[MAXROUND] = {0}, tcpy[MAXROUND] = {0}, perf[MAXROUND] = {0};
+    double tref[MAXROUND] = {0}, tcpy[MAXROUND] = {0}, thot[MAXROUND] = {0},
+           perf[MAXROUND] = {0};
     seg_t *segs = NULL;
     ucp_context_h ctx = NULL;
     ucp_worker_h w = NULL;
     ucp_ep_h ep = NULL;
     ucp_rkey_h rkey = NULL;
-    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_RMA};
     ucp_worker_params_t wp = {0};
     ucp_ep_params_t ep_params = {0};
     size_t addr_len, rkey_len, cpy_len = ((size_t)o->slab_mib << 20) + (64u << 20);
@@ -480,6 +535,23 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     int nr = (int)o->rounds;
 
     memset(res, 0, sizeof(*res));
+    {
+        /* pick_blocks needs distinct runs: refuse a slab too small for them */
+        int32_t need = (c->blocks_per_req > (int32_t)(o->check_tokens + 15) / 16
+                            ? c->blocks_per_req : (int32_t)(o->check_tokens + 15) / 16);
+
+        for (int r = 0; r < c->p || r < c->d; r++) {
+            int32_t nbp = r < c->p ? case_layout(c, c->p, r, o->slab_mib).n_blocks : INT32_MAX;
+            int32_t nbd = r < c->d ? case_layout(c, c->d, r, o->slab_mib).n_blocks : INT32_MAX;
+
+            if ((nbp < INT32_MAX && nbp / c->run < 2 * need / c->run + 1) ||
+                (nbd < INT32_MAX && nbd / c->run < 2 * need / c->run + 1)) {
+                fprintf(stderr, "case '%s': a %lld MiB slab holds too few blocks for %d per "
+                        "request\n", c->name, (long long)o->slab_mib, need);
+                return -1;
+            }
+        }
+    }
     shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (shared == MAP_FAILED || pipe(to_c) || pipe(to_p))
         return -1;
@@ -513,7 +585,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         (rkey_buf = malloc(rkey_len)) == NULL || rd(to_p[0], rkey_buf, rkey_len) < 0 ||
         rd(to_p[0], &base, sizeof(base)) < 0)
         goto err;
-    if (ucp_init(&up, NULL, &ctx) != UCS_OK)
+    if (ref_ucp_init(&ctx) != UCS_OK)
         goto err;
     if (ucp_worker_create(ctx, &wp, &w) != UCS_OK)
         goto err;
@@ -619,7 +691,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
 
             for (int64_t j = i + 1 - o->requests; j <= i; j++)
                 ref_request(c, o, &pt, j, w, ep, rkey, base, segs, cpy_dst, &tref[rnd],
-                            &tcpy[rnd], &bytes_req);
+                            &tcpy[rnd], o->hot ? &thot[rnd] : NULL, &bytes_req);
             if (o->perftest) {
                 uint64_t puts = 0;
 
@@ -646,7 +718,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     waitpid(pid, NULL, 0);
     {
         double g[MAXROUND], pg[MAXROUND], cg[MAXROUND], rp[MAXROUND], rpu[MAXROUND],
-            rc[MAXROUND], rb = bytes_req * (double)o->requests;
+            rc[MAXROUND], hg[MAXROUND], rb = bytes_req * (double)o->requests;
         int np = 0;
 
         for (int rnd = 0; rnd < nr; rnd++) {
@@ -657,6 +729,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
             g[rnd] = rb / sum / 1e9;
             pg[rnd] = rb / tref[rnd] / 1e9;
             cg[rnd] = rb / tcpy[rnd] / 1e9;
+            hg[rnd] = thot[rnd] > 0 ? rb / thot[rnd] / 1e9 : 0;
             rpu[rnd] = g[rnd] / pg[rnd];
             rc[rnd] = g[rnd] / cg[rnd];
             res->round_gbps[rnd] = g[rnd];
@@ -682,6 +755,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         res->ref_memcpy_gbps = median(cg, nr);
         res->r_put = median(rpu, nr);
         res->r_cpy = median(rc, nr);
+        res->hot_put_gbps = median(hg, nr);
         if (np) {
             double tmp[MAXROUND];
 
@@ -778,6 +852,9 @@ static int bench_kv_run(int argc, char **argv)
         {"quick", 'q', FLAG_BOOL, &o.quick, "only the SmolLM2 cases", NULL, 0, 0, 0, 0},
         {"case", 0, FLAG_STRING, &o.only, "only the cases whose name contains TEXT", "TEXT", 0, 0,
          0, 0},
+        {"hot", 0, FLAG_BOOL, &o.hot,
+         "also time the plain puts from and to one cache-hot place (perftest's pattern)",
+         NULL, 0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &o.json, "print JSON", NULL, 0, 0, 0, 0},
     };
     const flags_usage_t u = {"duet bench kv", NULL,
@@ -823,14 +900,15 @@ static int bench_kv_run(int argc, char **argv)
                    "\"dtype\": \"%s\", \"tp\": [%d, %d], \"blocks_per_req\": %d, \"run\": %d, "
                    "\"bytes_per_req\": %.0f, \"puts_per_req\": %.1f, \"gbps\": %.3f, "
                    "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"ref_put_gbps\": %.3f, "
-                   "\"ref_memcpy_gbps\": %.3f, \"perftest_gbps\": %.3f, \"perftest_msg\": %.0f, "
+                   "\"ref_memcpy_gbps\": %.3f, \"hot_put_gbps\": %.3f, \"perftest_gbps\": %.3f, "
+                   "\"perftest_msg\": %.0f, "
                    "\"ratio_put\": %.3f, \"ratio_memcpy\": %.3f, \"ratio_perftest\": %.3f, "
                    "\"rounds\": [",
                    nprinted ? ",\n" : "", sweep[i].name, sweep[i].layers, sweep[i].heads, sweep[i].head_dim,
                    sweep[i].dtype == DTYPE_F32 ? "f32" : "f16", sweep[i].p, sweep[i].d,
                    sweep[i].blocks_per_req, sweep[i].run, r.bytes_per_req, r.puts_per_req, r.gbps,
-                   r.p50_ms, r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps,
-                   r.msg_size, r.r_put, r.r_cpy, r.r_perf);
+                   r.p50_ms, r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.hot_put_gbps,
+                   r.perftest_gbps, r.msg_size, r.r_put, r.r_cpy, r.r_perf);
             for (int k = 0; k < r.rounds; k++)
                 printf("%s{\"gbps\": %.3f, \"perftest_gbps\": %.3f}", k ? ", " : "",
                        r.round_gbps[k], r.round_perf[k]);
@@ -844,6 +922,11 @@ static int bench_kv_run(int argc, char **argv)
                    sweep[i].name, r.bytes_per_req / 1024, r.puts_per_req, r.gbps, r.p50_ms,
                    r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps, r.r_put,
                    r.r_cpy, r.r_perf, r.r_perf_min, r.r_perf_max);
+            if (o.hot)
+                printf("%-20s plain put from/to one hot place (perftest's pattern): %.2f GB/s; "
+                       "scattered put / hot put %.2f, hot put / perftest %.2f\n", "",
+                       r.hot_put_gbps, r.ref_put_gbps / r.hot_put_gbps,
+                       r.perftest_gbps > 0 ? r.hot_put_gbps / r.perftest_gbps : 0.0);
             if (i == 0)
                 printf("%-20s check (%lld tokens, layer compute %.1f ms): transfer tail after the "
                        "last layer %.2f ms (progress between layers), %.2f ms (progress thread): "
