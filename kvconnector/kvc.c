@@ -753,15 +753,18 @@ static void host_probe(kvc_t *kvc)
     free(buf);
 }
 
-/* UCX_TLS names a tcp transport (or is unset, "all", or an exclusion list);
- * otherwise a tcp setting would only draw UCX's "invalid configurations"
- * warning. */
+/* UCX_TLS may select tcp (unset, "all", naming tcp, or an exclusion list
+ * that does not exclude it); otherwise a tcp setting would only draw UCX's
+ * "invalid configurations" warning. */
 static bool tls_has_tcp(void)
 {
     const char *tls = getenv("UCX_TLS");
 
-    return tls == NULL || tls[0] == '^' || strstr(tls, "tcp") != NULL ||
-           strstr(tls, "all") != NULL;
+    if (tls == NULL)
+        return true;
+    if (tls[0] == '^')
+        return strstr(tls, "tcp") == NULL;
+    return strstr(tls, "tcp") != NULL || strstr(tls, "all") != NULL;
 }
 
 int kvc_ucx_settings(const kvc_ucx_setting_t **settings_p)
