@@ -6,7 +6,9 @@
  * of the same segments out of cache, and ucx_perftest put bandwidth at the
  * same message size (a cache-hot buffer). Last, the pipelining check for
  * SmolLM2's shapes: does a layer's transfer finish before the next layer's
- * compute would? */
+ * compute would? With --cuda (CUDA builds) the prefill slabs are in GPU
+ * memory and staged through pinned host buffers; the put reference is then
+ * one contiguous device-to-host copy of the same bytes. */
 #define DUET_LOG_COMPONENT "bench"
 
 #include <errno.h>
@@ -29,7 +31,11 @@
 #include "common/clock.h"
 #include "common/flags.h"
 #include "common/log.h"
+#include "duet_config.h"
 #include "kvconnector/kvc.h"
+#if DUET_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 static int bench_kv_run(int argc, char **argv);
 
@@ -66,7 +72,7 @@ typedef struct {
 typedef struct {
     int64_t     slab_mib, requests, rounds, check_tokens;
     double      us_per_token;
-    bool        json, perftest, quick, hot;
+    bool        json, perftest, quick, hot, cuda;
     const char *only;
 } opts_t;
 
@@ -158,7 +164,82 @@ static ucs_status_t ref_ucp_init(ucp_context_h *ctx)
     return us;
 }
 
-static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t slab_mib)
+/* A device slab of len bytes, every byte `fill`; NULL without CUDA. */
+static void *dev_slab(size_t len, int fill)
+{
+#if DUET_HAVE_CUDA
+    void *d = NULL;
+
+    cudaError_t e = cudaMalloc(&d, len);
+
+    if (e != cudaSuccess) {
+        log_error("cudaMalloc of %zu bytes: %s", len, cudaGetErrorString(e));
+        return NULL;
+    }
+    if (cudaMemset(d, fill, len) != cudaSuccess) {
+        cudaFree(d);
+        return NULL;
+    }
+    return d;
+#else
+    (void)len;
+    (void)fill;
+    return NULL;
+#endif
+}
+
+/* A prefill rank's device slab and its batched-copy state (--cuda). */
+typedef struct {
+    void *slab, *batch;
+} devslab_t;
+
+static void dev_free(devslab_t *d)
+{
+#if DUET_HAVE_CUDA
+    if (d->slab != NULL)
+        cudaFree(d->slab);
+    kvc_cuda_batch_destroy(d->batch);
+#endif
+    d->slab = d->batch = NULL;
+}
+
+/* kvc's CUDA helpers, which exist in CUDA builds only. */
+static duet_status_t dev_copy_d2h(void *dst, const void *src, size_t len)
+{
+#if DUET_HAVE_CUDA
+    return kvc_cuda_copy_d2h(NULL, dst, src, len);
+#else
+    (void)dst;
+    (void)src;
+    (void)len;
+    return DUET_ERR_UNSUPPORTED;
+#endif
+}
+
+static duet_status_t host_pin(void *ptr, size_t len)
+{
+#if DUET_HAVE_CUDA
+    return kvc_cuda_pin(NULL, ptr, len);
+#else
+    (void)ptr;
+    (void)len;
+    return DUET_ERR_UNSUPPORTED;
+#endif
+}
+
+static void host_unpin(void *ptr)
+{
+#if DUET_HAVE_CUDA
+    kvc_cuda_unpin(NULL, ptr);
+#else
+    (void)ptr;
+#endif
+}
+
+/* dev: a prefill rank's device slab (--cuda), for the caller to dev_free
+ * after kvc_destroy. */
+static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t slab_mib,
+                   bool cuda, devslab_t *dev)
 {
     kvc_params_t prm = {0};
     kvc_t *k = NULL;
@@ -171,6 +252,23 @@ static kvc_t *make(const kvcase_t *c, kvc_role_t role, int tp, int rank, int64_t
     prm.layout = case_layout(c, tp, rank, slab_mib);
     prm.model_fp = 42;
     prm.listen_ip = "127.0.0.1";
+    if (cuda && role == KVC_ROLE_PREFILL) {
+#if DUET_HAVE_CUDA
+        prm.mem = KVC_MEM_CUDA;
+        prm.stage_copy = kvc_cuda_copy_d2h;
+        prm.stage_pin = kvc_cuda_pin;
+        prm.stage_unpin = kvc_cuda_unpin;
+        if (kvc_cuda_batch_create((kvc_cuda_batch_t **)&dev->batch) == DUET_OK)
+            prm.stage_copy_batch = kvc_cuda_copy_batch_d2h;
+        prm.stage_batch_arg = dev->batch;
+#endif
+        prm.slab = dev->slab = dev_slab(kv_slab_bytes(&prm.layout), rank + 1);
+        if (prm.slab == NULL || kvc_create(&prm, &k) != DUET_OK) {
+            dev_free(dev);
+            return NULL;
+        }
+        return k;
+    }
     if (kvc_create(&prm, &k) != DUET_OK)
         return NULL;
     memset(kvc_slab(k), rank + 1, kv_slab_bytes(&prm.layout));   /* fault it in */
@@ -265,7 +363,7 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
     bool ended = false;
 
     for (int r = 0; r < c->d; r++) {
-        k[r] = make(c, KVC_ROLE_DECODE, c->d, r, o->slab_mib);
+        k[r] = make(c, KVC_ROLE_DECODE, c->d, r, o->slab_mib, false, NULL);
         if (k[r] == NULL)
             _exit(3);
         kvc_listen_address(k[r], addrs[r], sizeof(addrs[r]));
@@ -428,10 +526,11 @@ static double median(double *v, int n)
  * in the child (the child progresses it while it waits for its next tag);
  * reference 2: memcpy of them into a local buffer. Adds the seconds (thot:
  * see below; NULL skips it). */
-static void ref_request(const kvcase_t *c, const opts_t *o, const prog_t *pt, int64_t i,
-                        ucp_worker_h w, ucp_ep_h ep, ucp_rkey_h rkey, uint64_t base,
-                        seg_t *segs, void *cpy_dst, double *tref, double *tcpy, double *thot,
-                        double *bytes)
+static duet_status_t ref_request(const kvcase_t *c, const opts_t *o, const prog_t *pt,
+                                 const devslab_t *dev, const void *src_host, int64_t i,
+                                 ucp_worker_h w, ucp_ep_h ep, ucp_rkey_h rkey, uint64_t base,
+                                 seg_t *segs, void *cpy_dst, double *tref, double *tcpy,
+                                 double *thot, double *bytes)
 {
     int32_t lb[4096], rb[4096];
     int32_t nb = c->blocks_per_req;
@@ -442,7 +541,20 @@ static void ref_request(const kvcase_t *c, const opts_t *o, const prog_t *pt, in
     pick_blocks(lb, nb, l0.n_blocks, c->run, (uint64_t)i + 1000);
     pick_blocks(rb, nb, d0.n_blocks, c->run, (uint64_t)i + 1);
     t0 = clock_now_ns();
-    for (int r = 0; r < c->p; r++)
+    for (int r = 0; r < c->p && o->cuda; r++)
+        for (int dr = 0; dr < c->d; dr++) {
+            /* --cuda: the device-to-host copy any staging must make, as one
+             * contiguous copy of the same bytes (the link's limit) */
+            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+            size_t len = 0;
+
+            for (int s = 0; s < n; s++)
+                len += segs[s].len;
+            if (dev_copy_d2h(cpy_dst, dev[r].slab, len) != DUET_OK)
+                return DUET_ERR_CUDA;
+            reqb += (double)len;
+        }
+    for (int r = 0; r < c->p && !o->cuda; r++)
         for (int dr = 0; dr < c->d; dr++) {
             int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
             ucp_request_param_t prm = {0};
@@ -474,12 +586,13 @@ static void ref_request(const kvcase_t *c, const opts_t *o, const prog_t *pt, in
             int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
 
             for (int s = 0; s < n; s++)
-                memcpy((char *)cpy_dst + segs[s].ro, (char *)kvc_slab(pt->k[r]) + segs[s].lo,
+                memcpy((char *)cpy_dst + segs[s].ro,
+                       (const char *)(o->cuda ? src_host : kvc_slab(pt->k[r])) + segs[s].lo,
                        segs[s].len);
         }
     *tcpy += (double)(clock_now_ns() - t0) * 1e-9;
-    if (thot == NULL)
-        return;
+    if (thot == NULL || o->cuda)
+        return DUET_OK;
     /* reference 3 (--hot): the same puts, every one from and to the start of
      * the slabs, i.e. ucx_perftest's cache-hot pattern inside this bench */
     t0 = clock_now_ns();
@@ -506,6 +619,7 @@ static void ref_request(const kvcase_t *c, const opts_t *o, const prog_t *pt, in
         }
     }
     *thot += (double)(clock_now_ns() - t0) * 1e-9;
+    return DUET_OK;
 }
 
 static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
@@ -533,6 +647,8 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     uint64_t base;
     int64_t tag, nreq = o->rounds * o->requests;
     int nr = (int)o->rounds;
+    devslab_t dev[MAXR] = {{NULL, NULL}};
+    void *src_host = NULL;
 
     memset(res, 0, sizeof(*res));
     {
@@ -566,7 +682,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     close(to_p[1]);
     pthread_mutex_init(&pt.mu, NULL);
     for (int r = 0; r < c->p; r++) {
-        pt.k[r] = make(c, KVC_ROLE_PREFILL, c->p, r, o->slab_mib);
+        pt.k[r] = make(c, KVC_ROLE_PREFILL, c->p, r, o->slab_mib, o->cuda, &dev[r]);
         if (pt.k[r] == NULL)
             goto err;
     }
@@ -603,6 +719,14 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
      * 0 into calloc, whose fresh pages would then be faulted in by the timed
      * memcpy (that measured page faults, 0.3-0.9 GB/s, not memcpy) */
     memset(cpy_dst, 0x5a, cpy_len);
+    if (o->cuda) {
+        /* the memcpy reference copies from host memory of the same layout;
+         * the device copies land in pinned memory, as the staging ones do */
+        src_host = malloc((size_t)o->slab_mib << 20);
+        if (src_host == NULL || host_pin(cpy_dst, cpy_len) != DUET_OK)
+            goto err;
+        memset(src_host, 0x3c, (size_t)o->slab_mib << 20);
+    }
     for (int r = 0; r < c->p; r++) {
         kvc_stats_t st;
 
@@ -690,8 +814,10 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
             int rnd = (int)(i / o->requests);
 
             for (int64_t j = i + 1 - o->requests; j <= i; j++)
-                ref_request(c, o, &pt, j, w, ep, rkey, base, segs, cpy_dst, &tref[rnd],
-                            &tcpy[rnd], o->hot ? &thot[rnd] : NULL, &bytes_req);
+                if (ref_request(c, o, &pt, dev, src_host, j, w, ep, rkey, base, segs, cpy_dst,
+                                &tref[rnd], &tcpy[rnd], o->hot ? &thot[rnd] : NULL,
+                                &bytes_req) != DUET_OK)
+                    goto err;
             if (o->perftest) {
                 uint64_t puts = 0;
 
@@ -766,7 +892,10 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         res->ok = 1;
     }
     free(segs);
+    if (o->cuda)
+        host_unpin(cpy_dst);
     free(cpy_dst);
+    free(src_host);
     ucp_rkey_destroy(rkey);
     {
         ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
@@ -783,8 +912,10 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     ucp_cleanup(ctx);
     free(addr);
     free(rkey_buf);
-    for (int r = 0; r < c->p; r++)
+    for (int r = 0; r < c->p; r++) {
         kvc_destroy(pt.k[r]);
+        dev_free(&dev[r]);
+    }
     res->tail_between_ms = out.tail_s[0] * 1e3;
     res->tail_thread_ms = out.tail_s[1] * 1e3;
     res->layer_ms = o->us_per_token * 1e-3 * (double)o->check_tokens;
@@ -803,12 +934,17 @@ err:
         ucp_worker_destroy(w);
     if (ctx != NULL)
         ucp_cleanup(ctx);
+    if (o->cuda && cpy_dst != NULL)
+        host_unpin(cpy_dst);
+    free(src_host);
     free(segs);
     free(cpy_dst);
     free(addr);
     free(rkey_buf);
-    for (int r = 0; r < c->p; r++)
+    for (int r = 0; r < c->p; r++) {
         kvc_destroy(pt.k[r]);
+        dev_free(&dev[r]);
+    }
     close(to_c[1]);
     close(to_p[0]);
     return -1;
@@ -856,6 +992,10 @@ static int bench_kv_run(int argc, char **argv)
          "also time the plain puts from and to one cache-hot place (perftest's pattern)",
          NULL, 0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &o.json, "print JSON", NULL, 0, 0, 0, 0},
+        {"cuda", 0, FLAG_BOOL, &o.cuda, "prefill slabs in GPU memory, staged through pinned host "
+         "buffers; the put reference becomes one device-to-host copy of the same bytes "
+         "(CUDA builds)",
+         NULL, 0, 0, 0, 0},
     };
     const flags_usage_t u = {"duet bench kv", NULL,
                              "KV connector throughput/latency between two processes "
@@ -874,17 +1014,22 @@ static int bench_kv_run(int argc, char **argv)
     }
     if (o.quick)
         ncases = 4;
+    if (o.cuda && !DUET_HAVE_CUDA) {
+        fprintf(stderr, "duet bench kv: --cuda needs a CUDA build\n");
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
     if (o.json)
-        printf("{\"ucx_tls\": \"%s\", \"slab_mib\": %lld, \"cases\": [\n", tls ? tls : "",
-               (long long)o.slab_mib);
+        printf("{\"ucx_tls\": \"%s\", \"slab_mib\": %lld, \"cuda\": %s, \"cases\": [\n",
+               tls ? tls : "", (long long)o.slab_mib, o.cuda ? "true" : "false");
     else
         printf("UCX_TLS=%s, slab %lld MiB per rank, %lld rounds of %lld requests per case "
                "(medians over rounds); perftest reuses one cache-hot buffer\n"
                "%-20s %9s %7s %7s %8s %9s %7s %7s %7s %6s %6s %6s %11s\n",
                tls ? tls : "(default)", (long long)o.slab_mib, (long long)o.rounds,
                (long long)o.requests, "case", "KiB/req", "puts", "GB/s", "p50 ms", "p99 ms",
-               "put", "memcpy", "perft", "/put", "/cpy", "/perf", "/perf range");
+               o.cuda ? "d2h" : "put", "memcpy", "perft", o.cuda ? "/d2h" : "/put", "/cpy",
+               "/perf", "/perf range");
     for (int i = 0; i < ncases; i++) {
         kvres_t r;
 
@@ -922,7 +1067,7 @@ static int bench_kv_run(int argc, char **argv)
                    sweep[i].name, r.bytes_per_req / 1024, r.puts_per_req, r.gbps, r.p50_ms,
                    r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps, r.r_put,
                    r.r_cpy, r.r_perf, r.r_perf_min, r.r_perf_max);
-            if (o.hot)
+            if (o.hot && r.hot_put_gbps > 0)
                 printf("%-20s plain put from/to one hot place (perftest's pattern): %.2f GB/s; "
                        "scattered put / hot put %.2f, hot put / perftest %.2f\n", "",
                        r.hot_put_gbps, r.ref_put_gbps / r.hot_put_gbps,

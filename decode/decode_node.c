@@ -21,6 +21,7 @@
 
 #define DEC_MAX_TP        CTL_MAX_UCX
 #define DEC_TICK_US       2000   /* KV connector progress period with transfers on */
+#define DEC_IDLE_STEP_US  2000   /* the next try after a step that ran nothing */
 #define DEC_IDLE_TICK_US  20000  /* ... and without (accepting connections, keepalive) */
 
 typedef enum {
@@ -259,14 +260,19 @@ static void dn_remove(dnode_t *n, dreq_t *r)
     node_life_check_drained(&n->life);
 }
 
+/* The next step after delay_us. A zero timer, not event_active: the loop
+ * polls the sockets between two steps. */
+static void dn_schedule_step_in(dnode_t *n, long delay_us)
+{
+    struct timeval tv = {0, delay_us};
+
+    if (!evtimer_pending(n->step_ev, NULL))
+        evtimer_add(n->step_ev, &tv);
+}
+
 static void dn_schedule_step(dnode_t *n)
 {
-    struct timeval zero = {0, 0};
-
-    /* A zero timer, not event_active: the loop polls the sockets between
-     * two steps. */
-    if (!evtimer_pending(n->step_ev, NULL))
-        evtimer_add(n->step_ev, &zero);
+    dn_schedule_step_in(n, 0);
 }
 
 static void dn_send_finish(dnode_t *n, uint64_t rid, const char *reason, uint32_t ntok,
@@ -519,12 +525,14 @@ static void dn_step_cb(evutil_socket_t fd, short what, void *arg)
     dnode_t *n = arg;
     const engine_out_t *outs;
     int n_out = 0, n_items = 0;
+    engine_stats_t before, after;
     duet_status_t s;
 
     (void)fd;
     (void)what;
     if (!engine_has_work(n->engine))
         return;
+    engine_stats(n->engine, &before);
     s = engine_step(n->engine, &outs, &n_out);
     if (s != DUET_OK) {
         if (n->ex != NULL && !exec_ok(n->ex)) {
@@ -589,8 +597,15 @@ static void dn_step_cb(evutil_socket_t fd, short what, void *arg)
                        r->n_gen, NULL);
         dn_remove(n, r);
     }
+    /* A step that ran nothing (a running request cannot grow while the
+     * blocks are held by requests still receiving their KV) is tried again
+     * a little later: at once it would spin, preempting and readmitting the
+     * same request. */
+    engine_stats(n->engine, &after);
     if (engine_has_work(n->engine))
-        dn_schedule_step(n);
+        dn_schedule_step_in(n, n_out > 0 || after.tokens_prefilled != before.tokens_prefilled ||
+                                   after.tokens_generated != before.tokens_generated
+                               ? 0 : DEC_IDLE_STEP_US);
 }
 
 /* ---- frames from the router ----------------------------------------------- */

@@ -218,6 +218,29 @@ static void wait_req(kvc_t *kvc, void *r, uint64_t deadline_ns)
     ucp_request_free(r);
 }
 
+/* Pin host memory the staging copy writes into, when the caller gave a way
+ * to. Failing to pin only makes the copies slower: warn and go on. */
+static bool stage_pin(kvc_t *kvc, void *ptr, size_t len)
+{
+    duet_status_t s;
+
+    if (kvc->p.stage_pin == NULL)
+        return false;
+    s = kvc->p.stage_pin(kvc->p.stage_arg, ptr, len);
+    if (s != DUET_OK) {
+        log_warn("pinning %zu bytes of staging memory failed (%s): device copies into it "
+                 "go through the driver's bounce buffer", len, duet_status_str(s));
+        return false;
+    }
+    return true;
+}
+
+static void stage_unpin(kvc_t *kvc, void *ptr)
+{
+    if (kvc->p.stage_unpin != NULL)
+        kvc->p.stage_unpin(kvc->p.stage_arg, ptr);
+}
+
 /* Close the shared-memory data endpoint. It was created without error
  * handling, so it is closed in flush mode (a forced close needs
  * UCP_ERR_HANDLING_MODE_PEER); over shared memory the flush is local and
@@ -228,6 +251,9 @@ static void data_ep_close(kvc_t *kvc, kvc_conn_t *c)
 
     if (c->dep == NULL)
         return;
+    if (c->rptr_pinned)
+        stage_unpin(kvc, c->rptr);
+    c->rptr_pinned = false;
     c->rptr = NULL;   /* unmapped with drkey */
     if (c->drkey) {
         ucp_rkey_destroy(c->drkey);
@@ -447,6 +473,9 @@ static void data_ep_open(kvc_t *kvc, kvc_conn_t *c)
         ucp_rkey_ptr(c->drkey, c->remote_base, &rptr) == UCS_OK && rptr != NULL) {
         c->rptr = rptr;
         slab_prefault(rptr, kv_slab_bytes(&c->peer_layout));
+        /* staging copies go from the device straight into the mapping */
+        if (kvc->staging)
+            c->rptr_pinned = stage_pin(kvc, rptr, kv_slab_bytes(&c->peer_layout));
         log_info("writes to decode rank %d are stores into its slab, mapped here",
                  (int)c->peer.tp_rank);
         return;
@@ -614,6 +643,7 @@ static duet_status_t stage_map(kvc_t *kvc)
     kvc->stage_buf[0] = ma.address;
     kvc->stage_buf[1] = (char *)ma.address + kvc->p.stage_bytes;
     kvc->staging = true;
+    kvc->stage_pinned = stage_pin(kvc, kvc->stage_buf[0], 2 * kvc->p.stage_bytes);
     return DUET_OK;
 }
 
@@ -685,6 +715,10 @@ static void slab_unmap(kvc_t *kvc)
 {
     if (kvc->memh)
         ucp_mem_unmap(kvc->ctx, kvc->memh);
+    if (kvc->stage_pinned)
+        stage_unpin(kvc, kvc->stage_buf[0]);
+    free(kvc->batch);
+    free(kvc->gput);
     if (kvc->stage_memh)
         ucp_mem_unmap(kvc->ctx, kvc->stage_memh);
     if (kvc->slab_owned)

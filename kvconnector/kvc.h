@@ -49,9 +49,36 @@ typedef enum {
  * on return (e.g. cudaMemcpy device-to-host). Used by the staging path. */
 typedef duet_status_t (*kvc_copy_fn_t)(void *arg, void *dst, const void *src, size_t len);
 
-/* A kvc_copy_fn_t doing cudaMemcpy device-to-host; only in CUDA builds
- * (DUET_HAVE_CUDA). */
+/* One piece of a batched staging copy: len bytes of device memory at src
+ * into host memory at dst. */
+typedef struct {
+    void       *dst;
+    const void *src;
+    size_t      len;
+} kvc_copy_t;
+
+/* Copy n pieces, complete on return: one launch for a layer's scattered
+ * blocks instead of a copy call per block (each call costs microseconds; a
+ * block is a few KiB). Only given pinned destinations. */
+typedef duet_status_t (*kvc_copy_batch_fn_t)(void *arg, const kvc_copy_t *v, int n);
+
+/* Page-lock (pin) len bytes of host memory at ptr for the staging copies,
+ * and undo it. */
+typedef duet_status_t (*kvc_pin_fn_t)(void *arg, void *ptr, size_t len);
+typedef void (*kvc_unpin_fn_t)(void *arg, void *ptr);
+
+/* Only in CUDA builds (DUET_HAVE_CUDA): a kvc_copy_fn_t doing cudaMemcpy
+ * device-to-host, pinning by cudaHostRegister / cudaHostUnregister, and a
+ * kvc_copy_batch_fn_t whose arg is a kvc_cuda_batch_t (one kernel writes
+ * every piece straight into the pinned host memory). */
+typedef struct kvc_cuda_batch kvc_cuda_batch_t;
+
 duet_status_t kvc_cuda_copy_d2h(void *arg, void *dst, const void *src, size_t len);
+duet_status_t kvc_cuda_pin(void *arg, void *ptr, size_t len);
+void kvc_cuda_unpin(void *arg, void *ptr);
+duet_status_t kvc_cuda_batch_create(kvc_cuda_batch_t **out);
+void kvc_cuda_batch_destroy(kvc_cuda_batch_t *b);
+duet_status_t kvc_cuda_copy_batch_d2h(void *arg, const kvc_copy_t *v, int n);
 
 typedef struct {
     kvc_role_t  role;
@@ -78,13 +105,23 @@ typedef struct {
      * decode rank needs a UCX that handles CUDA memory (or a host slab). */
     kvc_mem_t     mem;
     kvc_copy_fn_t stage_copy;     /* required when staging */
-    void         *stage_arg;
+    kvc_copy_batch_fn_t stage_copy_batch;  /* optional: a layer's copies into a
+                                     pinned decode slab mapped here, at once */
+    kvc_pin_fn_t  stage_pin;      /* optional: pins what stage_copy writes (the
+                                     staging buffers, a decode slab mapped here);
+                                     a device copy into pageable memory goes
+                                     through the driver's own bounce buffer */
+    kvc_unpin_fn_t stage_unpin;
+    void         *stage_arg;      /* for stage_copy, stage_pin, stage_unpin */
+    void         *stage_batch_arg;  /* for stage_copy_batch */
     size_t        stage_bytes;
     int           stage_force;    /* stage even host memory (tests, benchmarks) */
 } kvc_params_t;
 
 typedef struct {
-    uint64_t staged;       /* bytes copied out of a device slab by stage_copy (into
+    uint64_t batches;      /* stage_copy_batch calls */
+    uint64_t staged;       /* bytes copied out of a device slab by stage_copy or
+                              stage_copy_batch (into
                               the host staging buffers, or straight into a mapped
                               decode slab) */
     uint64_t bytes;        /* KV bytes put (prefill) or received (decode) */

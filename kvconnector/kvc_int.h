@@ -144,6 +144,7 @@ typedef struct kvc_conn {
     char            *rptr;          /* prefill: the decode slab mapped here
                                        (ucp_rkey_ptr on drkey): writes are
                                        copies into it; NULL: writes are puts */
+    bool             rptr_pinned;   /* rptr pinned by params.stage_pin */
     void            *ack_extra;     /* prefill, until kvc_connect returns: the
                                        HELLO_ACK's packed rkey + worker address */
     size_t           ack_rkey_len, ack_waddr_len;
@@ -151,6 +152,12 @@ typedef struct kvc_conn {
 } kvc_conn_t;
 
 /* ---- the context -------------------------------------------------------- */
+
+/* A put from a staging buffer that several runs share: its bytes at boff,
+ * gathered by the pending batch, go to remote offset ro. */
+typedef struct {
+    size_t boff, ro, len;
+} kvc_gput_t;
 
 struct kvc {
     kvc_params_t   p;
@@ -178,7 +185,12 @@ struct kvc {
     bool           slab_owned;      /* staging test stand-in allocated here */
     ucp_mem_h      stage_memh;
     char          *stage_buf[2];    /* pinned host, [stage_bytes] each */
-    bool           stage_busy[2];
+    int            stage_busy[2];   /* puts in flight from each buffer */
+    bool           stage_pinned;    /* stage_buf pinned by params.stage_pin */
+    kvc_copy_t    *batch;           /* copies for params.stage_copy_batch */
+    int            nbatch, capbatch;
+    kvc_gput_t    *gput;            /* puts waiting for their batch (gather) */
+    int            ngput, capgput;
 };
 
 /* Send one message (buf of len bytes, taken over and freed) on conn as an

@@ -241,13 +241,125 @@ static void put_done(void *request, ucs_status_t status, void *user_data)
     p->r->outstanding--;
     p->kvc->inflight -= p->len;
     if (p->stage >= 0)
-        p->kvc->stage_busy[p->stage] = false;
+        p->kvc->stage_busy[p->stage]--;
     if (status != UCS_OK && p->r->state == SREQ_ACTIVE) {
         log_req(LOG_LEVEL_WARN, p->r->h.id, "put failed: %s", ucs_status_string(status));
         /* the failed endpoint's error handler fails the request */
     }
     free(p);
     ucp_request_free(request);
+}
+
+/* Room for one more element in the array *v of *cap elements of size esz,
+ * n of them used. */
+static duet_status_t room_for_one(void **v, int *cap, int n, size_t esz)
+{
+    void *nv;
+    int ncap;
+
+    if (n < *cap)
+        return DUET_OK;
+    ncap = *cap ? 2 * *cap : 256;
+    nv = realloc(*v, (size_t)ncap * esz);
+    if (nv == NULL)
+        return DUET_ERR_NOMEM;
+    *v = nv;
+    *cap = ncap;
+    return DUET_OK;
+}
+
+/* Queue one copy for params.stage_copy_batch. */
+static duet_status_t batch_add(kvc_t *kvc, void *dst, const void *src, size_t len)
+{
+    CHECK(room_for_one((void **)&kvc->batch, &kvc->capbatch, kvc->nbatch, sizeof(*kvc->batch)));
+    kvc->batch[kvc->nbatch++] = (kvc_copy_t){dst, src, len};
+    return DUET_OK;
+}
+
+/* Run the queued copies; done when it returns. */
+static duet_status_t batch_run(kvc_t *kvc)
+{
+    int n = kvc->nbatch;
+
+    kvc->nbatch = 0;
+    if (n == 0)
+        return DUET_OK;
+    kvc->stats.batches++;
+    return kvc->p.stage_copy_batch(kvc->p.stage_batch_arg, kvc->batch, n);
+}
+
+/* One put of len bytes at src to remote offset ro on c, from staging buffer
+ * `stage` (or -1). DUET_OK, or the request failed. */
+static duet_status_t put_one(kvc_t *kvc, sreq_t *r, kvc_conn_t *c, void *src, size_t ro,
+                             size_t len, int stage)
+{
+    ucp_request_param_t prm = {0};
+    put_ctx_t *p = malloc(sizeof(*p));
+    void *q;
+
+    if (p == NULL) {
+        sreq_fail(kvc, r, DUET_ERR_NOMEM);
+        return DUET_ERR_NOMEM;
+    }
+    p->kvc = kvc;
+    p->r = r;
+    p->len = len;
+    p->stage = stage;
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    prm.cb.send = put_done;
+    prm.user_data = p;
+    q = ucp_put_nbx(kvc_conn_put_ep(c), src, len, c->remote_base + ro, kvc_conn_put_rkey(c),
+                    &prm);
+    kvc->stats.puts++;
+    r->bytes += len;
+    if (q == NULL) {
+        free(p);
+    } else if (UCS_PTR_IS_ERR(q)) {
+        free(p);
+        log_req(LOG_LEVEL_WARN, r->h.id, "put failed: %s", ucs_status_string(UCS_PTR_STATUS(q)));
+        sreq_fail(kvc, r, DUET_ERR_PEER);
+        return DUET_ERR_PEER;
+    } else {
+        r->outstanding++;
+        kvc->inflight += len;
+        if (stage >= 0)
+            kvc->stage_busy[stage]++;
+    }
+    return DUET_OK;
+}
+
+/* Gather: runs share staging buffer `stage`, filled by one batch; then a put
+ * per run from it. Queue one run's copy and put. */
+static duet_status_t gather_add(kvc_t *kvc, int stage, size_t boff, const void *src, size_t ro,
+                                size_t len)
+{
+    CHECK(room_for_one((void **)&kvc->gput, &kvc->capgput, kvc->ngput, sizeof(*kvc->gput)));
+    CHECK(batch_add(kvc, kvc->stage_buf[stage] + boff, src, len));
+    kvc->gput[kvc->ngput++] = (kvc_gput_t){boff, ro, len};
+    kvc->stats.staged += len;
+    return DUET_OK;
+}
+
+/* Run the gathered copies into buffer `stage`, then put each run. Returns
+ * the puts issued, or -1 when the request failed. */
+static int gather_flush(kvc_t *kvc, sreq_t *r, kvc_conn_t *c, int stage)
+{
+    int n = kvc->ngput;
+
+    kvc->ngput = 0;
+    if (n == 0)
+        return 0;
+    if (batch_run(kvc) != DUET_OK) {
+        sreq_fail(kvc, r, DUET_ERR_CUDA);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const kvc_gput_t *g = &kvc->gput[i];
+
+        if (put_one(kvc, r, c, kvc->stage_buf[stage] + g->boff, g->ro, g->len, stage) != DUET_OK)
+            return -1;
+    }
+    return n;
 }
 
 /* Issue puts for dest's current job until it is done or the in-flight bound
@@ -261,6 +373,15 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
     const sjob_t *done = NULL;  /* layers written (puts issued), LAYER_DONE not sent */
     int32_t ndone = 0;
     int n = 0;
+    /* copies from a device slab into a pinned mapped decode slab: one batch
+     * per job */
+    bool batched = kvc->staging && c->rptr_pinned && kvc->p.stage_copy_batch != NULL;
+    /* puts from a device slab: runs gathered into a pinned staging buffer by
+     * one batch, gbuf (-1: none) filled up to gfill */
+    bool gather = kvc->staging && c->rptr == NULL && kvc->stage_pinned &&
+                  kvc->p.stage_copy_batch != NULL;
+    int gbuf = -1, g;
+    size_t gfill = 0;
 
     while (d->job < r->njobs && r->state == SREQ_ACTIVE) {
         const sjob_t *j = &r->jobs[d->job];
@@ -273,10 +394,8 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             break;
         }
         while (d->seg < nseg) {
-            ucp_request_param_t prm = {0};
             size_t lo, ro, len;
-            put_ctx_t *p;
-            void *q, *src;
+            void *src;
             int32_t s = d->seg;
             int stage;
 
@@ -302,8 +421,13 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 /* the decode slab is mapped here: one copy, done when it
                  * returns (a device slab copies straight into it) */
                 if (kvc->staging) {
-                    if (kvc->p.stage_copy(kvc->p.stage_arg, c->rptr + ro, src, len) != DUET_OK) {
-                        sreq_fail(kvc, r, DUET_ERR_CUDA);
+                    duet_status_t cs = batched ? batch_add(kvc, c->rptr + ro, src, len)
+                                               : kvc->p.stage_copy(kvc->p.stage_arg,
+                                                                   c->rptr + ro, src, len);
+
+                    if (cs != DUET_OK) {
+                        kvc->nbatch = 0;
+                        sreq_fail(kvc, r, cs == DUET_ERR_NOMEM ? cs : DUET_ERR_CUDA);
                         goto out;
                     }
                     kvc->stats.staged += len;
@@ -317,53 +441,49 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 d->off = 0;
                 continue;
             }
-            stage = -1;
-            if (kvc->staging) {
-                /* device -> pinned host buffer, then put from there; the
-                 * other buffer's put overlaps this copy */
-                stage = !kvc->stage_busy[0] ? 0 : !kvc->stage_busy[1] ? 1 : -1;
-                if (stage < 0)
-                    goto out;   /* both in flight: resume on a completion */
-                if (len > kvc->p.stage_bytes)
-                    len = kvc->p.stage_bytes;
-                if (kvc->p.stage_copy(kvc->p.stage_arg, kvc->stage_buf[stage], src, len) !=
-                    DUET_OK) {
-                    sreq_fail(kvc, r, DUET_ERR_CUDA);
+            if (gather) {
+                /* copy into the buffer being filled; put when it is full */
+                if (gbuf < 0) {
+                    gbuf = !kvc->stage_busy[0] ? 0 : !kvc->stage_busy[1] ? 1 : -1;
+                    if (gbuf < 0)
+                        goto out;   /* both in flight: resume on a completion */
+                    gfill = 0;
+                }
+                if (len > kvc->p.stage_bytes - gfill)
+                    len = kvc->p.stage_bytes - gfill;
+                if (gather_add(kvc, gbuf, gfill, src, ro, len) != DUET_OK) {
+                    kvc->nbatch = kvc->ngput = 0;
+                    sreq_fail(kvc, r, DUET_ERR_NOMEM);
                     goto out;
                 }
-                kvc->stats.staged += len;
-                src = kvc->stage_buf[stage];
-            }
-            p = malloc(sizeof(*p));
-            if (p == NULL) {
-                sreq_fail(kvc, r, DUET_ERR_NOMEM);
-                goto out;
-            }
-            p->kvc = kvc;
-            p->r = r;
-            p->len = len;
-            p->stage = stage;
-            prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-            prm.cb.send = put_done;
-            prm.user_data = p;
-            q = ucp_put_nbx(kvc_conn_put_ep(c), src, len, c->remote_base + ro,
-                            kvc_conn_put_rkey(c), &prm);
-            kvc->stats.puts++;
-            r->bytes += len;
-            n++;
-            if (q == NULL) {
-                free(p);
-            } else if (UCS_PTR_IS_ERR(q)) {
-                free(p);
-                log_req(LOG_LEVEL_WARN, r->h.id, "put failed: %s",
-                        ucs_status_string(UCS_PTR_STATUS(q)));
-                sreq_fail(kvc, r, DUET_ERR_PEER);
-                goto out;
+                gfill += len;
+                if (gfill == kvc->p.stage_bytes) {
+                    if ((g = gather_flush(kvc, r, c, gbuf)) < 0)
+                        goto out;
+                    n += g;
+                    gbuf = -1;
+                }
             } else {
-                r->outstanding++;
-                kvc->inflight += len;
-                if (stage >= 0)
-                    kvc->stage_busy[stage] = true;
+                stage = -1;
+                if (kvc->staging) {
+                    /* device -> pinned host buffer, then put from there; the
+                     * other buffer's put overlaps this copy */
+                    stage = !kvc->stage_busy[0] ? 0 : !kvc->stage_busy[1] ? 1 : -1;
+                    if (stage < 0)
+                        goto out;   /* both in flight: resume on a completion */
+                    if (len > kvc->p.stage_bytes)
+                        len = kvc->p.stage_bytes;
+                    if (kvc->p.stage_copy(kvc->p.stage_arg, kvc->stage_buf[stage], src, len) !=
+                        DUET_OK) {
+                        sreq_fail(kvc, r, DUET_ERR_CUDA);
+                        goto out;
+                    }
+                    kvc->stats.staged += len;
+                    src = kvc->stage_buf[stage];
+                }
+                if (put_one(kvc, r, c, src, ro, len, stage) != DUET_OK)
+                    goto out;
+                n++;
             }
             if (lo + d->off + len < lo + (size_t)(s - d->seg) * seg_len) {
                 d->off += len;          /* the rest of this run goes next */
@@ -371,6 +491,18 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 d->seg = s;
                 d->off = 0;
             }
+        }
+        /* the job's copies, queued above, run before its LAYER_DONE (and
+         * gathered puts are issued before its flush) */
+        if (batched && batch_run(kvc) != DUET_OK) {
+            sreq_fail(kvc, r, DUET_ERR_CUDA);
+            goto out;
+        }
+        if (gbuf >= 0) {
+            if ((g = gather_flush(kvc, r, c, gbuf)) < 0)
+                goto out;
+            n += g;
+            gbuf = -1;
         }
         if (done != NULL && j->layer == done->layer + ndone && j->tok0 == done->tok0 &&
             j->tok1 == done->tok1) {
@@ -385,6 +517,10 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
         d->seg = 0;
     }
 out:
+    /* runs gathered but not put: put them (their segments are passed) */
+    if (gbuf >= 0 && r->state == SREQ_ACTIVE && (g = gather_flush(kvc, r, c, gbuf)) > 0)
+        n += g;
+    kvc->nbatch = kvc->ngput = 0;
     /* the layers whose writes were all issued: flush (puts) and LAYER_DONE */
     if (done != NULL && r->state == SREQ_ACTIVE)
         flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, done, ndone);

@@ -565,6 +565,41 @@ def test_prefill_preempted_with_layers_queued(duet_bin, small, tmp_path):
     assert "preempted request 2" in logs["prefill"], logs["prefill"][-3000:]
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_decode_blocked_request_does_not_spin(duet_bin, small, tmp_path):
+    """A decode node whose running request cannot grow (the free blocks are
+    reserved for a request still waiting for its KV) preempts it, and cannot
+    take it back until blocks come free: it must wait for that, not step
+    again at once in a loop that keeps a core busy."""
+    pair = FakePair(duet_bin, small, tmp_path,
+                    dec_args=["--kv-blocks", "8", "--kv-watermark", "0", "--log-level", "debug"],
+                    sampling=dict(max_tokens=400, temperature=0.0, ignore_eos=True, eos=[]))
+    fr, sp = pair.fr, pair.sp
+    a = [100 + i for i in range(80)]      # 5 blocks, grows to 6, then needs a 7th
+    b = [3000 + i for i in range(32)]     # 2 blocks reserved; its KV never comes
+    try:
+        pair.reserve(2, b)
+        pair.prefill(1, a)
+        pair.reserve(1, a)
+        first = frames_for(fr, sp, 20.0, lambda f: f["t"] in (7, 11))
+        assert [(f["t"], f.get("rid")) for f in first][-1] == (7, 1), first
+        time.sleep(1.5)                   # a has run into the wall by now
+        pid = pair.procs[0].pid
+        c0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(2.0)
+        busy = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    finally:
+        logs = pair.stop()
+    assert "preempted request" in logs["decode"], logs["decode"][-3000:]
+    assert busy < 0.3, f"decode node used {busy:.0%} of a core while blocked"
+
+
 def test_restart_and_stop_mid_stream(duet_bin, small):
     """--restart brings a killed node back; Ctrl-C with streams in flight
     stops everything with exit 0 and no orphans (checked by Serve.stop)."""

@@ -4,7 +4,9 @@
  * order, a layer before its grant, NACK, expired grant, abort from each side,
  * either process killed mid-transfer, malformed messages; the decode side's
  * own block pool must get every block back. UCX_TLS comes from the test
- * registration (sm,self or tcp,self). */
+ * registration (sm,self or tcp,self). In CUDA builds on a machine with a
+ * GPU, the prefill slabs are also put in device memory, staged through pinned
+ * host buffers (or copied straight into a decode slab mapped here). */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,10 +16,16 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "duet_config.h"
 #include "common/log.h"
 #include "kvconnector/kvc.h"
 #include "kvconnector/kvc_int.h"
 #include "tests/tap.h"
+#if DUET_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "tests/cuda_test.h"
+#endif
 
 #define PREFILL_NODE 100
 #define DECODE_NODE  200
@@ -30,7 +38,7 @@
 
 typedef enum {
     SC_EXACT, SC_LATE_GRANT, SC_NACK, SC_EXPIRED, SC_ABORT_PREFILL, SC_ABORT_DECODE,
-    SC_KILL_RECV, SC_KILL_SEND, SC_MALFORMED, SC_MISMATCH, SC_STAGED,
+    SC_KILL_RECV, SC_KILL_SEND, SC_MALFORMED, SC_MISMATCH, SC_STAGED, SC_GATHER, SC_CUDA,
 } scenario_t;
 
 static int kill_fd = -1;
@@ -39,7 +47,8 @@ static uint64_t prefill_node = PREFILL_NODE;   /* two_peers() runs a second node
 static const char *sc_name[] = {
     "exact", "layer before grant", "nack", "expired grant", "abort from prefill",
     "abort from decode", "receiver killed", "sender killed", "malformed messages",
-    "fingerprint mismatch", "staged through host buffers",
+    "fingerprint mismatch", "staged through host buffers", "staged in batches",
+    "device slabs",
 };
 
 /* Host memory standing in for device memory: the staging copy is memcpy. */
@@ -47,6 +56,33 @@ static duet_status_t stage_copy(void *arg, void *dst, const void *src, size_t le
 {
     (void)arg;
     memcpy(dst, src, len);
+    return DUET_OK;
+}
+
+/* Pinning stands in as a count of what the connector asked to pin. */
+static int pinned;
+
+static duet_status_t stage_pin(void *arg, void *ptr, size_t len)
+{
+    (void)arg;
+    (void)ptr;
+    (void)len;
+    pinned++;
+    return DUET_OK;
+}
+
+static void stage_unpin(void *arg, void *ptr)
+{
+    (void)arg;
+    (void)ptr;
+    pinned--;
+}
+
+static duet_status_t stage_copy_batch(void *arg, const kvc_copy_t *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        memcpy(v[i].dst, v[i].src, v[i].len);
+    (void)arg;
     return DUET_OK;
 }
 
@@ -115,11 +151,31 @@ static kvc_t *make(const cfg_t *c, kvc_role_t role, int tp, int rank)
     prm.listen_ip = "127.0.0.1";
     prm.max_inflight = 4096;   /* small, so the in-flight bound is exercised */
     prm.abort_timeout_ms = 3000;
-    if (c->sc == SC_STAGED && role == KVC_ROLE_PREFILL) {
+    if ((c->sc == SC_STAGED || c->sc == SC_GATHER) && role == KVC_ROLE_PREFILL) {
         prm.stage_force = 1;
         prm.stage_copy = stage_copy;
+        prm.stage_pin = stage_pin;
+        prm.stage_unpin = stage_unpin;
+        if (c->sc == SC_GATHER)   /* several runs share a buffer, split at its end */
+            prm.stage_copy_batch = stage_copy_batch;
         prm.stage_bytes = 1000;   /* smaller than a run: runs are split */
     }
+#if DUET_HAVE_CUDA
+    if (c->sc == SC_CUDA && role == KVC_ROLE_PREFILL) {
+        void *d = NULL;
+
+        if (cudaMalloc(&d, kv_slab_bytes(&prm.layout)) != cudaSuccess)
+            return NULL;
+        prm.mem = KVC_MEM_CUDA;
+        prm.slab = d;            /* leaked at exit with the process */
+        prm.stage_copy = kvc_cuda_copy_d2h;
+        prm.stage_pin = kvc_cuda_pin;
+        prm.stage_unpin = kvc_cuda_unpin;
+        prm.stage_bytes = 1000;
+        if (kvc_cuda_batch_create((kvc_cuda_batch_t **)&prm.stage_batch_arg) == DUET_OK)
+            prm.stage_copy_batch = kvc_cuda_copy_batch_d2h;   /* leaked at exit */
+    }
+#endif
     if (kvc_create(&prm, &k) != DUET_OK)
         return NULL;
     return k;
@@ -388,15 +444,18 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
 
 typedef struct {
     int      status[NREQ];
-    uint64_t rejected, nacks, staged;
+    uint64_t rejected, nacks, staged, batches;
     int      errors;
+    int      pinned;      /* stage_pin calls not undone (staged: one per rank,
+                             more for decode slabs mapped here) */
 } pre_result_t;
 
-static void fill_local(const cfg_t *c, kvc_t *k, int rank, int i, const int32_t *lb)
+/* Request i's bytes into rank's slab at its local blocks lb. */
+static void fill_host(const cfg_t *c, const kv_layout_t *lp, uint8_t *slab, int rank, int i,
+                      const int32_t *lb)
 {
-    kv_layout_t l = rank_layout(c, c->p, rank);
+    const kv_layout_t l = *lp;
     int32_t first, count;
-    uint8_t *slab = kvc_slab(k);
     int n = req_tokens(c, i), row = HEAD_DIM * 2;
 
     kvc_tp_heads(c->H, c->p, rank, &first, &count);
@@ -409,6 +468,28 @@ static void fill_local(const cfg_t *c, kvc_t *k, int rank, int i, const int32_t 
                     for (int b = 0; b < row; b++)
                         q[b] = kv_byte(c->seed, req_id(i), L, kv, first + h, t, b);
                 }
+}
+
+static void fill_local(const cfg_t *c, kvc_t *k, int rank, int i, const int32_t *lb)
+{
+    kv_layout_t l = rank_layout(c, c->p, rank);
+    uint8_t *slab = kvc_slab(k);
+
+#if DUET_HAVE_CUDA
+    if (c->sc == SC_CUDA) {
+        /* the device slab, filled through a host copy of it */
+        uint8_t *h = malloc(kv_slab_bytes(&l));
+
+        if (h == NULL || cudaMemcpy(h, slab, kv_slab_bytes(&l), cudaMemcpyDeviceToHost))
+            abort();
+        fill_host(c, &l, h, rank, i, lb);
+        if (cudaMemcpy(slab, h, kv_slab_bytes(&l), cudaMemcpyHostToDevice))
+            abort();
+        free(h);
+        return;
+    }
+#endif
+    fill_host(c, &l, slab, rank, i, lb);
 }
 
 static void malformed(kvc_t *k)
@@ -618,7 +699,9 @@ static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
         res->rejected += st.rejected;
         res->nacks += st.nacks;
         res->staged += st.staged;
+        res->batches += st.batches;
     }
+    res->pinned = pinned;
     if (resfd >= 0) {
         if (write(resfd, res, sizeof(*res)) != sizeof(*res))
             _exit(5);
@@ -637,7 +720,7 @@ static void run(const cfg_t *c)
     pid_t pid;
     dec_result_t dr = {0};
     pre_result_t pr = {0};
-    int wst = 0;
+    int wst = 0, pst = 0;
     bool got = false;
 
     if (pipe(to_pre) || pipe(to_dec))
@@ -704,7 +787,7 @@ static void run(const cfg_t *c)
             if (!pre_main(c, to_dec[1], to_pre[0], pres[1], pid, &pr) &&
                 write(pres[1], &pr, sizeof(pr)) != sizeof(pr))
                 _exit(5);
-            _exit(0);
+            _exit(pinned != 0 ? 6 : 0);   /* destroy undoes every pin */
         }
         close(dres[1]);
         close(pres[1]);
@@ -715,7 +798,7 @@ static void run(const cfg_t *c)
         /* both sides reported: now they may close their endpoints */
         wline(to_pre[1], "bye\n");
         wline(to_dec[1], "bye\n");
-        waitpid(ppid, NULL, 0);
+        waitpid(ppid, &pst, 0);
         waitpid(pid, &wst, 0);
         close(dres[0]);
         close(pres[0]);
@@ -760,9 +843,18 @@ static void run(const cfg_t *c)
     }
     if (c->sc == SC_NACK)
         ok(pr.nacks >= 1, "nack: prefill counted it");
-    if (c->sc == SC_STAGED)
-        ok(pr.staged > 0, "staged: %llu bytes copied out of the device slab by stage_copy",
-           (unsigned long long)pr.staged);
+    if (c->sc == SC_STAGED || c->sc == SC_GATHER || c->sc == SC_CUDA)
+        ok(pr.staged > 0, "%s: %llu bytes copied out of the device slab by stage_copy",
+           sc_name[c->sc], (unsigned long long)pr.staged);
+    if (c->sc == SC_STAGED || c->sc == SC_GATHER || c->sc == SC_CUDA)
+        /* batches: into the staging buffers (puts) or, over shared memory,
+         * into the decode slabs mapped here */
+        ok(c->sc == SC_STAGED ? pr.batches == 0 : pr.batches > 0, "%s: %llu batched copies",
+           sc_name[c->sc], (unsigned long long)pr.batches);
+    if (c->sc == SC_STAGED || c->sc == SC_GATHER)
+        ok(pr.pinned >= c->p && WIFEXITED(pst) && WEXITSTATUS(pst) == 0,
+           "staged: the staging buffers were pinned (%d pins), and unpinned at destroy",
+           pr.pinned);
     if (c->sc == SC_EXPIRED)
         ok(dr.expired >= 1, "expired: decode counted it");
     if (c->sc == SC_EXACT || c->sc == SC_LATE_GRANT)
@@ -1097,6 +1189,15 @@ static void ucx_settings(void)
            "UCX_TCP_TX_SEG_SIZE from the environment wins (nothing applied)");
 }
 
+static bool cuda_here(void)
+{
+#if DUET_HAVE_CUDA
+    return test_cuda_devices() > 0;
+#else
+    return false;
+#endif
+}
+
 int main(int argc, char **argv)
 {
     bool slow = argc > 1 && strcmp(argv[1], "--slow") == 0;
@@ -1117,10 +1218,14 @@ int main(int argc, char **argv)
         run(&c);
         diag("%.2f s", (double)(clock_now_ns() - t) * 1e-9);
     }
-    for (int sc = SC_LATE_GRANT; sc <= SC_STAGED; sc++) {
+    for (int sc = SC_LATE_GRANT; sc <= SC_CUDA; sc++) {
         cfg_t c = {(scenario_t)sc, 6, 2, 3, 50 + (unsigned)sc};
         uint64_t t = clock_now_ns();
 
+        if (sc == SC_CUDA && !cuda_here()) {
+            tap_skip("device slabs: no CUDA device (or not a CUDA build)");
+            continue;
+        }
         run(&c);
         diag("%.2f s", (double)(clock_now_ns() - t) * 1e-9);
     }

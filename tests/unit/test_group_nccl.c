@@ -12,28 +12,9 @@
 
 #include "parallel/group.h"
 #include "parallel/procgroup.h"
+#include "tests/cuda_test.h"
 #include "tests/tap.h"
 #include "tests/unit/group_testlib.h"
-
-/* CUDA must not be initialised before fork: count devices in a child. */
-static int device_count(void)
-{
-    pid_t pid;
-    int st;
-
-    fflush(NULL);
-    pid = fork();
-    if (pid == 0) {
-        int n = 0;
-
-        if (cudaGetDeviceCount(&n) != cudaSuccess)
-            n = 0;
-        _exit(n > 100 ? 100 : n);
-    }
-    if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st))
-        return 0;
-    return WEXITSTATUS(st);
-}
 
 static const size_t sizes[] = {1, 3, 1000, 65537, 1048577};
 static const group_dtype_t dts[] = {GROUP_F32, GROUP_BF16, GROUP_I32};
@@ -132,7 +113,7 @@ static int worker_main(procgroup_t *pg, void *arg)
 
 int main(void)
 {
-    int ndev = device_count();
+    int ndev = test_cuda_devices();
     procgroup_opts_t o = {.worker_main = worker_main, .timeout_s = 60};
     procgroup_t *pg = NULL;
 
