@@ -73,7 +73,8 @@ typedef struct {
     int64_t     slab_mib, requests, rounds, check_tokens;
     double      us_per_token;
     bool        json, perftest, quick, hot, cuda;
-    const char *only;
+    const char *only, *hot_arg;
+    char        hot_side;   /* --hot-side: 'b' both hot, 's' source only, 'd' destination only */
 } opts_t;
 
 static uint64_t mix(uint64_t x)
@@ -594,7 +595,8 @@ static duet_status_t ref_request(const kvcase_t *c, const opts_t *o, const prog_
     if (thot == NULL || o->cuda)
         return DUET_OK;
     /* reference 3 (--hot): the same puts, every one from and to the start of
-     * the slabs, i.e. ucx_perftest's cache-hot pattern inside this bench */
+     * the slabs, i.e. ucx_perftest's cache-hot pattern inside this bench
+     * (--hot-side src / dst: only that side hot, the other scattered) */
     t0 = clock_now_ns();
     for (int r = 0; r < c->p; r++)
         for (int dr = 0; dr < c->d; dr++) {
@@ -602,7 +604,10 @@ static duet_status_t ref_request(const kvcase_t *c, const opts_t *o, const prog_
             ucp_request_param_t prm = {0};
 
             for (int s = 0; s < n; s++) {
-                void *q = ucp_put_nbx(ep, kvc_slab(pt->k[r]), segs[s].len, base, rkey, &prm);
+                size_t so = o->hot_side == 'd' ? segs[s].lo : 0;   /* 'd': only dst hot */
+                size_t dof = o->hot_side == 's' ? segs[s].ro : 0;  /* 's': only src hot */
+                void *q = ucp_put_nbx(ep, (char *)kvc_slab(pt->k[r]) + so, segs[s].len,
+                                      base + dof, rkey, &prm);
 
                 if (UCS_PTR_IS_PTR(q))
                     ucp_request_free(q);
@@ -991,6 +996,9 @@ static int bench_kv_run(int argc, char **argv)
         {"hot", 0, FLAG_BOOL, &o.hot,
          "also time the plain puts from and to one cache-hot place (perftest's pattern)",
          NULL, 0, 0, 0, 0},
+        {"hot-side", 0, FLAG_STRING, &o.hot_arg,
+         "with --hot: which side is hot: both (default), src (source hot, destinations "
+         "scattered) or dst (sources scattered, destination hot)", "SIDE", 0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &o.json, "print JSON", NULL, 0, 0, 0, 0},
         {"cuda", 0, FLAG_BOOL, &o.cuda, "prefill slabs in GPU memory, staged through pinned host "
          "buffers; the put reference becomes one device-to-host copy of the same bytes "
@@ -1008,6 +1016,15 @@ static int bench_kv_run(int argc, char **argv)
         return 0;
     if (s != DUET_OK)
         return 2;
+    o.hot_side = 'b';
+    if (o.hot_arg != NULL) {
+        if (strcmp(o.hot_arg, "src") != 0 && strcmp(o.hot_arg, "dst") != 0 &&
+            strcmp(o.hot_arg, "both") != 0) {
+            fprintf(stderr, "duet bench kv: --hot-side is both, src or dst\n");
+            return 2;
+        }
+        o.hot_side = o.hot_arg[0];
+    }
     if (o.rounds * o.requests > MAXREQ) {
         fprintf(stderr, "duet bench kv: --rounds x --requests is at most %d\n", MAXREQ);
         return 2;
@@ -1068,8 +1085,11 @@ static int bench_kv_run(int argc, char **argv)
                    r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps, r.r_put,
                    r.r_cpy, r.r_perf, r.r_perf_min, r.r_perf_max);
             if (o.hot && r.hot_put_gbps > 0)
-                printf("%-20s plain put from/to one hot place (perftest's pattern): %.2f GB/s; "
+                printf("%-20s plain put %s (%s): %.2f GB/s; "
                        "scattered put / hot put %.2f, hot put / perftest %.2f\n", "",
+                       o.hot_side == 'b' ? "from/to one hot place" :
+                       o.hot_side == 's' ? "from one hot place" : "to one hot place",
+                       o.hot_side == 'b' ? "perftest's pattern" : "the other side scattered",
                        r.hot_put_gbps, r.ref_put_gbps / r.hot_put_gbps,
                        r.perftest_gbps > 0 ? r.hot_put_gbps / r.perftest_gbps : 0.0);
             if (i == 0)
