@@ -41,6 +41,9 @@ static int bench_kv_run(int argc, char **argv);
 
 #define MAXR 3          /* ranks per side */
 #define MAXREQ 256
+#define MAXROUND 9
+#define TAG_END   (-1)  /* parent -> child: no more requests */
+#define TAG_PAUSE (-2)  /* parent -> child: block until the next tag (perftest runs) */
 
 typedef struct {
     const char *name;
@@ -52,17 +55,26 @@ typedef struct {
     int     check;      /* also run the pipelining check */
 } kvcase_t;
 
+/* Medians over the rounds (each round: `requests` connector requests, then
+ * the plain put and memcpy of the same requests, then ucx_perftest over the
+ * same bytes); the ratios are medians of the per-round ratios, so that the
+ * two sides of a ratio were measured in the same minute. */
 typedef struct {
     double gbps, p50_ms, p99_ms, bytes_per_req, puts_per_req;
     double ref_put_gbps, ref_memcpy_gbps, perftest_gbps, msg_size;
+    double r_put, r_cpy, r_perf, r_perf_min, r_perf_max, hot_put_gbps;
+    double round_gbps[MAXROUND], round_perf[MAXROUND];
+    int    rounds;
     double tail_between_ms, tail_thread_ms, layer_ms;   /* pipelining check */
     int    ok;
 } kvres_t;
 
 typedef struct {
-    int64_t slab_mib, requests, check_tokens;
-    double  us_per_token;
-    bool    json, perftest, quick, cuda;
+    int64_t     slab_mib, requests, rounds, check_tokens;
+    double      us_per_token;
+    bool        json, perftest, quick, hot, cuda;
+    const char *only, *hot_arg;
+    char        hot_side;   /* --hot-side: 'b' both hot, 's' source only, 'd' destination only */
 } opts_t;
 
 static uint64_t mix(uint64_t x)
@@ -131,6 +143,26 @@ static int rd(int fd, void *p, size_t n)
         got += (size_t)r;
     }
     return 0;
+}
+
+/* A UCX context for the references, with the settings the connector applies
+ * to its own (kvc_ucx_settings), so that they run on the same transport
+ * configuration. */
+static ucs_status_t ref_ucp_init(ucp_context_h *ctx)
+{
+    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_RMA};
+    const kvc_ucx_setting_t *set;
+    ucp_config_t *cfg;
+    ucs_status_t us = ucp_config_read(NULL, NULL, &cfg);
+
+    if (us != UCS_OK)
+        return us;
+    for (int i = 0, n = kvc_ucx_settings(&set); i < n && us == UCS_OK; i++)
+        us = ucp_config_modify(cfg, set[i].key, set[i].value);
+    if (us == UCS_OK)
+        us = ucp_init(&up, cfg, ctx);
+    ucp_config_release(cfg);
+    return us;
 }
 
 /* A device slab of len bytes, every byte `fill`; NULL without CUDA. */
@@ -277,6 +309,34 @@ static int route_segments(const kvcase_t *c, int pr, int dr, const int32_t *lb,
 
 /* ---- the decode child ------------------------------------------------------ */
 
+/* The next tag from the parent, progressing the workers meanwhile (the
+ * parent's reference puts need this side progressed). TAG_PAUSE: the parent
+ * runs ucx_perftest; block in read() so that this process takes no CPU from
+ * it (nothing is in flight then). */
+static int64_t child_next_tag(int rfd, ucp_worker_h w, kvc_t **k, int nk)
+{
+    int64_t tag;
+
+    for (;;) {
+        while (rd(rfd, &tag, sizeof(tag)) < 0) {
+            int n = ucp_worker_progress(w);
+
+            for (int r = 0; r < nk; r++)
+                n += kvc_progress(k[r]);
+            if (n == 0)
+                usleep(50);   /* 2 cores: leave them to the sender */
+        }
+        if (tag != TAG_PAUSE)
+            return tag;
+        fcntl(rfd, F_SETFL, 0);
+        if (rd(rfd, &tag, sizeof(tag)) < 0)
+            _exit(9);
+        fcntl(rfd, F_SETFL, O_NONBLOCK);
+        if (tag != TAG_PAUSE)
+            return tag;
+    }
+}
+
 typedef struct {
     double lat_s[MAXREQ];
     double tail_s[2];     /* pipelining check: between-layers, thread */
@@ -290,7 +350,6 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
     ucp_context_h ctx;
     ucp_worker_h w;
     ucp_mem_h memh;
-    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_RMA};
     ucp_worker_params_t wp = {0};
     ucp_mem_map_params_t mp = {0};
     ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS};
@@ -301,6 +360,8 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
     kv_layout_t l0 = case_layout(c, c->d, 0, o->slab_mib);
     int32_t blocks[4096];
     char addrs[MAXR][64];
+    int64_t nreq = o->rounds * o->requests;
+    bool ended = false;
 
     for (int r = 0; r < c->d; r++) {
         k[r] = make(c, KVC_ROLE_DECODE, c->d, r, o->slab_mib, false, NULL);
@@ -309,7 +370,7 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
         kvc_listen_address(k[r], addrs[r], sizeof(addrs[r]));
     }
     /* the plain-put reference target: its own context, slab-sized */
-    if (ucp_init(&up, NULL, &ctx) != UCS_OK || ucp_worker_create(ctx, &wp, &w) != UCS_OK)
+    if (ref_ucp_init(&ctx) != UCS_OK || ucp_worker_create(ctx, &wp, &w) != UCS_OK)
         _exit(4);
     mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
     mp.length = kv_slab_bytes(&l0) + (64u << 20);
@@ -327,26 +388,21 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
     wr(wfd, rkey_buf, rkey_len);
     wr(wfd, &base, sizeof(base));
     fcntl(rfd, F_SETFL, O_NONBLOCK);
-    for (int64_t i = 0; i < o->requests + (c->check ? 2 : 0); i++) {
-        bool check = i >= o->requests;
+    for (int64_t i = 0; i < nreq + (c->check ? 2 : 0); i++) {
+        bool check = i >= nreq;
         int32_t ntok = check ? (int32_t)o->check_tokens : c->blocks_per_req * 16;
         int32_t nb = (ntok + 15) / 16;
-        int64_t tag = -1;
+        int64_t tag;
         uint64_t t0, t1;
         bool done[MAXR] = {false};
         int left = c->d;
 
         /* wait for the prefill ("queued" or, for the check, "connected") */
-        while (rd(rfd, &tag, sizeof(tag)) < 0) {
-            int n = ucp_worker_progress(w);
-
-            for (int r = 0; r < c->d; r++)
-                n += kvc_progress(k[r]);
-            if (n == 0)
-                usleep(50);   /* 2 cores: leave them to the sender */
-        }
-        if (tag < 0)
+        tag = child_next_tag(rfd, w, k, c->d);
+        if (tag < 0) {
+            ended = true;
             break;
+        }
         pick_blocks(blocks, nb, l0.n_blocks, c->run, (uint64_t)i + 1);
         t0 = clock_now_ns();
         for (int r = 0; r < c->d; r++)
@@ -374,25 +430,15 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
         }
         t1 = clock_now_ns();
         if (check)
-            out.tail_s[i - o->requests] = (double)(t1 - shared[0]) * 1e-9;
+            out.tail_s[i - nreq] = (double)(t1 - shared[0]) * 1e-9;
         else
             out.lat_s[i] = (double)(t1 - t0) * 1e-9;
     }
-    /* wait for the reference run to end; keep progressing the connectors
-     * too: the prefill's flush after its last KV_END completes only when
-     * this side acknowledges it */
-    {
-        int64_t tag;
-
-        while (rd(rfd, &tag, sizeof(tag)) < 0) {
-            int n = ucp_worker_progress(w);
-
-            for (int r = 0; r < c->d; r++)
-                n += kvc_progress(k[r]);
-            if (n == 0)
-                usleep(50);
-        }
-    }
+    /* wait for the end; keep progressing the connectors too: the prefill's
+     * flush after its last KV_END completes only when this side
+     * acknowledges it */
+    while (!ended && child_next_tag(rfd, w, k, c->d) != TAG_END)
+        ;
     fcntl(wfd, F_SETFL, 0);
     wr(wfd, &out, sizeof(out));
     for (int r = 0; r < c->d; r++)
@@ -426,21 +472,35 @@ static void *prog_thread(void *arg)
     return NULL;
 }
 
-static double ucx_perftest_gbps(size_t size)
+/* ucx_perftest put bandwidth at `size` bytes per put, `bytes` in all (the
+ * bytes of one round of the connector), in GB/s; 0 if it is not installed or
+ * did not run. Same environment (UCX_TLS and every UCX_ variable) plus the
+ * settings the connector applies to its own context (kvc_ucx_settings), and
+ * the same nice level as this process. The server is started first and the client
+ * retried while it is not listening yet (under load 0.3 s was not always
+ * enough); both are bounded by `timeout`. */
+static double ucx_perftest_gbps(size_t size, double bytes)
 {
-    char cmd[512], line[512];
+    char cmd[1024], line[512], env[256] = "";
+    const kvc_ucx_setting_t *set;
     double mbps = 0;
-    int port = 20000 + (int)(getpid() % 20000);
-    long iters = (long)((1u << 30) / (size ? size : 1));
+    int port = 20000 + (int)((getpid() * 7 + (int)(clock_now_ns() / 1000)) % 20000);
+    long iters = (long)(bytes / (double)(size ? size : 1));
     FILE *f;
 
     if (system("command -v ucx_perftest >/dev/null 2>&1") != 0)
         return 0;
-    iters = iters < 200 ? 200 : iters > 100000 ? 100000 : iters;
+    iters = iters < 1000 ? 1000 : iters > 200000 ? 200000 : iters;
+    /* the settings the connector applies to its own context, on both sides */
+    for (int i = 0, n = kvc_ucx_settings(&set); i < n; i++)
+        snprintf(env + strlen(env), sizeof(env) - strlen(env), "%s=%s ", set[i].env,
+                 set[i].value);
     snprintf(cmd, sizeof(cmd),
-             "(ucx_perftest -p %d >/dev/null 2>&1 &) ; sleep 0.3; "
-             "timeout 60 ucx_perftest 127.0.0.1 -p %d -t ucp_put_bw -s %zu -n %ld -w 100 2>&1",
-             port, port, size, iters);
+             "(%stimeout 90 ucx_perftest -p %d >/dev/null 2>&1 &) ; sleep 0.3; "
+             "for t in 1 2 3 4 5 6 7 8 9 10; do "
+             "%stimeout 60 ucx_perftest 127.0.0.1 -p %d -t ucp_put_bw -s %zu -n %ld -w 100 "
+             "2>&1 | grep '^Final:' && break; sleep 0.3; done",
+             env, port, env, port, size, iters);
     f = popen(cmd, "r");
     if (f == NULL)
         return 0;
@@ -448,11 +508,123 @@ static double ucx_perftest_gbps(size_t size)
         double a, b, c2, d2, e;
         long n;
 
+        /* Final: iterations, 50%ile, avg, overall latency (us), bandwidth
+         * avg, overall (MB/s, 2^20), message rate avg, overall */
         if (sscanf(line, "Final: %ld %lf %lf %lf %lf %lf", &n, &a, &b, &c2, &d2, &e) == 6)
             mbps = e;
     }
     pclose(f);
     return mbps * 1048576.0 / 1e9;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Reference 1: plain UCX puts of request i's segments into a UCX-mapped slab
+ * in the child (the child progresses it while it waits for its next tag);
+ * reference 2: memcpy of them into a local buffer. Adds the seconds (thot:
+ * see below; NULL skips it). */
+static duet_status_t ref_request(const kvcase_t *c, const opts_t *o, const prog_t *pt,
+                                 const devslab_t *dev, const void *src_host, int64_t i,
+                                 ucp_worker_h w, ucp_ep_h ep, ucp_rkey_h rkey, uint64_t base,
+                                 seg_t *segs, void *cpy_dst, double *tref, double *tcpy,
+                                 double *thot, double *bytes)
+{
+    int32_t lb[4096], rb[4096];
+    int32_t nb = c->blocks_per_req;
+    kv_layout_t l0 = case_layout(c, c->p, 0, o->slab_mib), d0 = case_layout(c, c->d, 0, o->slab_mib);
+    uint64_t t0;
+    double reqb = 0;
+
+    pick_blocks(lb, nb, l0.n_blocks, c->run, (uint64_t)i + 1000);
+    pick_blocks(rb, nb, d0.n_blocks, c->run, (uint64_t)i + 1);
+    t0 = clock_now_ns();
+    for (int r = 0; r < c->p && o->cuda; r++)
+        for (int dr = 0; dr < c->d; dr++) {
+            /* --cuda: the device-to-host copy any staging must make, as one
+             * contiguous copy of the same bytes (the link's limit) */
+            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+            size_t len = 0;
+
+            for (int s = 0; s < n; s++)
+                len += segs[s].len;
+            if (dev_copy_d2h(cpy_dst, dev[r].slab, len) != DUET_OK)
+                return DUET_ERR_CUDA;
+            reqb += (double)len;
+        }
+    for (int r = 0; r < c->p && !o->cuda; r++)
+        for (int dr = 0; dr < c->d; dr++) {
+            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+            ucp_request_param_t prm = {0};
+
+            for (int s = 0; s < n; s++) {
+                void *q = ucp_put_nbx(ep, (char *)kvc_slab(pt->k[r]) + segs[s].lo, segs[s].len,
+                                      base + segs[s].ro, rkey, &prm);
+
+                if (UCS_PTR_IS_PTR(q))
+                    ucp_request_free(q);
+                reqb += (double)segs[s].len;
+            }
+        }
+    {
+        ucp_request_param_t prm = {0};
+        void *q = ucp_worker_flush_nbx(w, &prm);
+
+        if (UCS_PTR_IS_PTR(q)) {
+            while (ucp_request_check_status(q) == UCS_INPROGRESS)
+                ucp_worker_progress(w);
+            ucp_request_free(q);
+        }
+    }
+    *tref += (double)(clock_now_ns() - t0) * 1e-9;
+    *bytes = reqb;
+    t0 = clock_now_ns();
+    for (int r = 0; r < c->p; r++)
+        for (int dr = 0; dr < c->d; dr++) {
+            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+
+            for (int s = 0; s < n; s++)
+                memcpy((char *)cpy_dst + segs[s].ro,
+                       (const char *)(o->cuda ? src_host : kvc_slab(pt->k[r])) + segs[s].lo,
+                       segs[s].len);
+        }
+    *tcpy += (double)(clock_now_ns() - t0) * 1e-9;
+    if (thot == NULL || o->cuda)
+        return DUET_OK;
+    /* reference 3 (--hot): the same puts, every one from and to the start of
+     * the slabs, i.e. ucx_perftest's cache-hot pattern inside this bench
+     * (--hot-side src / dst: only that side hot, the other scattered) */
+    t0 = clock_now_ns();
+    for (int r = 0; r < c->p; r++)
+        for (int dr = 0; dr < c->d; dr++) {
+            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+            ucp_request_param_t prm = {0};
+
+            for (int s = 0; s < n; s++) {
+                size_t so = o->hot_side == 'd' ? segs[s].lo : 0;   /* 'd': only dst hot */
+                size_t dof = o->hot_side == 's' ? segs[s].ro : 0;  /* 's': only src hot */
+                void *q = ucp_put_nbx(ep, (char *)kvc_slab(pt->k[r]) + so, segs[s].len,
+                                      base + dof, rkey, &prm);
+
+                if (UCS_PTR_IS_PTR(q))
+                    ucp_request_free(q);
+            }
+        }
+    {
+        ucp_request_param_t prm = {0};
+        void *q = ucp_worker_flush_nbx(w, &prm);
+
+        if (UCS_PTR_IS_PTR(q)) {
+            while (ucp_request_check_status(q) == UCS_INPROGRESS)
+                ucp_worker_progress(w);
+            ucp_request_free(q);
+        }
+    }
+    *thot += (double)(clock_now_ns() - t0) * 1e-9;
+    return DUET_OK;
 }
 
 static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
@@ -463,26 +635,44 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     char addrs[MAXR][64];
     child_out_t out;
     volatile uint64_t *shared;
-    int32_t lb[4096], rb[4096];
+    int32_t lb[4096];
     uint64_t puts0 = 0, puts1 = 0;
-    double lat[MAXREQ], bytes_req = 0, tref = 0, tcpy = 0;
-    seg_t *segs;
-    int nsegs_max;
-    ucp_context_h ctx;
-    ucp_worker_h w;
-    ucp_ep_h ep;
-    ucp_rkey_h rkey;
-    ucp_params_t up = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_RMA};
+    double lat[MAXREQ], bytes_req = 0;
+    double tref[MAXROUND] = {0}, tcpy[MAXROUND] = {0}, thot[MAXROUND] = {0},
+           perf[MAXROUND] = {0};
+    seg_t *segs = NULL;
+    ucp_context_h ctx = NULL;
+    ucp_worker_h w = NULL;
+    ucp_ep_h ep = NULL;
+    ucp_rkey_h rkey = NULL;
     ucp_worker_params_t wp = {0};
     ucp_ep_params_t ep_params = {0};
-    size_t addr_len, rkey_len;
-    void *addr, *rkey_buf, *cpy_dst;
+    size_t addr_len, rkey_len, cpy_len = ((size_t)o->slab_mib << 20) + (64u << 20);
+    void *addr = NULL, *rkey_buf = NULL, *cpy_dst = NULL;
     uint64_t base;
-    int64_t tag;
+    int64_t tag, nreq = o->rounds * o->requests;
+    int nr = (int)o->rounds;
     devslab_t dev[MAXR] = {{NULL, NULL}};
     void *src_host = NULL;
 
     memset(res, 0, sizeof(*res));
+    {
+        /* pick_blocks needs distinct runs: refuse a slab too small for them */
+        int32_t need = (c->blocks_per_req > (int32_t)(o->check_tokens + 15) / 16
+                            ? c->blocks_per_req : (int32_t)(o->check_tokens + 15) / 16);
+
+        for (int r = 0; r < c->p || r < c->d; r++) {
+            int32_t nbp = r < c->p ? case_layout(c, c->p, r, o->slab_mib).n_blocks : INT32_MAX;
+            int32_t nbd = r < c->d ? case_layout(c, c->d, r, o->slab_mib).n_blocks : INT32_MAX;
+
+            if ((nbp < INT32_MAX && nbp / c->run < 2 * need / c->run + 1) ||
+                (nbd < INT32_MAX && nbd / c->run < 2 * need / c->run + 1)) {
+                fprintf(stderr, "case '%s': a %lld MiB slab holds too few blocks for %d per "
+                        "request\n", c->name, (long long)o->slab_mib, need);
+                return -1;
+            }
+        }
+    }
     shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (shared == MAP_FAILED || pipe(to_c) || pipe(to_p))
         return -1;
@@ -510,15 +700,48 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
             if (kvc_connect(pt.k[r], addrs[dr], 30000, &node) != DUET_OK)
                 goto err;
         }
+    /* the references' endpoint, set up before any round */
+    if (rd(to_p[0], &addr_len, sizeof(addr_len)) < 0 || (addr = malloc(addr_len)) == NULL ||
+        rd(to_p[0], addr, addr_len) < 0 || rd(to_p[0], &rkey_len, sizeof(rkey_len)) < 0 ||
+        (rkey_buf = malloc(rkey_len)) == NULL || rd(to_p[0], rkey_buf, rkey_len) < 0 ||
+        rd(to_p[0], &base, sizeof(base)) < 0)
+        goto err;
+    if (ref_ucp_init(&ctx) != UCS_OK)
+        goto err;
+    if (ucp_worker_create(ctx, &wp, &w) != UCS_OK)
+        goto err;
+    ep_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+    ep_params.address = addr;
+    if (ucp_ep_create(w, &ep_params, &ep) != UCS_OK)
+        goto err;
+    if (ucp_ep_rkey_unpack(ep, rkey_buf, &rkey) != UCS_OK)
+        goto err;
+    segs = malloc((size_t)2 * 4096 * c->layers * sizeof(*segs));
+    cpy_dst = malloc(cpy_len);
+    if (segs == NULL || cpy_dst == NULL)
+        goto err;
+    /* fault it in before timing; not with 0: the compiler turns malloc + memset
+     * 0 into calloc, whose fresh pages would then be faulted in by the timed
+     * memcpy (that measured page faults, 0.3-0.9 GB/s, not memcpy) */
+    memset(cpy_dst, 0x5a, cpy_len);
+    if (o->cuda) {
+        /* the memcpy reference copies from host memory of the same layout;
+         * the device copies land in pinned memory, as the staging ones do */
+        src_host = malloc((size_t)o->slab_mib << 20);
+        if (src_host == NULL || host_pin(cpy_dst, cpy_len) != DUET_OK)
+            goto err;
+        memset(src_host, 0x3c, (size_t)o->slab_mib << 20);
+    }
     for (int r = 0; r < c->p; r++) {
         kvc_stats_t st;
 
         kvc_stats(pt.k[r], &st);
         puts0 += st.puts;
     }
-    /* connector: one request at a time, every layer queued before the grant */
-    for (int64_t i = 0; i < o->requests + (c->check ? 2 : 0); i++) {
-        bool check = i >= o->requests, thread = i == o->requests + 1;
+    /* connector: one request at a time, every layer queued before the grant;
+     * after each round of o->requests, the references for the same round */
+    for (int64_t i = 0; i < nreq + (c->check ? 2 : 0); i++) {
+        bool check = i >= nreq, thread = i == nreq + 1;
         int32_t ntok = check ? (int32_t)o->check_tokens : c->blocks_per_req * 16;
         int32_t nb = (ntok + 15) / 16;
         kv_layout_t l0 = case_layout(c, c->p, 0, o->slab_mib);
@@ -584,7 +807,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
             if (n == 0)
                 sched_yield();
         }
-        if (i == o->requests - 1) {
+        if (i == nreq - 1) {
             for (int r = 0; r < c->p; r++) {
                 kvc_stats_t st;
 
@@ -592,123 +815,86 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
                 puts1 += st.puts;
             }
         }
-    }
-    /* reference 1: plain UCX puts of the same segments into a UCX-mapped slab
-     * in the same child; reference 2: memcpy of them into a local buffer */
-    if (rd(to_p[0], &addr_len, sizeof(addr_len)) < 0 || (addr = malloc(addr_len)) == NULL ||
-        rd(to_p[0], addr, addr_len) < 0 || rd(to_p[0], &rkey_len, sizeof(rkey_len)) < 0 ||
-        (rkey_buf = malloc(rkey_len)) == NULL || rd(to_p[0], rkey_buf, rkey_len) < 0 ||
-        rd(to_p[0], &base, sizeof(base)) < 0)
-        goto err;
-    if (ucp_init(&up, NULL, &ctx) != UCS_OK || ucp_worker_create(ctx, &wp, &w) != UCS_OK)
-        goto err;
-    ep_params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
-    ep_params.address = addr;
-    if (ucp_ep_create(w, &ep_params, &ep) != UCS_OK ||
-        ucp_ep_rkey_unpack(ep, rkey_buf, &rkey) != UCS_OK)
-        goto err;
-    nsegs_max = 2 * 4096 * c->layers;
-    segs = malloc((size_t)nsegs_max * sizeof(*segs));
-    cpy_dst = malloc(((size_t)o->slab_mib << 20) + (64u << 20));
-    if (segs == NULL || cpy_dst == NULL)
-        goto err;
-    /* fault it in before timing; not with 0: the compiler turns malloc + memset
-     * 0 into calloc, whose fresh pages would then be faulted in by the timed
-     * memcpy (that measured page faults, 0.3-0.9 GB/s, not memcpy) */
-    memset(cpy_dst, 0x5a, ((size_t)o->slab_mib << 20) + (64u << 20));
-    if (o->cuda) {
-        /* the memcpy reference copies from host memory of the same layout;
-         * the device copies land in pinned memory, as the staging ones do */
-        src_host = malloc((size_t)o->slab_mib << 20);
-        if (src_host == NULL ||
-            host_pin(cpy_dst, ((size_t)o->slab_mib << 20) + (64u << 20)) != DUET_OK)
-            goto err;
-        memset(src_host, 0x3c, (size_t)o->slab_mib << 20);
-    }
-    for (int64_t i = 0; i < o->requests; i++) {
-        int32_t nb = c->blocks_per_req;
-        kv_layout_t l0 = case_layout(c, c->p, 0, o->slab_mib), d0 = case_layout(c, c->d, 0, o->slab_mib);
-        uint64_t t0, t1;
-        double reqb = 0;
+        if (!check && (i + 1) % o->requests == 0) {
+            int rnd = (int)(i / o->requests);
 
-        pick_blocks(lb, nb, l0.n_blocks, c->run, (uint64_t)i + 1000);
-        pick_blocks(rb, nb, d0.n_blocks, c->run, (uint64_t)i + 1);
-        t0 = clock_now_ns();
-        for (int r = 0; r < c->p && o->cuda; r++)
-            for (int dr = 0; dr < c->d; dr++) {
-                /* --cuda: the device-to-host copy any staging must make, as
-                 * one contiguous copy of the same bytes (the link's limit) */
-                int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
-                size_t len = 0;
-
-                for (int s = 0; s < n; s++)
-                    len += segs[s].len;
-                if (dev_copy_d2h(cpy_dst, dev[r].slab, len) != DUET_OK)
+            for (int64_t j = i + 1 - o->requests; j <= i; j++)
+                if (ref_request(c, o, &pt, dev, src_host, j, w, ep, rkey, base, segs, cpy_dst,
+                                &tref[rnd], &tcpy[rnd], o->hot ? &thot[rnd] : NULL,
+                                &bytes_req) != DUET_OK)
                     goto err;
-                reqb += (double)len;
-            }
-        for (int r = 0; r < c->p && !o->cuda; r++)
-            for (int dr = 0; dr < c->d; dr++) {
-                int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
-                ucp_request_param_t prm = {0};
+            if (o->perftest) {
+                uint64_t puts = 0;
 
-                for (int s = 0; s < n; s++) {
-                    void *q = ucp_put_nbx(ep, (char *)kvc_slab(pt.k[r]) + segs[s].lo, segs[s].len,
-                                          base + segs[s].ro, rkey, &prm);
+                for (int r = 0; r < c->p; r++) {
+                    kvc_stats_t st;
 
-                    if (UCS_PTR_IS_PTR(q))
-                        ucp_request_free(q);
-                    reqb += (double)segs[s].len;
+                    kvc_stats(pt.k[r], &st);
+                    puts += st.puts;
                 }
-            }
-        {
-            ucp_request_param_t prm = {0};
-            void *q = ucp_worker_flush_nbx(w, &prm);
-
-            if (UCS_PTR_IS_PTR(q)) {
-                while (ucp_request_check_status(q) == UCS_INPROGRESS)
-                    ucp_worker_progress(w);
-                ucp_request_free(q);
+                /* at the connector's mean put size so far; the child sleeps
+                 * in read() meanwhile (nothing is in flight) */
+                tag = TAG_PAUSE;
+                wr(to_c[1], &tag, sizeof(tag));
+                perf[rnd] = ucx_perftest_gbps(
+                    (size_t)(bytes_req * (double)(i + 1) / (double)(puts - puts0)),
+                    bytes_req * (double)o->requests);
             }
         }
-        t1 = clock_now_ns();
-        tref += (double)(t1 - t0) * 1e-9;
-        bytes_req = reqb;
-        t0 = clock_now_ns();
-        for (int r = 0; r < c->p; r++)
-            for (int dr = 0; dr < c->d; dr++) {
-                int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
-
-                for (int s = 0; s < n; s++)
-                    memcpy((char *)cpy_dst + segs[s].ro,
-                           (char *)(o->cuda ? src_host : kvc_slab(pt.k[r])) + segs[s].lo,
-                           segs[s].len);
-            }
-        tcpy += (double)(clock_now_ns() - t0) * 1e-9;
     }
-    tag = -1;
+    tag = TAG_END;
     wr(to_c[1], &tag, sizeof(tag));
     if (rd(to_p[0], &out, sizeof(out)) < 0)
         goto err;
     waitpid(pid, NULL, 0);
-    for (int64_t i = 0; i < o->requests; i++)
-        lat[i] = out.lat_s[i];
     {
-        double sum = 0;
+        double g[MAXROUND], pg[MAXROUND], cg[MAXROUND], rp[MAXROUND], rpu[MAXROUND],
+            rc[MAXROUND], hg[MAXROUND], rb = bytes_req * (double)o->requests;
+        int np = 0;
 
-        for (int64_t i = 0; i < o->requests; i++)
-            sum += lat[i];
-        qsort(lat, (size_t)o->requests, sizeof(double), cmp_d);
+        for (int rnd = 0; rnd < nr; rnd++) {
+            double sum = 0;
+
+            for (int64_t j = 0; j < o->requests; j++)
+                sum += out.lat_s[rnd * o->requests + j];
+            g[rnd] = rb / sum / 1e9;
+            pg[rnd] = rb / tref[rnd] / 1e9;
+            cg[rnd] = rb / tcpy[rnd] / 1e9;
+            hg[rnd] = thot[rnd] > 0 ? rb / thot[rnd] / 1e9 : 0;
+            rpu[rnd] = g[rnd] / pg[rnd];
+            rc[rnd] = g[rnd] / cg[rnd];
+            res->round_gbps[rnd] = g[rnd];
+            res->round_perf[rnd] = perf[rnd];
+            if (perf[rnd] > 0) {
+                rp[np++] = g[rnd] / perf[rnd];
+                res->r_perf_min = np == 1 || rp[np - 1] < res->r_perf_min ? rp[np - 1]
+                                                                          : res->r_perf_min;
+                res->r_perf_max = rp[np - 1] > res->r_perf_max ? rp[np - 1] : res->r_perf_max;
+            }
+        }
+        for (int64_t j = 0; j < nreq; j++)
+            lat[j] = out.lat_s[j];
+        qsort(lat, (size_t)nreq, sizeof(double), cmp_d);
+        res->rounds = nr;
         res->bytes_per_req = bytes_req;
-        res->gbps = bytes_req * (double)o->requests / sum / 1e9;
-        res->p50_ms = lat[o->requests / 2] * 1e3;
-        res->p99_ms = lat[(int64_t)ceil(0.99 * (double)o->requests) - 1] * 1e3;
-        res->puts_per_req = (double)(puts1 - puts0) / (double)o->requests;
-        res->ref_put_gbps = bytes_req * (double)o->requests / tref / 1e9;
-        res->ref_memcpy_gbps = bytes_req * (double)o->requests / tcpy / 1e9;
+        res->p50_ms = lat[nreq / 2] * 1e3;
+        res->p99_ms = lat[(int64_t)ceil(0.99 * (double)nreq) - 1] * 1e3;
+        res->puts_per_req = (double)(puts1 - puts0) / (double)nreq;
         res->msg_size = bytes_req / res->puts_per_req;
+        res->gbps = median(g, nr);
+        res->ref_put_gbps = median(pg, nr);
+        res->ref_memcpy_gbps = median(cg, nr);
+        res->r_put = median(rpu, nr);
+        res->r_cpy = median(rc, nr);
+        res->hot_put_gbps = median(hg, nr);
+        if (np) {
+            double tmp[MAXROUND];
+
+            memcpy(tmp, perf, sizeof(tmp));
+            res->perftest_gbps = median(tmp, nr);
+            res->r_perf = median(rp, np);
+        }
         res->ok = 1;
-        res->perftest_gbps = o->perftest ? ucx_perftest_gbps((size_t)res->msg_size) : 0;
     }
     free(segs);
     if (o->cuda)
@@ -745,6 +931,21 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
 err:
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    if (rkey != NULL)
+        ucp_rkey_destroy(rkey);
+    if (ep != NULL)
+        ucp_ep_destroy(ep);
+    if (w != NULL)
+        ucp_worker_destroy(w);
+    if (ctx != NULL)
+        ucp_cleanup(ctx);
+    if (o->cuda && cpy_dst != NULL)
+        host_unpin(cpy_dst);
+    free(src_host);
+    free(segs);
+    free(cpy_dst);
+    free(addr);
+    free(rkey_buf);
     for (int r = 0; r < c->p; r++) {
         kvc_destroy(pt.k[r]);
         dev_free(&dev[r]);
@@ -774,12 +975,15 @@ static const kvcase_t sweep[] = {
 
 static int bench_kv_run(int argc, char **argv)
 {
-    opts_t o = {.slab_mib = 1024, .requests = 20, .check_tokens = 512, .us_per_token = 100,
-                .perftest = true};
+    opts_t o = {.slab_mib = 1024, .requests = 20, .rounds = 3, .check_tokens = 512,
+                .us_per_token = 100, .perftest = true};
     const flag_t flags[] = {
         {"slab-mib", 0, FLAG_INT, &o.slab_mib, "slab per rank, MiB (>= 1024 keeps it out of the 260 MiB LLC)",
          "N", 64, 65536, 0, 0},
-        {"requests", 'n', FLAG_INT, &o.requests, "requests per case", "N", 3, MAXREQ, 0, 0},
+        {"requests", 'n', FLAG_INT, &o.requests, "requests per round", "N", 3, MAXREQ, 0, 0},
+        {"rounds", 'r', FLAG_INT, &o.rounds,
+         "rounds per case (each: the requests, the put/memcpy references, ucx_perftest); "
+         "figures are medians over the rounds", "N", 1, MAXROUND, 0, 0},
         {"check-tokens", 0, FLAG_INT, &o.check_tokens, "prompt tokens in the pipelining check",
          "N", 16, 4096, 0, 0},
         {"us-per-token", 0, FLAG_DOUBLE, &o.us_per_token,
@@ -787,6 +991,14 @@ static int bench_kv_run(int argc, char **argv)
          "US", 0, 0, 0.01, 100000},
         {"perftest", 0, FLAG_BOOL, &o.perftest, "run ucx_perftest as a reference", NULL, 0, 0, 0, 0},
         {"quick", 'q', FLAG_BOOL, &o.quick, "only the SmolLM2 cases", NULL, 0, 0, 0, 0},
+        {"case", 0, FLAG_STRING, &o.only, "only the cases whose name contains TEXT", "TEXT", 0, 0,
+         0, 0},
+        {"hot", 0, FLAG_BOOL, &o.hot,
+         "also time the plain puts from and to one cache-hot place (perftest's pattern)",
+         NULL, 0, 0, 0, 0},
+        {"hot-side", 0, FLAG_STRING, &o.hot_arg,
+         "with --hot: which side is hot: both (default), src (source hot, destinations "
+         "scattered) or dst (sources scattered, destination hot)", "SIDE", 0, 0, 0, 0},
         {"json", 0, FLAG_BOOL, &o.json, "print JSON", NULL, 0, 0, 0, 0},
         {"cuda", 0, FLAG_BOOL, &o.cuda, "prefill slabs in GPU memory, staged through pinned host "
          "buffers; the put reference becomes one device-to-host copy of the same bytes "
@@ -798,12 +1010,25 @@ static int bench_kv_run(int argc, char **argv)
                              "(transport from UCX_TLS) against UCX put, memcpy and ucx_perftest."};
     duet_status_t s = flags_parse(&u, flags, FLAGS_COUNT(flags), argc, argv, NULL, 0, NULL);
     const char *tls = getenv("UCX_TLS");
-    int ncases = (int)(sizeof(sweep) / sizeof(sweep[0])), failed = 0;
+    int ncases = (int)(sizeof(sweep) / sizeof(sweep[0])), failed = 0, nprinted = 0;
 
     if (s == DUET_DONE)
         return 0;
     if (s != DUET_OK)
         return 2;
+    o.hot_side = 'b';
+    if (o.hot_arg != NULL) {
+        if (strcmp(o.hot_arg, "src") != 0 && strcmp(o.hot_arg, "dst") != 0 &&
+            strcmp(o.hot_arg, "both") != 0) {
+            fprintf(stderr, "duet bench kv: --hot-side is both, src or dst\n");
+            return 2;
+        }
+        o.hot_side = o.hot_arg[0];
+    }
+    if (o.rounds * o.requests > MAXREQ) {
+        fprintf(stderr, "duet bench kv: --rounds x --requests is at most %d\n", MAXREQ);
+        return 2;
+    }
     if (o.quick)
         ncases = 4;
     if (o.cuda && !DUET_HAVE_CUDA) {
@@ -815,39 +1040,58 @@ static int bench_kv_run(int argc, char **argv)
         printf("{\"ucx_tls\": \"%s\", \"slab_mib\": %lld, \"cuda\": %s, \"cases\": [\n",
                tls ? tls : "", (long long)o.slab_mib, o.cuda ? "true" : "false");
     else
-        printf("UCX_TLS=%s, slab %lld MiB per rank, %lld requests per case; perftest reuses one "
-               "cache-hot buffer\n%-20s %9s %7s %7s %8s %9s %7s %7s %7s %6s %6s %6s\n",
-               tls ? tls : "(default)", (long long)o.slab_mib, (long long)o.requests, "case",
-               "KiB/req", "puts", "GB/s", "p50 ms", "p99 ms", o.cuda ? "d2h" : "put", "memcpy",
-               "perft", o.cuda ? "/d2h" : "/put", "/cpy", "/perf");
+        printf("UCX_TLS=%s, slab %lld MiB per rank, %lld rounds of %lld requests per case "
+               "(medians over rounds); perftest reuses one cache-hot buffer\n"
+               "%-20s %9s %7s %7s %8s %9s %7s %7s %7s %6s %6s %6s %11s\n",
+               tls ? tls : "(default)", (long long)o.slab_mib, (long long)o.rounds,
+               (long long)o.requests, "case", "KiB/req", "puts", "GB/s", "p50 ms", "p99 ms",
+               o.cuda ? "d2h" : "put", "memcpy", "perft", o.cuda ? "/d2h" : "/put", "/cpy",
+               "/perf", "/perf range");
     for (int i = 0; i < ncases; i++) {
         kvres_t r;
 
+        if (o.only != NULL && strstr(sweep[i].name, o.only) == NULL)
+            continue;
         if (run_case(&sweep[i], &o, &r) != 0) {
             fprintf(stderr, "case '%s' failed\n", sweep[i].name);
             failed++;
             continue;
         }
         if (o.json) {
-            printf("  {\"case\": \"%s\", \"layers\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
+            printf("%s  {\"case\": \"%s\", \"layers\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
                    "\"dtype\": \"%s\", \"tp\": [%d, %d], \"blocks_per_req\": %d, \"run\": %d, "
                    "\"bytes_per_req\": %.0f, \"puts_per_req\": %.1f, \"gbps\": %.3f, "
                    "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"ref_put_gbps\": %.3f, "
-                   "\"ref_memcpy_gbps\": %.3f, \"perftest_gbps\": %.3f, \"perftest_msg\": %.0f, "
-                   "\"check_layer_ms\": %.3f, \"check_tail_between_ms\": %.3f, "
-                   "\"check_tail_thread_ms\": %.3f}%s\n",
-                   sweep[i].name, sweep[i].layers, sweep[i].heads, sweep[i].head_dim,
+                   "\"ref_memcpy_gbps\": %.3f, \"hot_put_gbps\": %.3f, \"perftest_gbps\": %.3f, "
+                   "\"perftest_msg\": %.0f, "
+                   "\"ratio_put\": %.3f, \"ratio_memcpy\": %.3f, \"ratio_perftest\": %.3f, "
+                   "\"rounds\": [",
+                   nprinted ? ",\n" : "", sweep[i].name, sweep[i].layers, sweep[i].heads, sweep[i].head_dim,
                    sweep[i].dtype == DTYPE_F32 ? "f32" : "f16", sweep[i].p, sweep[i].d,
                    sweep[i].blocks_per_req, sweep[i].run, r.bytes_per_req, r.puts_per_req, r.gbps,
-                   r.p50_ms, r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps,
-                   r.msg_size, r.layer_ms, r.tail_between_ms, r.tail_thread_ms,
-                   i == ncases - 1 ? "" : ",");
+                   r.p50_ms, r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.hot_put_gbps,
+                   r.perftest_gbps, r.msg_size, r.r_put, r.r_cpy, r.r_perf);
+            for (int k = 0; k < r.rounds; k++)
+                printf("%s{\"gbps\": %.3f, \"perftest_gbps\": %.3f}", k ? ", " : "",
+                       r.round_gbps[k], r.round_perf[k]);
+            printf("], \"check_layer_ms\": %.3f, \"check_tail_between_ms\": %.3f, "
+                   "\"check_tail_thread_ms\": %.3f}",
+                   r.layer_ms, r.tail_between_ms, r.tail_thread_ms);
+            nprinted++;
         } else {
-            printf("%-20s %9.0f %7.0f %7.2f %8.2f %9.2f %7.2f %7.2f %7.2f %6.2f %6.2f %6.2f\n",
+            printf("%-20s %9.0f %7.0f %7.2f %8.2f %9.2f %7.2f %7.2f %7.2f %6.2f %6.2f %6.2f "
+                   "%5.2f-%5.2f\n",
                    sweep[i].name, r.bytes_per_req / 1024, r.puts_per_req, r.gbps, r.p50_ms,
-                   r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps,
-                   r.gbps / r.ref_put_gbps, r.gbps / r.ref_memcpy_gbps,
-                   r.perftest_gbps > 0 ? r.gbps / r.perftest_gbps : 0.0);
+                   r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps, r.r_put,
+                   r.r_cpy, r.r_perf, r.r_perf_min, r.r_perf_max);
+            if (o.hot && r.hot_put_gbps > 0)
+                printf("%-20s plain put %s (%s): %.2f GB/s; "
+                       "scattered put / hot put %.2f, hot put / perftest %.2f\n", "",
+                       o.hot_side == 'b' ? "from/to one hot place" :
+                       o.hot_side == 's' ? "from one hot place" : "to one hot place",
+                       o.hot_side == 'b' ? "perftest's pattern" : "the other side scattered",
+                       r.hot_put_gbps, r.ref_put_gbps / r.hot_put_gbps,
+                       r.perftest_gbps > 0 ? r.hot_put_gbps / r.perftest_gbps : 0.0);
             if (i == 0)
                 printf("%-20s check (%lld tokens, layer compute %.1f ms): transfer tail after the "
                        "last layer %.2f ms (progress between layers), %.2f ms (progress thread): "
@@ -859,7 +1103,7 @@ static int bench_kv_run(int argc, char **argv)
         fflush(stdout);
     }
     if (o.json)
-        printf("]}\n");
+        printf("\n]}\n");
     return failed ? 1 : 0;
 }
 

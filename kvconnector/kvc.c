@@ -791,11 +791,38 @@ static void host_probe(kvc_t *kvc)
     free(buf);
 }
 
+/* UCX_TLS may select tcp (unset, "all", naming tcp, or an exclusion list
+ * that does not exclude it); otherwise a tcp setting would only draw UCX's
+ * "invalid configurations" warning. */
+static bool tls_has_tcp(void)
+{
+    const char *tls = getenv("UCX_TLS");
+
+    if (tls == NULL)
+        return true;
+    if (tls[0] == '^')
+        return strstr(tls, "tcp") == NULL;
+    return strstr(tls, "tcp") != NULL || strstr(tls, "all") != NULL;
+}
+
+int kvc_ucx_settings(const kvc_ucx_setting_t **settings_p)
+{
+    /* UCX 1.13 applies a transport key given to ucp_config_modify without the
+     * transport's prefix ("TX_SEG_SIZE"; "TCP_TX_SEG_SIZE" is reported as an
+     * invalid configuration and ignored); only tcp has this key here */
+    static const kvc_ucx_setting_t tcp_seg = {"UCX_TCP_TX_SEG_SIZE", "TX_SEG_SIZE", "64K"};
+
+    *settings_p = &tcp_seg;
+    return getenv(tcp_seg.env) == NULL && tls_has_tcp() ? 1 : 0;
+}
+
 duet_status_t kvc_create(const kvc_params_t *params, kvc_t **kvc_p)
 {
     ucp_params_t up = {0};
     ucp_worker_params_t wp = {0};
     ucp_am_handler_param_t ap = {0};
+    ucp_config_t *cfg;
+    const kvc_ucx_setting_t *set;
     ucs_status_t us;
     duet_status_t s;
     kvc_t *kvc;
@@ -814,7 +841,24 @@ duet_status_t kvc_create(const kvc_params_t *params, kvc_t **kvc_p)
 
     up.field_mask = UCP_PARAM_FIELD_FEATURES;
     up.features = UCP_FEATURE_AM | UCP_FEATURE_RMA;
-    us = ucp_init(&up, NULL, &kvc->ctx);
+    us = ucp_config_read(NULL, NULL, &cfg);
+    if (us != UCS_OK) {
+        log_error("ucp_config_read failed: %s", ucs_status_string(us));
+        s = DUET_ERR_UCX;
+        goto err_free;
+    }
+    for (int i = 0, n = kvc_ucx_settings(&set); i < n; i++) {
+        us = ucp_config_modify(cfg, set[i].key, set[i].value);
+        if (us != UCS_OK) {
+            log_warn("ucp_config_modify(%s=%s) failed: %s (left to UCX)", set[i].key,
+                     set[i].value, ucs_status_string(us));
+            continue;
+        }
+        snprintf(kvc->ucx_set + strlen(kvc->ucx_set), sizeof(kvc->ucx_set) - strlen(kvc->ucx_set),
+                 "%s%s=%s", kvc->ucx_set[0] ? " " : "", set[i].env, set[i].value);
+    }
+    us = ucp_init(&up, cfg, &kvc->ctx);
+    ucp_config_release(cfg);
     if (us != UCS_OK) {
         log_error("ucp_init failed: %s", ucs_status_string(us));
         s = DUET_ERR_UCX;
@@ -1078,4 +1122,9 @@ duet_status_t kvc_test_quiesce(kvc_t *kvc, int timeout_ms)
             s = us == UCS_INPROGRESS ? DUET_ERR_TIMEOUT : status_from_ucs(us);
     }
     return s;
+}
+
+const char *kvc_test_ucx_settings(const kvc_t *kvc)
+{
+    return kvc->ucx_set;
 }

@@ -169,6 +169,25 @@ duet_status_t kvc_tp_route(int32_t n_kv_heads, int p, int prank, int d, int dran
  * on decode, the listener. */
 duet_status_t kvc_create(const kvc_params_t *params, kvc_t **kvc_p);
 
+/* A UCX setting the connector applies to its own context on top of the
+ * environment's (ucp_config_modify(key, value)); env is the variable that
+ * would set the same from the environment. */
+typedef struct {
+    const char *env;    /* "UCX_TCP_TX_SEG_SIZE" */
+    const char *key;    /* "TX_SEG_SIZE": what UCX 1.13 takes for a transport key */
+    const char *value;  /* "64K" */
+} kvc_ucx_setting_t;
+
+/* The settings kvc_create applies now (they depend on the environment);
+ * returns their number, *settings_p points to a static table. Today at most
+ * one: UCX_TCP_TX_SEG_SIZE=64K (UCX 1.13's 8K split every scattered 12 KiB
+ * block put into two messages over TCP; docs/kvconnector.md, "TCP against
+ * ucx_perftest"), unless UCX_TCP_TX_SEG_SIZE is set or UCX_TLS names no tcp
+ * transport. A peer's UCX_TCP_RX_SEG_SIZE must be at least this (its
+ * default, 64K, is). Benchmarks give their references and ucx_perftest the
+ * same. */
+int kvc_ucx_settings(const kvc_ucx_setting_t **settings_p);
+
 /* Close endpoints, listener, slab and worker. Requests still open are dropped. */
 void kvc_destroy(kvc_t *kvc);
 

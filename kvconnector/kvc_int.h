@@ -169,6 +169,7 @@ struct kvc {
     char           listen_addr[64];
     char           boot_id[40];     /* this host's boot id ("" if unknown) */
     bool           shm;             /* the context has a shared-memory transport */
+    char           ucx_set[128];    /* the kvc_ucx_settings applied, "ENV=value ..." */
     kvc_conn_t    *conns[KVC_MAX_CONNS];
     int            nconns;
     bool           conn_failed;     /* some conn is KVC_CONN_FAILED */
@@ -247,5 +248,9 @@ duet_status_t kvc_test_send_raw(kvc_t *kvc, uint64_t node, const void *buf, size
  * The sender-killed tests use it to pick their moment (docs/kvconnector.md,
  * "Known UCX 1.13 crash"). */
 duet_status_t kvc_test_quiesce(kvc_t *kvc, int timeout_ms);
+
+/* Test hook: the UCX settings kvc_create applied to this context, as
+ * "UCX_NAME=value" separated by spaces ("" for none). */
+const char *kvc_test_ucx_settings(const kvc_t *kvc);
 
 #endif

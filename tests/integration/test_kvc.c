@@ -1135,6 +1135,60 @@ static void two_peers(void)
     is_int(res.leaked, 0, "two peers: every block back");
 }
 
+/* The UCX settings kvc_create applies (kvc_ucx_settings): each case in its
+ * own process, since it changes the environment. Exit status: 0 as expected,
+ * 1 create failed, 2 created, 3 wrong settings string. */
+static int ucx_settings_case(const char *rx, const char *tx, bool expect_ok, const char *expect)
+{
+    cfg_t c = {SC_EXACT, 6, 1, 1, 88};
+    pid_t pid = fork();
+    int st;
+
+    if (pid == 0) {
+        kvc_t *k;
+
+        if (rx)
+            setenv("UCX_TCP_RX_SEG_SIZE", rx, 1);
+        if (tx)
+            setenv("UCX_TCP_TX_SEG_SIZE", tx, 1);
+        k = make(&c, KVC_ROLE_DECODE, 1, 0);
+        if (k == NULL)
+            _exit(expect_ok ? 1 : 0);
+        if (!expect_ok)
+            _exit(2);
+        if (strcmp(kvc_test_ucx_settings(k), expect) != 0) {
+            fprintf(stderr, "# settings '%s', expected '%s'\n", kvc_test_ucx_settings(k), expect);
+            _exit(3);
+        }
+        kvc_destroy(k);
+        _exit(0);
+    }
+    if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st))
+        return -1;
+    return WEXITSTATUS(st);
+}
+
+static void ucx_settings(void)
+{
+    const kvc_ucx_setting_t *set;
+    int n = kvc_ucx_settings(&set);
+
+    if (n == 0) {
+        diag("no connector UCX settings under this UCX_TLS / environment");
+        return;
+    }
+    is_int(n, 1, "one UCX setting: %s=%s", set[0].env, set[0].value);
+    is_int(ucx_settings_case(NULL, NULL, true, "UCX_TCP_TX_SEG_SIZE=64K"), 0,
+           "kvc_create applies UCX_TCP_TX_SEG_SIZE=64K to its context");
+    /* UCX refuses a tcp TX segment larger than the RX segment: if the
+     * connector's 64K reached the tcp transport, a 16K RX segment makes the
+     * worker (and kvc_create) fail; if the key were ignored it would not */
+    is_int(ucx_settings_case("16K", NULL, false, ""), 0,
+           "the 64K TX segment reaches the tcp transport (RX 16K is refused)");
+    is_int(ucx_settings_case("16K", "8K", true, ""), 0,
+           "UCX_TCP_TX_SEG_SIZE from the environment wins (nothing applied)");
+}
+
 static bool cuda_here(void)
 {
 #if DUET_HAVE_CUDA
@@ -1176,6 +1230,7 @@ int main(int argc, char **argv)
         diag("%.2f s", (double)(clock_now_ns() - t) * 1e-9);
     }
     two_peers();
+    ucx_settings();
     for (unsigned s = 0; slow && s < 20; s++) {
         cfg_t c = {SC_EXACT, 6, 1 + (int)(s % 3), 1 + (int)(s / 3 % 3), 100 + s};
 
