@@ -118,6 +118,19 @@ static void pick_blocks(int32_t *out, int32_t nb, int32_t nblocks, int32_t run, 
     }
 }
 
+/* Every put issued on w has completed remotely. */
+static void worker_flush_wait(ucp_worker_h w)
+{
+    ucp_request_param_t prm = {0};
+    void *q = ucp_worker_flush_nbx(w, &prm);
+
+    if (UCS_PTR_IS_PTR(q)) {
+        while (ucp_request_check_status(q) == UCS_INPROGRESS)
+            ucp_worker_progress(w);
+        ucp_request_free(q);
+    }
+}
+
 static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -569,16 +582,7 @@ static duet_status_t ref_request(const kvcase_t *c, const opts_t *o, const prog_
                 reqb += (double)segs[s].len;
             }
         }
-    {
-        ucp_request_param_t prm = {0};
-        void *q = ucp_worker_flush_nbx(w, &prm);
-
-        if (UCS_PTR_IS_PTR(q)) {
-            while (ucp_request_check_status(q) == UCS_INPROGRESS)
-                ucp_worker_progress(w);
-            ucp_request_free(q);
-        }
-    }
+    worker_flush_wait(w);
     *tref += (double)(clock_now_ns() - t0) * 1e-9;
     *bytes = reqb;
     t0 = clock_now_ns();
@@ -613,16 +617,7 @@ static duet_status_t ref_request(const kvcase_t *c, const opts_t *o, const prog_
                     ucp_request_free(q);
             }
         }
-    {
-        ucp_request_param_t prm = {0};
-        void *q = ucp_worker_flush_nbx(w, &prm);
-
-        if (UCS_PTR_IS_PTR(q)) {
-            while (ucp_request_check_status(q) == UCS_INPROGRESS)
-                ucp_worker_progress(w);
-            ucp_request_free(q);
-        }
-    }
+    worker_flush_wait(w);
     *thot += (double)(clock_now_ns() - t0) * 1e-9;
     return DUET_OK;
 }
