@@ -118,7 +118,7 @@ int main(void)
     procgroup_t *pg = NULL;
 
     if (ndev == 0)
-        tap_plan_skip("no CUDA device");
+        tap_exit_skip("no CUDA device");
     o.world_size = ndev > 4 ? 4 : ndev;
     if (!ok(procgroup_start(&o, &pg) == DUET_OK, "start %d ranks", o.world_size))
         return tap_done();
