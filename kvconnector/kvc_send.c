@@ -328,24 +328,30 @@ static duet_status_t put_one(kvc_t *kvc, sreq_t *r, kvc_conn_t *c, void *src, si
     return DUET_OK;
 }
 
-/* Gather: runs share staging buffer `stage`, filled by one batch; then a put
- * per run from it. Queue one run's copy and put. */
+/* Staged puts: runs share staging buffer `stage`, then a put per run from
+ * it. Copy one run into the buffer at boff (queued for one batch when the
+ * buffers are pinned and params.stage_copy_batch is given, else at once by
+ * params.stage_copy) and queue its put. */
 static duet_status_t gather_add(kvc_t *kvc, int stage, size_t boff, const void *src, size_t ro,
                                 size_t len)
 {
+    void *dst = kvc->stage_buf[stage] + boff;
+
     CHECK(room_for_one((void **)&kvc->gput, &kvc->capgput, kvc->ngput, sizeof(*kvc->gput)));
-    CHECK(batch_add(kvc, kvc->stage_buf[stage] + boff, src, len));
+    if (kvc->stage_pinned && kvc->p.stage_copy_batch != NULL)
+        CHECK(batch_add(kvc, dst, src, len));
+    else if (kvc->p.stage_copy(kvc->p.stage_arg, dst, src, len) != DUET_OK)
+        return DUET_ERR_CUDA;
     kvc->gput[kvc->ngput++] = (kvc_gput_t){boff, ro, len};
     kvc->stats.staged += len;
     return DUET_OK;
 }
 
-/* Run the gathered copies into buffer `stage`, then put each run. Returns
- * the puts issued, or -1 when the request failed. */
+/* Run the queued copies into buffer `stage`, then put each run. Returns the
+ * puts issued, or -1 when the request failed. */
 static int gather_flush(kvc_t *kvc, sreq_t *r, kvc_conn_t *c, int stage)
 {
     int n = kvc->ngput;
-
     duet_status_t s;
 
     kvc->ngput = 0;
@@ -379,10 +385,9 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
     /* copies from a device slab into a pinned mapped decode slab: one batch
      * per job */
     bool batched = kvc->staging && c->rptr_pinned && kvc->p.stage_copy_batch != NULL;
-    /* puts from a device slab: runs gathered into a pinned staging buffer by
-     * one batch, gbuf (-1: none) filled up to gfill */
-    bool gather = kvc->staging && c->rptr == NULL && kvc->stage_pinned &&
-                  kvc->p.stage_copy_batch != NULL;
+    /* puts from a device slab: runs copied into a staging buffer, gbuf (-1:
+     * none) filled up to gfill, then put from it */
+    bool gather = kvc->staging && c->rptr == NULL;
     int gbuf = -1, g;
     size_t gfill = 0;
     duet_status_t bs;
@@ -401,7 +406,6 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             size_t lo, ro, len;
             void *src;
             int32_t s = d->seg;
-            int stage;
 
             /* (copies into a mapped slab are never in flight) */
             if (c->rptr == NULL && kvc->inflight >= kvc->p.max_inflight)
@@ -445,7 +449,8 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 continue;
             }
             if (gather) {
-                /* copy into the buffer being filled; put when it is full */
+                /* copy into the buffer being filled (the other one's puts
+                 * may be in flight); put when it is full */
                 if (gbuf < 0) {
                     gbuf = !kvc->stage_busy[0] ? 0 : !kvc->stage_busy[1] ? 1 : -1;
                     if (gbuf < 0)
@@ -454,9 +459,8 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 }
                 if (len > kvc->p.stage_bytes - gfill)
                     len = kvc->p.stage_bytes - gfill;
-                if (gather_add(kvc, gbuf, gfill, src, ro, len) != DUET_OK) {
-                    kvc->nbatch = kvc->ngput = 0;
-                    sreq_fail(kvc, r, DUET_ERR_NOMEM);
+                if ((bs = gather_add(kvc, gbuf, gfill, src, ro, len)) != DUET_OK) {
+                    sreq_fail(kvc, r, bs);
                     goto out;
                 }
                 gfill += len;
@@ -467,24 +471,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                     gbuf = -1;
                 }
             } else {
-                stage = -1;
-                if (kvc->staging) {
-                    /* device -> pinned host buffer, then put from there; the
-                     * other buffer's put overlaps this copy */
-                    stage = !kvc->stage_busy[0] ? 0 : !kvc->stage_busy[1] ? 1 : -1;
-                    if (stage < 0)
-                        goto out;   /* both in flight: resume on a completion */
-                    if (len > kvc->p.stage_bytes)
-                        len = kvc->p.stage_bytes;
-                    if (kvc->p.stage_copy(kvc->p.stage_arg, kvc->stage_buf[stage], src, len) !=
-                        DUET_OK) {
-                        sreq_fail(kvc, r, DUET_ERR_CUDA);
-                        goto out;
-                    }
-                    kvc->stats.staged += len;
-                    src = kvc->stage_buf[stage];
-                }
-                if (put_one(kvc, r, c, src, ro, len, stage) != DUET_OK)
+                if (put_one(kvc, r, c, src, ro, len, -1) != DUET_OK)
                     goto out;
                 n++;
             }
