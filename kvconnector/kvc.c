@@ -647,6 +647,23 @@ static duet_status_t stage_map(kvc_t *kvc)
     return DUET_OK;
 }
 
+/* Undo slab_map (and stage_map): safe on a partly mapped kvc, and twice. */
+static void slab_unmap(kvc_t *kvc)
+{
+    if (kvc->memh)
+        ucp_mem_unmap(kvc->ctx, kvc->memh);
+    kvc->memh = NULL;
+    if (kvc->stage_pinned)
+        stage_unpin(kvc, kvc->stage_buf[0]);
+    kvc->stage_pinned = false;
+    if (kvc->stage_memh)
+        ucp_mem_unmap(kvc->ctx, kvc->stage_memh);
+    kvc->stage_memh = NULL;
+    if (kvc->slab_owned)
+        free(kvc->slab);
+    kvc->slab_owned = false;
+}
+
 static duet_status_t slab_map(kvc_t *kvc)
 {
     ucp_mem_map_params_t mp = {0};
@@ -676,11 +693,7 @@ static duet_status_t slab_map(kvc_t *kvc)
             kvc->slab = calloc(1, kv_slab_bytes(&kvc->p.layout));
             kvc->slab_owned = true;
             if (kvc->slab == NULL) {
-                if (kvc->stage_pinned)
-                    stage_unpin(kvc, kvc->stage_buf[0]);
-                kvc->stage_pinned = false;
-                ucp_mem_unmap(kvc->ctx, kvc->stage_memh);
-                kvc->stage_memh = NULL;
+                slab_unmap(kvc);
                 return DUET_ERR_NOMEM;
             }
         }
@@ -713,20 +726,6 @@ static duet_status_t slab_map(kvc_t *kvc)
     }
     kvc->slab = ma.address;
     return DUET_OK;
-}
-
-static void slab_unmap(kvc_t *kvc)
-{
-    if (kvc->memh)
-        ucp_mem_unmap(kvc->ctx, kvc->memh);
-    if (kvc->stage_pinned)
-        stage_unpin(kvc, kvc->stage_buf[0]);
-    free(kvc->batch);
-    free(kvc->gput);
-    if (kvc->stage_memh)
-        ucp_mem_unmap(kvc->ctx, kvc->stage_memh);
-    if (kvc->slab_owned)
-        free(kvc->slab);
 }
 
 static duet_status_t listen_start(kvc_t *kvc)

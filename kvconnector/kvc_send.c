@@ -895,4 +895,6 @@ void kvc_send_destroy(kvc_t *kvc)
 {
     while (kvc->reqs.list.next != &kvc->reqs.list)
         sreq_free(kvc, (sreq_t *)kvc->reqs.list.next);
+    free(kvc->batch);
+    free(kvc->gput);
 }
