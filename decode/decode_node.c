@@ -526,14 +526,12 @@ static void dn_step_cb(evutil_socket_t fd, short what, void *arg)
     dnode_t *n = arg;
     const engine_out_t *outs;
     int n_out = 0, n_items = 0;
-    engine_stats_t before, after;
     duet_status_t s;
 
     (void)fd;
     (void)what;
     if (!engine_has_work(n->engine))
         return;
-    engine_stats(n->engine, &before);
     s = engine_step(n->engine, &outs, &n_out);
     if (s != DUET_OK) {
         if (n->ex != NULL && !exec_ok(n->ex)) {
@@ -602,11 +600,8 @@ static void dn_step_cb(evutil_socket_t fd, short what, void *arg)
      * blocks are held by requests still receiving their KV) is tried again
      * a little later: at once it would spin, preempting and readmitting the
      * same request. */
-    engine_stats(n->engine, &after);
     if (engine_has_work(n->engine))
-        dn_schedule_step_in(n, n_out > 0 || after.tokens_prefilled != before.tokens_prefilled ||
-                                   after.tokens_generated != before.tokens_generated
-                               ? 0 : DEC_IDLE_STEP_US);
+        dn_schedule_step_in(n, engine_step_ran(n->engine) ? 0 : DEC_IDLE_STEP_US);
 }
 
 /* ---- frames from the router ----------------------------------------------- */

@@ -489,6 +489,11 @@ static void emit(engine_t *e, uint64_t id, int32_t token, engine_finish_t f)
     e->outs[e->n_out++] = (engine_out_t){ .req_id = id, .token = token, .finish = f };
 }
 
+bool engine_step_ran(const engine_t *e)
+{
+    return e->n_kvseqs > 0 || e->n_out > 0;
+}
+
 bool engine_has_work(const engine_t *e)
 {
     sched_stats_t st;

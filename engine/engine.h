@@ -174,6 +174,12 @@ duet_status_t engine_step(engine_t *e, const engine_out_t **outs_p, int *n_out_p
 /* True when there is work for engine_step. */
 bool engine_has_work(const engine_t *e);
 
+/* True when the last engine_step ran a forward pass or reported something.
+ * False: it found nothing it could run (no blocks to admit or grow a
+ * request while other requests hold them); calling it again at once would
+ * only spin, so the caller waits for a change (a timer, a freed block). */
+bool engine_step_ran(const engine_t *e);
+
 /* Abort a request in any state; frees all it holds. DUET_ERR_NOT_FOUND for
  * an unknown id. */
 duet_status_t engine_abort(engine_t *e, uint64_t id);

@@ -335,7 +335,6 @@ static void pn_step_cb(evutil_socket_t fd, short what, void *arg)
 {
     pnode_t *n = arg;
     const engine_out_t *outs;
-    engine_stats_t before, after;
     int n_out = 0;
     duet_status_t s;
 
@@ -344,7 +343,6 @@ static void pn_step_cb(evutil_socket_t fd, short what, void *arg)
     if (!engine_has_work(n->engine))
         return;
     n->n_ho = 0;
-    engine_stats(n->engine, &before);
     s = engine_step(n->engine, &outs, &n_out);
     if (s != DUET_OK) {
         preq_t *r, *next;
@@ -376,12 +374,10 @@ static void pn_step_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     kvc_progress(n->kvc);
-    engine_stats(n->engine, &after);
     /* A step that ran nothing (no blocks: finished prompts hold them until
      * their transfers end) is tried again from the tick, not at once: at
      * once it would spin, admitting and preempting the same prompt. */
-    if (engine_has_work(n->engine) &&
-        (n_out > 0 || after.tokens_prefilled != before.tokens_prefilled))
+    if (engine_has_work(n->engine) && engine_step_ran(n->engine))
         pn_schedule_step(n);
 }
 
