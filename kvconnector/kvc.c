@@ -5,11 +5,16 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -118,6 +123,42 @@ static void am_send_done(void *request, ucs_status_t status, void *user_data)
     free(c->buf);
     free(c);
     ucp_request_free(request);
+}
+
+/* The decode slab is written here and read by its owner only later (the
+ * mapped slab on the prefill side, DATA messages on the decode side), so on
+ * x86 the bulk goes with non-temporal stores: no read-for-ownership of the
+ * destination lines, a third less memory traffic than memcpy. */
+void kvc_copy_nt(void *dst, const void *src, size_t len)
+{
+#if defined(__x86_64__)
+    if (((uintptr_t)dst & 15) == 0 && len >= 1024) {
+        __m128i *d = dst;
+        const __m128i *s = src;
+        size_t n = len / 64;
+
+        for (size_t i = 0; i < n; i++, d += 4, s += 4) {
+            __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1);
+            __m128i c = _mm_loadu_si128(s + 2), e = _mm_loadu_si128(s + 3);
+
+            _mm_stream_si128(d, a);
+            _mm_stream_si128(d + 1, b);
+            _mm_stream_si128(d + 2, c);
+            _mm_stream_si128(d + 3, e);
+        }
+        memcpy(d, s, len % 64);
+        return;
+    }
+#endif
+    memcpy(dst, src, len);
+}
+
+void kvc_copy_fence(void)
+{
+#if defined(__x86_64__)
+    _mm_sfence();
+#endif
+    atomic_thread_fence(memory_order_release);
 }
 
 duet_status_t kvc_am_send(kvc_conn_t *conn, void *buf, size_t len, int *outstanding)
@@ -371,14 +412,14 @@ out:
                  (unsigned long long)m->fp.node_id, (int)m->fp.tp_rank, (int)m->fp.tp_size);
 }
 
-/* Does ep put over shared memory? UCX 1.13 has no query for an endpoint's
- * transports, so read its lane table (ucp_ep_print_info): every lane used for
- * RMA must be a shared-memory transport. */
-static bool ep_puts_over_shm(ucp_ep_h ep)
+/* Does every RMA lane of ep use one of the transports in `tls` (names as
+ * ucp_ep_print_info prints them: "posix/", "tcp/", ...)? UCX 1.13 has no
+ * query for an endpoint's transports, so read its lane table. */
+static bool ep_rma_lanes_are(ucp_ep_h ep, const char *const *tls)
 {
     char *buf = NULL, *line, *save = NULL;
     size_t len = 0;
-    int shm = 0, other = 0;
+    int match = 0, other = 0;
     FILE *f = open_memstream(&buf, &len);
 
     if (f == NULL)
@@ -386,17 +427,23 @@ static bool ep_puts_over_shm(ucp_ep_h ep)
     ucp_ep_print_info(ep, f);
     fclose(f);
     for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        bool m = false;
+
         if (strstr(line, "lane[") == NULL || strstr(line, "rma") == NULL)
             continue;
-        if (strstr(line, "posix/") || strstr(line, "sysv/") || strstr(line, "cma/") ||
-            strstr(line, "xpmem/") || strstr(line, "knem/"))
-            shm++;
+        for (int i = 0; tls[i] && !m; i++)
+            m = strstr(line, tls[i]) != NULL;
+        if (m)
+            match++;
         else
             other++;
     }
     free(buf);
-    return shm > 0 && other == 0;
+    return match > 0 && other == 0;
 }
+
+static const char *const shm_tls[] = {"posix/", "sysv/", "cma/", "xpmem/", "knem/", NULL};
+static const char *const tcp_tls[] = {"tcp/", NULL};
 
 /* Fill in this process's page tables for a peer's slab mapped here, writable,
  * without touching its contents: otherwise the first store to each page of
@@ -480,13 +527,34 @@ static void data_ep_open(kvc_t *kvc, kvc_conn_t *c)
                  (int)c->peer.tp_rank);
         return;
     }
-    if (!ep_puts_over_shm(c->dep)) {
+    if (!ep_rma_lanes_are(c->dep, shm_tls)) {
         log_info("the address endpoint to the decode rank does not put over shared memory; "
                  "puts stay on the sockaddr endpoint");
         data_ep_close(kvc, c);
         return;
     }
     log_info("puts to decode rank %d go over shared memory", (int)c->peer.tp_rank);
+}
+
+/* Prefill: how writes to c travel when they are not copies into a mapped
+ * slab nor puts over shared memory. UCX's TCP transport emulates a put with
+ * a message that its receive handler copies into the target with memcpy;
+ * into a slab far larger than the cache that copy reads every destination
+ * line first. With DATA messages the decode rank makes that copy itself,
+ * with non-temporal stores, and checks each run against the grant.
+ * DUET_KVC_DATA=put or =am overrides the choice (to compare the two). */
+static void data_path_pick(kvc_t *kvc, kvc_conn_t *c)
+{
+    const char *env = getenv("DUET_KVC_DATA");
+
+    if (c->rptr != NULL || c->dep != NULL || kvc->staging)
+        return;
+    if (env != NULL && strcmp(env, "put") == 0)
+        return;
+    c->am_data = (env != NULL && strcmp(env, "am") == 0) || ep_rma_lanes_are(c->ep, tcp_tls);
+    if (c->am_data)
+        log_info("writes to decode rank %d are DATA messages, copied by the decode rank",
+                 (int)c->peer.tp_rank);
 }
 
 /* Prefill: the decode rank answered our HELLO. */
@@ -552,6 +620,20 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t header_length, v
 
     if (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)
         c = conn_by_ep(kvc, param->reply_ep);
+    if (header_length > 0) {
+        /* DATA: the only message with an AM header */
+        if (c == NULL || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || kvc->destroying ||
+            kvc->p.role != KVC_ROLE_DECODE ||
+            (c->state != KVC_CONN_READY && c->state != KVC_CONN_FAILED)) {
+            kvc->stats.rejected++;
+            log_warn("dropped a DATA message (%zu bytes, attr %llx): no connection, "
+                     "rendezvous, or not a decode rank", length,
+                     (unsigned long long)param->recv_attr);
+            return UCS_OK;
+        }
+        kvc_recv_on_data(kvc, c, header, header_length, data, length);
+        return UCS_OK;
+    }
     if (c == NULL || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || length < sizeof(h) ||
         kvc->destroying) {
         kvc->stats.rejected++;
@@ -1014,6 +1096,7 @@ duet_status_t kvc_connect(kvc_t *kvc, const char *addr, int timeout_ms,
         goto err_close;
     }
     data_ep_open(kvc, c);
+    data_path_pick(kvc, c);
     free(c->ack_extra);
     c->ack_extra = NULL;
     log_info("connected to decode node %llu rank %d/%d at %s (%d heads from local head %d)",
@@ -1091,6 +1174,32 @@ duet_status_t kvc_test_send_raw(kvc_t *kvc, uint64_t node, const void *buf, size
             return DUET_ERR_NOMEM;
         memcpy(copy, buf, len);
         return kvc_am_send(c, copy, len, NULL);
+    }
+    return DUET_ERR_NOT_FOUND;
+}
+
+duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, const void *hdr, size_t hlen,
+                                 const void *payload, size_t len)
+{
+    for (int i = 0; i < kvc->nconns; i++) {
+        kvc_conn_t *c = kvc->conns[i];
+        ucp_request_param_t prm = {0};
+        ucs_status_t us = UCS_OK;
+        void *q;
+
+        if (c->state != KVC_CONN_READY || c->peer.node_id != node)
+            continue;
+        prm.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+        prm.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
+        q = ucp_am_send_nbx(c->ep, KVC_AM_ID, hdr, hlen, payload, len, &prm);
+        if (UCS_PTR_IS_ERR(q))
+            return status_from_ucs(UCS_PTR_STATUS(q));
+        if (q != NULL) {
+            while ((us = ucp_request_check_status(q)) == UCS_INPROGRESS)
+                ucp_worker_progress(kvc->worker);
+            ucp_request_free(q);
+        }
+        return us == UCS_OK ? DUET_OK : status_from_ucs(us);
     }
     return DUET_ERR_NOT_FOUND;
 }

@@ -131,7 +131,10 @@ typedef struct {
     uint64_t bytes;        /* KV bytes put (prefill) or received (decode) */
     double   seconds;      /* sum over finished requests of first send/grant to done */
     uint64_t transfers;    /* requests finished with DUET_OK */
-    uint64_t puts;         /* ucp_put_nbx calls (prefill) */
+    uint64_t puts;         /* writes (prefill): ucp_put_nbx calls, copies into a
+                              mapped decode slab, or DATA messages */
+    uint64_t data_msgs;    /* DATA messages sent (prefill) or copied in (decode);
+                              the data path over TCP, docs/kvconnector.md */
     uint64_t failures;     /* requests finished with an error */
     uint64_t nacks;        /* NACKs sent (decode) or received (prefill) */
     uint64_t expired;      /* grants whose lease ran out (decode) */

@@ -28,7 +28,14 @@ enum {
     KVC_MSG_LAYER_DONE,    /* prefill -> decode: a layer's tokens are in place */
     KVC_MSG_KV_END,        /* prefill -> decode: first token + sampling state */
     KVC_MSG_ABORT,         /* both: stop; from prefill also "no more writes" */
+    KVC_MSG_DATA,          /* prefill -> decode: KV runs to copy into granted blocks */
 };
+
+/* DATA messages (the data path over TCP, see kvc_conn_t.am_data): at most
+ * this many payload bytes and runs each, so that one fits a 64 KiB TCP
+ * segment (kvc_ucx_settings) and arrives as one eager message. */
+#define KVC_DATA_BYTES   (60u << 10)
+#define KVC_DATA_RUNS    32
 
 typedef struct {
     uint32_t magic;
@@ -84,7 +91,22 @@ typedef struct {
     int32_t   layer;
     int32_t   tok0, tok1;
     int32_t   n_layers;    /* layers layer .. layer + n_layers - 1, same tokens (0: 1) */
+    uint64_t  data_bytes;  /* DATA payload bytes sent for the request so far, this
+                              message's included (0 on the put paths) */
 } kvc_msg_layer_t;
+
+/* The AM header of a DATA message; nruns kvc_run_t follow it in the header,
+ * and the payload is the runs' bytes back to back. */
+typedef struct {
+    kvc_hdr_t h;
+    uint32_t  nruns;
+    uint32_t  pad;
+} kvc_msg_data_t;
+
+typedef struct {
+    uint64_t off;          /* offset in the decode rank's slab */
+    uint64_t len;
+} kvc_run_t;
 
 typedef struct {
     kvc_hdr_t h;
@@ -141,6 +163,9 @@ typedef struct kvc_conn {
                                        decode worker's address (puts only), or NULL:
                                        puts go on ep */
     ucp_rkey_h       drkey;         /* prefill: decode slab key unpacked on dep */
+    bool             am_data;       /* prefill: writes are DATA messages on ep,
+                                       copied into the slab by the decode rank
+                                       (every RMA lane of ep is TCP) */
     char            *rptr;          /* prefill: the decode slab mapped here
                                        (ucp_rkey_ptr on drkey): writes are
                                        copies into it; NULL: writes are puts */
@@ -191,6 +216,7 @@ struct kvc {
     int            nbatch, capbatch;
     kvc_gput_t    *gput;            /* puts waiting for their batch (gather) */
     int            ngput, capgput;
+    struct kvc_dmsg *dmsg;          /* the DATA message being filled, or NULL */
 };
 
 /* Send one message (buf of len bytes, taken over and freed) on conn as an
@@ -233,6 +259,15 @@ duet_status_t kvc_send_abort(kvc_t *kvc, uint64_t req);
 
 void kvc_recv_on_msg(kvc_t *kvc, kvc_conn_t *conn, const kvc_hdr_t *h,
                      const void *data, size_t len);
+/* A DATA message: hdr (hlen bytes, any alignment) and its payload. */
+void kvc_recv_on_data(kvc_t *kvc, kvc_conn_t *conn, const void *hdr, size_t hlen,
+                      const void *payload, size_t len);
+
+/* Copy len bytes that this process will not read back soon: non-temporal
+ * stores on x86 (no read-for-ownership of the destination lines). Order them
+ * before a message that announces them with kvc_copy_fence. */
+void kvc_copy_nt(void *dst, const void *src, size_t len);
+void kvc_copy_fence(void);
 int kvc_recv_progress(kvc_t *kvc, uint64_t now_ns);
 void kvc_recv_conn_failed(kvc_t *kvc, kvc_conn_t *conn);
 void kvc_recv_destroy(kvc_t *kvc);
@@ -241,6 +276,12 @@ duet_status_t kvc_recv_abort(kvc_t *kvc, uint64_t req);
 /* Test hook (tests/integration/test_kvc.c): send raw bytes as one message on
  * the first live connection to node `node`. */
 duet_status_t kvc_test_send_raw(kvc_t *kvc, uint64_t node, const void *buf, size_t len);
+
+/* Test hook: send a DATA message with AM header hdr (hlen bytes) and payload
+ * (len bytes) on the first live connection to node `node`; returns once it
+ * left. */
+duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, const void *hdr, size_t hlen,
+                                 const void *payload, size_t len);
 
 /* Test hook: flush every live endpoint, progressing only the UCX worker (no
  * new puts are issued meanwhile), for at most timeout_ms. On DUET_OK every put

@@ -19,12 +19,14 @@ typedef struct {
     uint64_t      node;             /* the prefill node granted to */
     int32_t       n_tokens, nblocks;
     int32_t      *blocks;           /* granted block ids, [nblocks] */
+    uint8_t      *granted;          /* the same as a bitmap over the slab's blocks */
     uint64_t      t_start, deadline_ns, abort_deadline_ns;
     int           nsend;            /* prefill ranks that write to this rank */
     kvc_conn_t   *senders[KVC_MAX_TP];
     bool          acked[KVC_MAX_TP];    /* sender will write no more */
     bool          ended[KVC_MAX_TP];    /* KV_END seen from sender */
     int32_t      *tokens;           /* tokens received, [n_layers][nsend] */
+    uint64_t      rx_bytes[KVC_MAX_TP]; /* DATA payload copied in, per sender */
     int           complete;         /* (layer, sender) pairs with all tokens */
     int           nended;
     kvc_end_t     end;
@@ -39,6 +41,7 @@ static void rreq_free(kvc_t *kvc, rreq_t *r)
 {
     kvc_rmap_del(&kvc->reqs, &r->h);
     free(r->blocks);
+    free(r->granted);
     free(r->tokens);
     free(r);
 }
@@ -143,14 +146,18 @@ duet_status_t kvc_grant(kvc_t *kvc, uint64_t prefill_node, uint64_t req, int32_t
     if (r == NULL)
         return DUET_ERR_NOMEM;
     r->blocks = malloc((size_t)nblocks * sizeof(int32_t));
+    r->granted = calloc((size_t)l->n_blocks / 8 + 1, 1);
     r->tokens = calloc((size_t)l->n_layers * (size_t)nsend, sizeof(int32_t));
-    if (r->blocks == NULL || r->tokens == NULL) {
+    if (r->blocks == NULL || r->granted == NULL || r->tokens == NULL) {
         free(r->blocks);
+        free(r->granted);
         free(r->tokens);
         free(r);
         return DUET_ERR_NOMEM;
     }
     memcpy(r->blocks, blocks, (size_t)nblocks * sizeof(int32_t));
+    for (int32_t i = 0; i < nblocks; i++)
+        r->granted[blocks[i] / 8] |= (uint8_t)(1u << (blocks[i] % 8));
     r->h.id = req;
     r->state = RREQ_RECV;
     r->status = DUET_INPROGRESS;
@@ -271,6 +278,14 @@ void kvc_recv_on_msg(kvc_t *kvc, kvc_conn_t *c, const kvc_hdr_t *h, const void *
             nl > kvc->p.layout.n_layers - m->layer || m->tok0 < 0 ||
             m->tok1 <= m->tok0 || m->tok1 > r->n_tokens)
             goto reject;
+        if (r->rx_bytes[s] < m->data_bytes) {
+            /* DATA sent before this message is missing: some was dropped */
+            log_req(LOG_LEVEL_WARN, h->req, "layer %d done, but %llu of %llu bytes sent "
+                    "arrived", m->layer, (unsigned long long)r->rx_bytes[s],
+                    (unsigned long long)m->data_bytes);
+            rreq_abort(kvc, r, DUET_ERR_PROTO);
+            return;
+        }
         for (int32_t l = m->layer; l < m->layer + nl; l++)   /* all or nothing */
             if (r->tokens[l * r->nsend + s] + (m->tok1 - m->tok0) > r->n_tokens)
                 goto reject;
@@ -301,6 +316,67 @@ reject:
     kvc->stats.rejected++;
     log_req(LOG_LEVEL_WARN, h->req, "rejected a malformed or out-of-range message type %d "
             "(%zu bytes)", h->type, len);
+}
+
+/* Is [off, off + len) of the slab inside one layer and inside blocks
+ * granted to r? */
+static bool run_granted(const kvc_t *kvc, const rreq_t *r, uint64_t off, uint64_t len)
+{
+    const kv_layout_t *l = &kvc->p.layout;
+    uint64_t lb = kv_layer_bytes(l), bb = kv_block_bytes(l), in = off % lb;
+
+    if (len == 0 || off / lb >= (uint64_t)l->n_layers || len > lb - in)
+        return false;
+    for (uint64_t b = in / bb; b <= (in + len - 1) / bb; b++)
+        if (!(r->granted[b / 8] & (1u << (b % 8))))
+            return false;
+    return true;
+}
+
+void kvc_recv_on_data(kvc_t *kvc, kvc_conn_t *c, const void *hdr, size_t hlen,
+                      const void *payload, size_t len)
+{
+    kvc_msg_data_t m = {0};
+    kvc_run_t runs[KVC_DATA_RUNS];
+    uint64_t total = 0;
+    rreq_t *r = NULL;
+    int s = -1;
+
+    if (hlen >= sizeof(m))
+        memcpy(&m, hdr, sizeof(m));
+    if (hlen < sizeof(m) || m.h.magic != KVC_WIRE_MAGIC || m.h.type != KVC_MSG_DATA ||
+        m.nruns == 0 || m.nruns > KVC_DATA_RUNS ||
+        hlen != sizeof(m) + (size_t)m.nruns * sizeof(kvc_run_t))
+        goto reject;
+    r = rreq_get(kvc, m.h.req);
+    s = r ? sender_index(r, c) : -1;
+    if (r == NULL || s < 0)
+        goto reject;
+    if (r->state != RREQ_RECV)
+        return;   /* late data for a request being aborted */
+    memcpy(runs, (const char *)hdr + sizeof(m), (size_t)m.nruns * sizeof(kvc_run_t));
+    /* every run checked before any byte is written */
+    for (uint32_t i = 0; i < m.nruns; i++) {
+        if (runs[i].len > len - total || !run_granted(kvc, r, runs[i].off, runs[i].len))
+            goto reject;
+        total += runs[i].len;
+    }
+    if (total != len)
+        goto reject;
+    total = 0;
+    for (uint32_t i = 0; i < m.nruns; i++) {
+        kvc_copy_nt((char *)kvc->slab + runs[i].off, (const char *)payload + total,
+                    runs[i].len);
+        total += runs[i].len;
+    }
+    kvc_copy_fence();
+    r->rx_bytes[s] += total;
+    kvc->stats.data_msgs++;
+    return;
+reject:
+    kvc->stats.rejected++;
+    log_req(LOG_LEVEL_WARN, m.h.req, "rejected a DATA message (%zu + %zu bytes): malformed, "
+            "outside the grant, or for an unknown request or sender", hlen, len);
 }
 
 int kvc_recv_progress(kvc_t *kvc, uint64_t now_ns)

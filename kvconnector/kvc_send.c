@@ -3,14 +3,10 @@
  * and the abort paths. */
 #define DUET_LOG_COMPONENT "kvc"
 
-#include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#if defined(__x86_64__)
-#include <emmintrin.h>
-#endif
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -30,6 +26,7 @@ typedef struct {
     int         job;            /* next job to put */
     int32_t     seg;            /* next segment of that job: block * 2 + kv */
     size_t      off;            /* bytes of the run at seg already put (staging) */
+    uint64_t    data_bytes;     /* DATA payload bytes sent (conn->am_data) */
 } sdest_t;
 
 typedef enum { SREQ_ACTIVE, SREQ_DRAIN, SREQ_FINAL } sreq_state_t;
@@ -65,7 +62,24 @@ typedef struct {
     int     kind;               /* KVC_MSG_LAYER_DONE or KVC_MSG_ABORT */
     int32_t layer, tok0, tok1;
     int32_t n_layers;           /* LAYER_DONE: layers from `layer` */
+    uint64_t data_bytes;        /* LAYER_DONE: the dest's data_bytes */
 } flush_ctx_t;
+
+/* A DATA message: its AM header (the message struct, then the runs) and
+ * the payload as an iov over the slab, sent without a copy. */
+struct kvc_dmsg {
+    kvc_t          *kvc;
+    sreq_t         *r;
+    size_t          bytes;
+    uint32_t        n;
+    kvc_msg_data_t  hdr;
+    kvc_run_t       runs[KVC_DATA_RUNS];   /* right after hdr: one AM header */
+    ucp_dt_iov_t    iov[KVC_DATA_RUNS];
+};
+
+_Static_assert(offsetof(struct kvc_dmsg, runs) ==
+               offsetof(struct kvc_dmsg, hdr) + sizeof(kvc_msg_data_t),
+               "the runs follow the DATA header");
 
 static sreq_t *sreq_get(kvc_t *kvc, uint64_t id)
 {
@@ -109,35 +123,6 @@ static void send_abort_msg(kvc_conn_t *conn, uint64_t req, duet_status_t reason,
 
 static void sreq_fail(kvc_t *kvc, sreq_t *r, duet_status_t status);
 
-/* Copy a segment into the mapped decode slab. The prefill never reads it
- * back and the decode reads it only later, so on x86 it is written with
- * non-temporal stores: no read-for-ownership of the destination lines,
- * a third less memory traffic than memcpy. Made visible by the sfence in
- * flush_then, before LAYER_DONE. */
-static void copy_to_peer(void *dst, const void *src, size_t len)
-{
-#if defined(__x86_64__)
-    if (((uintptr_t)dst & 15) == 0 && len >= 1024) {
-        __m128i *d = dst;
-        const __m128i *s = src;
-        size_t n = len / 64;
-
-        for (size_t i = 0; i < n; i++, d += 4, s += 4) {
-            __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1);
-            __m128i c = _mm_loadu_si128(s + 2), e = _mm_loadu_si128(s + 3);
-
-            _mm_stream_si128(d, a);
-            _mm_stream_si128(d + 1, b);
-            _mm_stream_si128(d + 2, c);
-            _mm_stream_si128(d + 3, e);
-        }
-        memcpy(d, s, len % 64);
-        return;
-    }
-#endif
-    memcpy(dst, src, len);
-}
-
 static void flush_done(void *request, ucs_status_t status, void *user_data)
 {
     flush_ctx_t *f = user_data;
@@ -159,6 +144,7 @@ static void flush_done(void *request, ucs_status_t status, void *user_data)
             m->tok0 = f->tok0;
             m->tok1 = f->tok1;
             m->n_layers = f->n_layers;
+            m->data_bytes = f->data_bytes;
             kvc_am_send(conn, m, sizeof(*m), &r->outstanding);
         }
     } else if (status == UCS_OK && f->kind == KVC_MSG_ABORT) {
@@ -189,16 +175,14 @@ static void flush_then(kvc_t *kvc, sreq_t *r, int dest, int kind, const sjob_t *
         f->tok0 = job->tok0;
         f->tok1 = job->tok1;
         f->n_layers = n_layers;
+        f->data_bytes = r->dest[dest].data_bytes;
     }
     r->outstanding++;
     if (kind != KVC_MSG_KV_END && r->dest[dest].conn->rptr != NULL) {
         /* the writes were copies, done when they returned: nothing to flush,
          * only our stores (non-temporal ones included) to order before the
          * message */
-#if defined(__x86_64__)
-        _mm_sfence();
-#endif
-        atomic_thread_fence(memory_order_release);
+        kvc_copy_fence();
         flush_done(NULL, UCS_OK, f);
         return;
     }
@@ -371,6 +355,81 @@ static int gather_flush(kvc_t *kvc, sreq_t *r, kvc_conn_t *c, int stage)
     return n;
 }
 
+static void data_done(void *request, ucs_status_t status, void *user_data)
+{
+    struct kvc_dmsg *d = user_data;
+
+    d->r->outstanding--;
+    d->kvc->inflight -= d->bytes;
+    if (status != UCS_OK && d->r->state == SREQ_ACTIVE)
+        log_req(LOG_LEVEL_WARN, d->r->h.id, "DATA send failed: %s", ucs_status_string(status));
+    free(d);
+    ucp_request_free(request);
+}
+
+/* Send the DATA message being filled for r on c. Returns 1 when one was
+ * sent, 0 when none was pending, -1 when the request failed. */
+static int data_flush(kvc_t *kvc, sreq_t *r, kvc_conn_t *c)
+{
+    struct kvc_dmsg *d = kvc->dmsg;
+    ucp_request_param_t prm = {0};
+    void *q;
+
+    kvc->dmsg = NULL;
+    if (d == NULL)
+        return 0;
+    d->hdr.nruns = d->n;
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                       UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FIELD_FLAGS;
+    prm.cb.send = data_done;
+    prm.user_data = d;
+    prm.datatype = ucp_dt_make_iov();
+    prm.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
+    q = ucp_am_send_nbx(c->ep, KVC_AM_ID, &d->hdr,
+                        sizeof(d->hdr) + (size_t)d->n * sizeof(kvc_run_t), d->iov, d->n, &prm);
+    kvc->stats.puts++;
+    kvc->stats.data_msgs++;
+    if (q == NULL) {
+        free(d);
+    } else if (UCS_PTR_IS_ERR(q)) {
+        free(d);
+        log_req(LOG_LEVEL_WARN, r->h.id, "DATA send failed: %s",
+                ucs_status_string(UCS_PTR_STATUS(q)));
+        sreq_fail(kvc, r, DUET_ERR_PEER);
+        return -1;
+    } else {
+        r->outstanding++;
+        kvc->inflight += d->bytes;
+    }
+    return 1;
+}
+
+/* Add a run (len bytes at src, for offset ro of the decode slab) to the
+ * DATA message being filled for dest di of r. */
+static duet_status_t data_add(kvc_t *kvc, sreq_t *r, int di, void *src, size_t ro, size_t len)
+{
+    struct kvc_dmsg *d = kvc->dmsg;
+
+    if (d == NULL) {
+        d = kvc->dmsg = malloc(sizeof(*d));
+        if (d == NULL)
+            return DUET_ERR_NOMEM;
+        d->kvc = kvc;
+        d->r = r;
+        d->bytes = 0;
+        d->n = 0;
+        d->hdr = (kvc_msg_data_t){.h = {.magic = KVC_WIRE_MAGIC, .type = KVC_MSG_DATA,
+                                        .req = r->h.id}};
+    }
+    d->runs[d->n] = (kvc_run_t){ro, len};
+    d->iov[d->n] = (ucp_dt_iov_t){src, len};
+    d->n++;
+    d->bytes += len;
+    r->bytes += len;
+    r->dest[di].data_bytes += len;
+    return DUET_OK;
+}
+
 /* Issue puts for dest's current job until it is done or the in-flight bound
  * is reached. Returns the number of puts issued. */
 static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
@@ -439,7 +498,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                     }
                     kvc->stats.staged += len;
                 } else {
-                    copy_to_peer(c->rptr + ro, src, len);
+                    kvc_copy_nt(c->rptr + ro, src, len);
                 }
                 kvc->stats.puts++;
                 r->bytes += len;
@@ -470,6 +529,22 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                     n += g;
                     gbuf = -1;
                 }
+            } else if (c->am_data) {
+                /* runs packed into DATA messages of up to KVC_DATA_BYTES; a
+                 * longer run is split */
+                if (kvc->dmsg && kvc->dmsg->bytes + len > KVC_DATA_BYTES &&
+                    (g = data_flush(kvc, r, c)) < 0)
+                    goto out;
+                if (len > KVC_DATA_BYTES)
+                    len = KVC_DATA_BYTES;
+                if ((bs = data_add(kvc, r, di, src, ro, len)) != DUET_OK) {
+                    sreq_fail(kvc, r, bs);
+                    goto out;
+                }
+                n++;
+                if ((kvc->dmsg->n == KVC_DATA_RUNS || kvc->dmsg->bytes == KVC_DATA_BYTES) &&
+                    (g = data_flush(kvc, r, c)) < 0)
+                    goto out;
             } else {
                 if (put_one(kvc, r, c, src, ro, len, -1) != DUET_OK)
                     goto out;
@@ -499,6 +574,8 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 n += g;
                 gbuf = -1;
             }
+            if (done != NULL && (g = data_flush(kvc, r, c)) < 0)
+                goto out;
             if (done != NULL)
                 flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, done, ndone);
             done = j;
@@ -511,7 +588,11 @@ out:
     /* runs gathered but not put: put them (their segments are passed) */
     if (gbuf >= 0 && r->state == SREQ_ACTIVE && (g = gather_flush(kvc, r, c, gbuf)) > 0)
         n += g;
+    if (r->state == SREQ_ACTIVE && (g = data_flush(kvc, r, c)) > 0)
+        n += g;
     kvc->nbatch = kvc->ngput = 0;
+    free(kvc->dmsg);    /* (the request failed) */
+    kvc->dmsg = NULL;
     /* the layers whose writes were all issued: flush (puts) and LAYER_DONE */
     if (done != NULL && r->state == SREQ_ACTIVE)
         flush_then(kvc, r, di, KVC_MSG_LAYER_DONE, done, ndone);
@@ -897,4 +978,5 @@ void kvc_send_destroy(kvc_t *kvc)
         sreq_free(kvc, (sreq_t *)kvc->reqs.list.next);
     free(kvc->batch);
     free(kvc->gput);
+    free(kvc->dmsg);
 }

@@ -38,7 +38,8 @@
 
 typedef enum {
     SC_EXACT, SC_LATE_GRANT, SC_NACK, SC_EXPIRED, SC_ABORT_PREFILL, SC_ABORT_DECODE,
-    SC_KILL_RECV, SC_KILL_SEND, SC_MALFORMED, SC_MISMATCH, SC_STAGED, SC_GATHER, SC_CUDA,
+    SC_KILL_RECV, SC_KILL_SEND, SC_MALFORMED, SC_LOST_DATA, SC_MISMATCH, SC_STAGED, SC_GATHER,
+    SC_CUDA,
 } scenario_t;
 
 static int kill_fd = -1;
@@ -47,7 +48,7 @@ static uint64_t prefill_node = PREFILL_NODE;   /* two_peers() runs a second node
 static const char *sc_name[] = {
     "exact", "layer before grant", "nack", "expired grant", "abort from prefill",
     "abort from decode", "receiver killed", "sender killed", "malformed messages",
-    "fingerprint mismatch", "staged through host buffers", "staged in batches",
+    "data lost", "fingerprint mismatch", "staged through host buffers", "staged in batches",
     "device slabs",
 };
 
@@ -97,7 +98,7 @@ typedef struct {
     int      errors;             /* byte mismatches, sentinel overwrites, bad statuses */
     int      leaked;             /* blocks not back in the pool */
     int      status[NREQ];
-    uint64_t rejected, expired;
+    uint64_t rejected, expired, data_msgs;
 } dec_result_t;
 
 static uint64_t mix(uint64_t x)
@@ -378,7 +379,8 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
                     continue;
                 }
                 done[i][r] = true;
-                res.status[i] = s;
+                if (r == 0 || res.status[i] == DUET_OK)   /* rank 0 gets the forged messages */
+                    res.status[i] = s;
                 if (s == DUET_OK) {
                     kv_layout_t l = rank_layout(c, c->d, r);
                     int32_t first, count;
@@ -431,6 +433,7 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
         kvc_stats(k[r], &st);
         res.rejected += st.rejected;
         res.expired += st.expired;
+        res.data_msgs += st.data_msgs;
     }
     if (write(resfd, &res, sizeof(res)) != sizeof(res))
         _exit(5);
@@ -444,7 +447,7 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
 
 typedef struct {
     int      status[NREQ];
-    uint64_t rejected, nacks, staged, batches;
+    uint64_t rejected, nacks, staged, batches, data_msgs;
     int      errors;
     int      pinned;      /* stage_pin calls not undone (staged: one per rank,
                              more for decode slabs mapped here) */
@@ -518,6 +521,68 @@ static void malformed(kvc_t *k)
     kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));          /* bad magic */
 }
 
+/* A block of the decode ranks that no request is ever granted: the first of
+ * dec_main's shuffled pool (it hands out blocks from the end). */
+static int32_t never_granted(const cfg_t *c)
+{
+    int32_t pool[NBLOCKS];
+    uint64_t rng = mix(c->seed + 7);
+
+    for (int i = 0; i < NBLOCKS; i++)
+        pool[i] = i;
+    shuffle(pool, NBLOCKS, &rng);
+    return pool[0];
+}
+
+/* DATA messages for granted request req that decode rank 0 must refuse
+ * whole, writing nothing: dec_main finds any byte written outside the
+ * requests' blocks, and any wrong byte inside them. */
+static void malformed_data(const cfg_t *c, kvc_t *k, uint64_t req)
+{
+    kv_layout_t l = rank_layout(c, c->d, 0);
+    struct {
+        kvc_msg_data_t m;
+        kvc_run_t      run[2];
+    } d = {{{KVC_WIRE_MAGIC, KVC_MSG_DATA, 0, req}, 1, 0}, {{0, 64}, {0, 0}}};
+    size_t h1 = sizeof(d.m) + sizeof(kvc_run_t);
+    uint8_t pay[128];
+
+    memset(pay, 0x77, sizeof(pay));
+    d.run[0].off = kv_offset(&l, 0, never_granted(c), 0, 0);
+    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* a block never granted */
+    d.run[0].off = kv_slab_bytes(&l);
+    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* past the slab */
+    d.run[0].off = kv_offset(&l, 1, 0, 0, 0) - 32;
+    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* across a layer's end */
+    d.run[0].off = kv_offset(&l, 0, never_granted(c), 0, 0);
+    d.run[0].len = ~0ull;
+    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* longer than the payload */
+    d.run[0].len = 0;
+    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 0);         /* an empty run */
+    d.run[0].len = 64;
+    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 128);       /* payload past the runs */
+    d.m.nruns = 2;
+    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* runs past the header */
+    d.m.nruns = 0;
+    kvc_test_send_data(k, DECODE_NODE, &d, sizeof(d.m), pay, 64);   /* no runs */
+    d.m.nruns = 1;
+    d.m.h.req = 777777;
+    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* unknown request */
+    d.m.h.req = req;
+    d.m.h.magic = 0x12345678;
+    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* bad magic */
+    kvc_test_send_data(k, DECODE_NODE, &d, 8, pay, 64);         /* header too short */
+}
+
+/* A LAYER_DONE for req that counts more DATA bytes than ever arrived: the
+ * decode rank must fail the request, not finish it with holes. */
+static void lost_data(kvc_t *k, uint64_t req)
+{
+    kvc_msg_layer_t m = {{KVC_WIRE_MAGIC, KVC_MSG_LAYER_DONE, 0, req}, 0, 0, 1, 1, 1ull << 40};
+
+    kvc_test_send_raw(k, DECODE_NODE, &m, sizeof(m));
+}
+
 /* resfd >= 0: write the result there, then wait for "bye" on rfd (still
  * progressing) before kvc_destroy, and return true; false: not written. */
 static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
@@ -532,6 +597,9 @@ static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
     char line[256];
     int sent = 0;
     bool killed = false;
+    /* malformed DATA / lost data: sent once req 0 is granted, before any
+     * request ends (so that the decode side still holds every grant) */
+    bool forge = c->sc == SC_MALFORMED || c->sc == SC_LOST_DATA, forged = false;
 
     memset(res, 0, sizeof(*res));
     for (int r = 0; r < c->p; r++) {
@@ -595,6 +663,14 @@ static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
         uint64_t now = clock_now_ns();
         bool slow = c->sc == SC_ABORT_DECODE || c->sc == SC_KILL_RECV || c->sc == SC_KILL_SEND;
 
+        if (forge && !forged && kvc_send_granted(k[0], req_id(0))) {
+            if (c->sc == SC_MALFORMED)
+                malformed_data(c, k[0], req_id(0));
+            else
+                lost_data(k[0], req_id(0));
+            forged = true;
+        }
+
         for (int i = 0; i < NREQ; i++) {
             int n = req_tokens(c, i), split = 1 + (int)(mix(c->seed + (uint64_t)i) % (uint64_t)(n - 1));
 
@@ -628,7 +704,8 @@ static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
                 }
                 requeued = true;
                 next[i] = 0;
-            } else if (!ended[i] && !(c->sc == SC_ABORT_DECODE && i == 0)) {
+            } else if (!ended[i] && !(c->sc == SC_ABORT_DECODE && i == 0) &&
+                       (forged || !forge)) {
                 /* (abort from decode: req 0 never ends, so it cannot complete
                  * before the decode's abort however late that comes) */
                 for (int r = 0; r < c->p; r++)
@@ -700,6 +777,7 @@ static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
         res->nacks += st.nacks;
         res->staged += st.staged;
         res->batches += st.batches;
+        res->data_msgs += st.data_msgs;
     }
     res->pinned = pinned;
     if (resfd >= 0) {
@@ -834,12 +912,36 @@ static void run(const cfg_t *c)
             want = DUET_ERR_NO_RESOURCE;
         if (i == 0 && c->sc == SC_EXPIRED)
             want = DUET_ERR_TIMEOUT;
-        if (i == 0 && (c->sc == SC_ABORT_PREFILL || c->sc == SC_ABORT_DECODE))
+        int dwant;
+
+        if (i == 0 && (c->sc == SC_ABORT_PREFILL || c->sc == SC_ABORT_DECODE ||
+                       c->sc == SC_LOST_DATA))
             want = DUET_ERR_CANCELED;
-        if (dr.status[i] != want || pr.status[i] != want)
-            ok(0, "%s: req %d: decode %s, prefill %s, want %s", sc_name[c->sc], i,
+        /* lost data: the decode side knows why; the prefill is told to stop
+         * (or was done already: over shared memory it may be) */
+        dwant = i == 0 && c->sc == SC_LOST_DATA ? DUET_ERR_PROTO : want;
+        if (dr.status[i] != dwant ||
+            (pr.status[i] != want && !(dwant == DUET_ERR_PROTO && pr.status[i] == DUET_OK)))
+            ok(0, "%s: req %d: decode %s, prefill %s, want %s / %s", sc_name[c->sc], i,
                duet_status_str(dr.status[i]), duet_status_str(pr.status[i]),
-               duet_status_str(want));
+               duet_status_str(dwant), duet_status_str(want));
+    }
+    if (c->sc == SC_LOST_DATA)
+        ok(dr.status[0] == DUET_ERR_PROTO &&
+           (pr.status[0] == DUET_ERR_CANCELED || pr.status[0] == DUET_OK),
+           "data lost: the decode side fails the request (%s), the prefill stops or is "
+           "done (%s)",
+           duet_status_str(dr.status[0]), duet_status_str(pr.status[0]));
+    if (c->sc == SC_EXACT) {
+        /* over TCP alone the writes are DATA messages (puts otherwise) */
+        const char *tls = getenv("UCX_TLS");
+        bool tcp_only = tls != NULL && strstr(tls, "sm") == NULL;
+
+        ok(tcp_only ? pr.data_msgs > 0 && dr.data_msgs == pr.data_msgs
+                    : pr.data_msgs == 0 && dr.data_msgs == 0,
+           "exact (H=%d p=%d d=%d): %s (%llu sent, %llu copied in)", c->H, c->p, c->d,
+           tcp_only ? "DATA messages over TCP" : "no DATA messages over shared memory",
+           (unsigned long long)pr.data_msgs, (unsigned long long)dr.data_msgs);
     }
     if (c->sc == SC_NACK)
         ok(pr.nacks >= 1, "nack: prefill counted it");
@@ -863,7 +965,8 @@ static void run(const cfg_t *c)
         ok(dr.rejected == 0, "%s: decode rejected nothing (%llu)", sc_name[c->sc],
            (unsigned long long)dr.rejected);
     if (c->sc == SC_MALFORMED) {
-        ok(dr.rejected >= 8, "malformed: decode rejected %llu messages",
+        /* 8 LAYER_DONE / KV_END, 11 DATA */
+        ok(dr.rejected >= 19, "malformed: decode rejected %llu messages",
            (unsigned long long)dr.rejected);
         ok(pr.rejected >= 4, "malformed: prefill rejected %llu out-of-range GRANTs",
            (unsigned long long)pr.rejected);
