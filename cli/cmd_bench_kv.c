@@ -44,6 +44,11 @@ static int bench_kv_run(int argc, char **argv);
 #define MAXROUND 9
 #define TAG_END   (-1)  /* parent -> child: no more requests */
 #define TAG_PAUSE (-2)  /* parent -> child: block until the next tag (perftest runs) */
+/* Requests before the first round, not measured (ucx_perftest warms up too:
+ * -w 100): the first ones pay for UCX's buffer pools and the sockets'
+ * windows. Request i (from -WARMUP) has id i + WARMUP + 1. */
+#define WARMUP 3
+#define REQ_ID(i) ((uint64_t)((i) + WARMUP) + 1)
 
 typedef struct {
     const char *name;
@@ -401,7 +406,7 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
     wr(wfd, rkey_buf, rkey_len);
     wr(wfd, &base, sizeof(base));
     fcntl(rfd, F_SETFL, O_NONBLOCK);
-    for (int64_t i = 0; i < nreq + (c->check ? 2 : 0); i++) {
+    for (int64_t i = -WARMUP; i < nreq + (c->check ? 2 : 0); i++) {
         bool check = i >= nreq;
         int32_t ntok = check ? (int32_t)o->check_tokens : c->blocks_per_req * 16;
         int32_t nb = (ntok + 15) / 16;
@@ -416,10 +421,10 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
             ended = true;
             break;
         }
-        pick_blocks(blocks, nb, l0.n_blocks, c->run, (uint64_t)i + 1);
+        pick_blocks(blocks, nb, l0.n_blocks, c->run, REQ_ID(i));
         t0 = clock_now_ns();
         for (int r = 0; r < c->d; r++)
-            if (kvc_grant(k[r], 1, (uint64_t)i + 1, ntok, blocks, nb, 60000) != DUET_OK)
+            if (kvc_grant(k[r], 1, REQ_ID(i), ntok, blocks, nb, 60000) != DUET_OK)
                 _exit(5);
         while (left) {
             int n = 0;
@@ -430,7 +435,7 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
                 n += kvc_progress(k[r]);
                 if (done[r])
                     continue;
-                s = kvc_recv_kv_cache(k[r], (uint64_t)i + 1, NULL);
+                s = kvc_recv_kv_cache(k[r], REQ_ID(i), NULL);
                 if (s == DUET_INPROGRESS)
                     continue;
                 if (s != DUET_OK)
@@ -444,7 +449,7 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
         t1 = clock_now_ns();
         if (check)
             out.tail_s[i - nreq] = (double)(t1 - shared[0]) * 1e-9;
-        else
+        else if (i >= 0)
             out.lat_s[i] = (double)(t1 - t0) * 1e-9;
     }
     /* wait for the end; keep progressing the connectors too: the prefill's
@@ -552,8 +557,8 @@ static duet_status_t ref_request(const kvcase_t *c, const opts_t *o, const prog_
     uint64_t t0;
     double reqb = 0;
 
-    pick_blocks(lb, nb, l0.n_blocks, c->run, (uint64_t)i + 1000);
-    pick_blocks(rb, nb, d0.n_blocks, c->run, (uint64_t)i + 1);
+    pick_blocks(lb, nb, l0.n_blocks, c->run, REQ_ID(i) + 1000);
+    pick_blocks(rb, nb, d0.n_blocks, c->run, REQ_ID(i));
     t0 = clock_now_ns();
     for (int r = 0; r < c->p && o->cuda; r++)
         for (int dr = 0; dr < c->d; dr++) {
@@ -727,16 +732,11 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
             goto err;
         memset(src_host, 0x3c, (size_t)o->slab_mib << 20);
     }
-    for (int r = 0; r < c->p; r++) {
-        kvc_stats_t st;
-
-        kvc_stats(pt.k[r], &st);
-        puts0 += st.puts;
-    }
     /* connector: one request at a time, every layer queued before the grant;
      * after each round of o->requests, the references for the same round */
-    for (int64_t i = 0; i < nreq + (c->check ? 2 : 0); i++) {
+    for (int64_t i = -WARMUP; i < nreq + (c->check ? 2 : 0); i++) {
         bool check = i >= nreq, thread = i == nreq + 1;
+        int64_t tag_i = (int64_t)REQ_ID(i);   /* tags < 0 are TAG_END / TAG_PAUSE */
         int32_t ntok = check ? (int32_t)o->check_tokens : c->blocks_per_req * 16;
         int32_t nb = (ntok + 15) / 16;
         kv_layout_t l0 = case_layout(c, c->p, 0, o->slab_mib);
@@ -745,11 +745,19 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         double layer_s = o->us_per_token * 1e-6 * ntok;
         pthread_t th;
 
-        pick_blocks(lb, nb, l0.n_blocks, c->run, (uint64_t)i + 1000);
+        if (i == 0) {
+            for (int r = 0; r < c->p; r++) {
+                kvc_stats_t st;
+
+                kvc_stats(pt.k[r], &st);
+                puts0 += st.puts;
+            }
+        }
+        pick_blocks(lb, nb, l0.n_blocks, c->run, REQ_ID(i) + 1000);
         if (check) {
             /* grant first, then compute layer by layer (simulated by sleeping
              * for the layer's compute time) and send each layer as it is done */
-            wr(to_c[1], &i, sizeof(i));
+            wr(to_c[1], &tag_i, sizeof(tag_i));
             if (thread)
                 pthread_create(&th, NULL, prog_thread, &pt);
             for (int32_t L = 0; L < c->layers; L++) {
@@ -761,9 +769,9 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
                     shared[0] = clock_now_ns();
                 pthread_mutex_lock(&pt.mu);
                 for (int r = 0; r < c->p; r++) {
-                    kvc_send_kv_cache(pt.k[r], (uint64_t)i + 1, L, 0, ntok, lb, nb);
+                    kvc_send_kv_cache(pt.k[r], REQ_ID(i), L, 0, ntok, lb, nb);
                     if (L == c->layers - 1)
-                        kvc_end(pt.k[r], (uint64_t)i + 1, 1, NULL, 0);
+                        kvc_end(pt.k[r], REQ_ID(i), 1, NULL, 0);
                     if (!thread)
                         kvc_progress(pt.k[r]);   /* progress between layers */
                 }
@@ -777,10 +785,10 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         } else {
             for (int r = 0; r < c->p; r++) {
                 for (int32_t L = 0; L < c->layers; L++)
-                    kvc_send_kv_cache(pt.k[r], (uint64_t)i + 1, L, 0, ntok, lb, nb);
-                kvc_end(pt.k[r], (uint64_t)i + 1, 1, NULL, 0);
+                    kvc_send_kv_cache(pt.k[r], REQ_ID(i), L, 0, ntok, lb, nb);
+                kvc_end(pt.k[r], REQ_ID(i), 1, NULL, 0);
             }
-            wr(to_c[1], &i, sizeof(i));
+            wr(to_c[1], &tag_i, sizeof(tag_i));
         }
         while (left) {
             int n = 0;
@@ -791,7 +799,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
                 n += kvc_progress(pt.k[r]);
                 if (fin[r])
                     continue;
-                s = kvc_send_status(pt.k[r], (uint64_t)i + 1);
+                s = kvc_send_status(pt.k[r], REQ_ID(i));
                 if (s == DUET_INPROGRESS)
                     continue;
                 if (s != DUET_OK)
@@ -810,7 +818,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
                 puts1 += st.puts;
             }
         }
-        if (!check && (i + 1) % o->requests == 0) {
+        if (!check && i >= 0 && (i + 1) % o->requests == 0) {
             int rnd = (int)(i / o->requests);
 
             for (int64_t j = i + 1 - o->requests; j <= i; j++)
