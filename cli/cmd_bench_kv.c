@@ -65,7 +65,7 @@ typedef struct {
  * same bytes); the ratios are medians of the per-round ratios, so that the
  * two sides of a ratio were measured in the same minute. */
 typedef struct {
-    double gbps, p50_ms, p99_ms, bytes_per_req, puts_per_req;
+    double gbps, p50_ms, p99_ms, bytes_per_req, puts_per_req, data_per_req;
     double ref_put_gbps, ref_memcpy_gbps, perftest_gbps, msg_size;
     double r_put, r_cpy, r_perf, r_perf_min, r_perf_max, hot_put_gbps;
     double round_gbps[MAXROUND], round_perf[MAXROUND];
@@ -636,7 +636,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     child_out_t out;
     volatile uint64_t *shared;
     int32_t lb[4096];
-    uint64_t puts0 = 0, puts1 = 0;
+    uint64_t puts0 = 0, puts1 = 0, data0 = 0, data1 = 0;
     double lat[MAXREQ], bytes_req = 0;
     double tref[MAXROUND] = {0}, tcpy[MAXROUND] = {0}, thot[MAXROUND] = {0},
            perf[MAXROUND] = {0};
@@ -751,6 +751,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
 
                 kvc_stats(pt.k[r], &st);
                 puts0 += st.puts;
+                data0 += st.data_msgs;
             }
         }
         pick_blocks(lb, nb, l0.n_blocks, c->run, REQ_ID(i) + 1000);
@@ -816,6 +817,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
 
                 kvc_stats(pt.k[r], &st);
                 puts1 += st.puts;
+                data1 += st.data_msgs;
             }
         }
         if (!check && i >= 0 && (i + 1) % o->requests == 0) {
@@ -835,7 +837,8 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
                     kvc_stats(pt.k[r], &st);
                     puts += st.puts;
                 }
-                /* at the connector's mean put size so far; the child sleeps
+                /* at the connector's mean write size so far (a put, or
+                 * over TCP a DATA message); the child sleeps
                  * in read() meanwhile (nothing is in flight) */
                 tag = TAG_PAUSE;
                 wr(to_c[1], &tag, sizeof(tag));
@@ -883,6 +886,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         res->p50_ms = lat[nreq / 2] * 1e3;
         res->p99_ms = lat[(int64_t)ceil(0.99 * (double)nreq) - 1] * 1e3;
         res->puts_per_req = (double)(puts1 - puts0) / (double)nreq;
+        res->data_per_req = (double)(data1 - data0) / (double)nreq;
         res->msg_size = bytes_req / res->puts_per_req;
         res->gbps = median(g, nr);
         res->ref_put_gbps = median(pg, nr);
@@ -1044,10 +1048,11 @@ static int bench_kv_run(int argc, char **argv)
                tls ? tls : "", (long long)o.slab_mib, o.cuda ? "true" : "false");
     else
         printf("UCX_TLS=%s, slab %lld MiB per rank, %lld rounds of %lld requests per case "
-               "(medians over rounds); perftest reuses one cache-hot buffer\n"
+               "(medians over rounds); perftest reuses one cache-hot buffer; writes: puts, "
+               "copies into a mapped slab, or DATA messages (TCP), per request\n"
                "%-20s %9s %7s %7s %8s %9s %7s %7s %7s %6s %6s %6s %11s\n",
                tls ? tls : "(default)", (long long)o.slab_mib, (long long)o.rounds,
-               (long long)o.requests, "case", "KiB/req", "puts", "GB/s", "p50 ms", "p99 ms",
+               (long long)o.requests, "case", "KiB/req", "writes", "GB/s", "p50 ms", "p99 ms",
                o.cuda ? "d2h" : "put", "memcpy", "perft", o.cuda ? "/d2h" : "/put", "/cpy",
                "/perf", "/perf range");
     for (int i = 0; i < ncases; i++) {
@@ -1063,7 +1068,8 @@ static int bench_kv_run(int argc, char **argv)
         if (o.json) {
             printf("%s  {\"case\": \"%s\", \"layers\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
                    "\"dtype\": \"%s\", \"tp\": [%d, %d], \"blocks_per_req\": %d, \"run\": %d, "
-                   "\"bytes_per_req\": %.0f, \"puts_per_req\": %.1f, \"gbps\": %.3f, "
+                   "\"bytes_per_req\": %.0f, \"puts_per_req\": %.1f, \"data_msgs_per_req\": %.1f, "
+                   "\"gbps\": %.3f, "
                    "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"ref_put_gbps\": %.3f, "
                    "\"ref_memcpy_gbps\": %.3f, \"hot_put_gbps\": %.3f, \"perftest_gbps\": %.3f, "
                    "\"perftest_msg\": %.0f, "
@@ -1071,7 +1077,8 @@ static int bench_kv_run(int argc, char **argv)
                    "\"rounds\": [",
                    nprinted ? ",\n" : "", sweep[i].name, sweep[i].layers, sweep[i].heads, sweep[i].head_dim,
                    sweep[i].dtype == DTYPE_F32 ? "f32" : "f16", sweep[i].p, sweep[i].d,
-                   sweep[i].blocks_per_req, sweep[i].run, r.bytes_per_req, r.puts_per_req, r.gbps,
+                   sweep[i].blocks_per_req, sweep[i].run, r.bytes_per_req, r.puts_per_req,
+                   r.data_per_req, r.gbps,
                    r.p50_ms, r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.hot_put_gbps,
                    r.perftest_gbps, r.msg_size, r.r_put, r.r_cpy, r.r_perf);
             for (int k = 0; k < r.rounds; k++)
