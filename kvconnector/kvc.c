@@ -547,7 +547,7 @@ static void data_path_pick(kvc_t *kvc, kvc_conn_t *c)
 {
     const char *env = getenv("DUET_KVC_DATA");
 
-    if (c->rptr != NULL || c->dep != NULL || kvc->staging)
+    if (c->rptr != NULL || c->dep != NULL)
         return;
     if (env != NULL && strcmp(env, "put") == 0)
         return;

@@ -71,6 +71,7 @@ struct kvc_dmsg {
     kvc_t          *kvc;
     sreq_t         *r;
     size_t          bytes;
+    int             stage;      /* the staging buffer the runs are in, or -1 */
     uint32_t        n;
     kvc_msg_data_t  hdr;
     kvc_run_t       runs[KVC_DATA_RUNS];   /* right after hdr: one AM header */
@@ -331,36 +332,14 @@ static duet_status_t gather_add(kvc_t *kvc, int stage, size_t boff, const void *
     return DUET_OK;
 }
 
-/* Run the queued copies into buffer `stage`, then put each run. Returns the
- * puts issued, or -1 when the request failed. */
-static int gather_flush(kvc_t *kvc, sreq_t *r, kvc_conn_t *c, int stage)
-{
-    int n = kvc->ngput;
-    duet_status_t s;
-
-    kvc->ngput = 0;
-    if (n == 0)
-        return 0;
-    s = batch_run(kvc);
-    if (s != DUET_OK) {
-        sreq_fail(kvc, r, s);
-        return -1;
-    }
-    for (int i = 0; i < n; i++) {
-        const kvc_gput_t *g = &kvc->gput[i];
-
-        if (put_one(kvc, r, c, kvc->stage_buf[stage] + g->boff, g->ro, g->len, stage) != DUET_OK)
-            return -1;
-    }
-    return n;
-}
-
 static void data_done(void *request, ucs_status_t status, void *user_data)
 {
     struct kvc_dmsg *d = user_data;
 
     d->r->outstanding--;
     d->kvc->inflight -= d->bytes;
+    if (d->stage >= 0)
+        d->kvc->stage_busy[d->stage]--;
     if (status != UCS_OK && d->r->state == SREQ_ACTIVE)
         log_req(LOG_LEVEL_WARN, d->r->h.id, "DATA send failed: %s", ucs_status_string(status));
     free(d);
@@ -400,13 +379,16 @@ static int data_flush(kvc_t *kvc, sreq_t *r, kvc_conn_t *c)
     } else {
         r->outstanding++;
         kvc->inflight += d->bytes;
+        if (d->stage >= 0)
+            kvc->stage_busy[d->stage]++;
     }
     return 1;
 }
 
-/* Add a run (len bytes at src, for offset ro of the decode slab) to the
- * DATA message being filled for dest di of r. */
-static duet_status_t data_add(kvc_t *kvc, sreq_t *r, int di, void *src, size_t ro, size_t len)
+/* Add a run (len bytes at src, in staging buffer `stage` or -1, for offset
+ * ro of the decode slab) to the DATA message being filled for dest di of r. */
+static duet_status_t data_add(kvc_t *kvc, sreq_t *r, int di, void *src, size_t ro, size_t len,
+                              int stage)
 {
     struct kvc_dmsg *d = kvc->dmsg;
 
@@ -417,6 +399,7 @@ static duet_status_t data_add(kvc_t *kvc, sreq_t *r, int di, void *src, size_t r
         d->kvc = kvc;
         d->r = r;
         d->bytes = 0;
+        d->stage = stage;
         d->n = 0;
         d->hdr = (kvc_msg_data_t){.h = {.magic = KVC_WIRE_MAGIC, .type = KVC_MSG_DATA,
                                         .req = r->h.id}};
@@ -430,8 +413,69 @@ static duet_status_t data_add(kvc_t *kvc, sreq_t *r, int di, void *src, size_t r
     return DUET_OK;
 }
 
-/* Issue puts for dest's current job until it is done or the in-flight bound
- * is reached. Returns the number of puts issued. */
+/* Write len bytes at src (in staging buffer `stage`, or -1) to offset ro of
+ * dest di's slab as part of a DATA message, sending messages as they fill.
+ * Returns the bytes taken (a run longer than a message is split: the caller
+ * comes back for the rest), or 0 when the request failed. */
+static size_t data_put(kvc_t *kvc, sreq_t *r, int di, void *src, size_t ro, size_t len,
+                       int stage)
+{
+    kvc_conn_t *c = r->dest[di].conn;
+    duet_status_t s;
+
+    if (kvc->dmsg && kvc->dmsg->bytes + len > KVC_DATA_BYTES && data_flush(kvc, r, c) < 0)
+        return 0;
+    if (len > KVC_DATA_BYTES)
+        len = KVC_DATA_BYTES;
+    if ((s = data_add(kvc, r, di, src, ro, len, stage)) != DUET_OK) {
+        sreq_fail(kvc, r, s);
+        return 0;
+    }
+    if ((kvc->dmsg->n == KVC_DATA_RUNS || kvc->dmsg->bytes == KVC_DATA_BYTES) &&
+        data_flush(kvc, r, c) < 0)
+        return 0;
+    return len;
+}
+
+/* Run the queued copies into buffer `stage`, then write each run from it: a
+ * put each, or DATA messages (all sent before this returns: the buffer is
+ * free again once the writes from it completed, and a message still being
+ * filled is not counted). Returns the writes issued, or -1 when the request
+ * failed. */
+static int gather_flush(kvc_t *kvc, sreq_t *r, int di, int stage)
+{
+    kvc_conn_t *c = r->dest[di].conn;
+    int n = kvc->ngput;
+    duet_status_t s;
+
+    kvc->ngput = 0;
+    if (n == 0)
+        return 0;
+    s = batch_run(kvc);
+    if (s != DUET_OK) {
+        sreq_fail(kvc, r, s);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const kvc_gput_t *g = &kvc->gput[i];
+        char *src = kvc->stage_buf[stage] + g->boff;
+
+        if (!c->am_data) {
+            if (put_one(kvc, r, c, src, g->ro, g->len, stage) != DUET_OK)
+                return -1;
+            continue;
+        }
+        for (size_t o = 0, t; o < g->len; o += t)
+            if ((t = data_put(kvc, r, di, src + o, g->ro + o, g->len - o, stage)) == 0)
+                return -1;
+    }
+    if (c->am_data && data_flush(kvc, r, c) < 0)
+        return -1;
+    return n;
+}
+
+/* Issue writes for dest's current job until it is done or the in-flight
+ * bound is reached. Returns the number of writes issued. */
 static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
 {
     sdest_t *d = &r->dest[di];
@@ -524,27 +568,16 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
                 }
                 gfill += len;
                 if (gfill == kvc->p.stage_bytes) {
-                    if ((g = gather_flush(kvc, r, c, gbuf)) < 0)
+                    if ((g = gather_flush(kvc, r, di, gbuf)) < 0)
                         goto out;
                     n += g;
                     gbuf = -1;
                 }
             } else if (c->am_data) {
-                /* runs packed into DATA messages of up to KVC_DATA_BYTES; a
-                 * longer run is split */
-                if (kvc->dmsg && kvc->dmsg->bytes + len > KVC_DATA_BYTES &&
-                    (g = data_flush(kvc, r, c)) < 0)
+                /* runs packed into DATA messages; a longer run is split */
+                if ((len = data_put(kvc, r, di, src, ro, len, -1)) == 0)
                     goto out;
-                if (len > KVC_DATA_BYTES)
-                    len = KVC_DATA_BYTES;
-                if ((bs = data_add(kvc, r, di, src, ro, len)) != DUET_OK) {
-                    sreq_fail(kvc, r, bs);
-                    goto out;
-                }
                 n++;
-                if ((kvc->dmsg->n == KVC_DATA_RUNS || kvc->dmsg->bytes == KVC_DATA_BYTES) &&
-                    (g = data_flush(kvc, r, c)) < 0)
-                    goto out;
             } else {
                 if (put_one(kvc, r, c, src, ro, len, -1) != DUET_OK)
                     goto out;
@@ -569,7 +602,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
             /* gathered puts (a buffer may hold several layers) go before
              * the flush that LAYER_DONE waits for */
             if (done != NULL && gbuf >= 0) {
-                if ((g = gather_flush(kvc, r, c, gbuf)) < 0)
+                if ((g = gather_flush(kvc, r, di, gbuf)) < 0)
                     goto out;
                 n += g;
                 gbuf = -1;
@@ -586,7 +619,7 @@ static int dest_pump(kvc_t *kvc, sreq_t *r, int di)
     }
 out:
     /* runs gathered but not put: put them (their segments are passed) */
-    if (gbuf >= 0 && r->state == SREQ_ACTIVE && (g = gather_flush(kvc, r, c, gbuf)) > 0)
+    if (gbuf >= 0 && r->state == SREQ_ACTIVE && (g = gather_flush(kvc, r, di, gbuf)) > 0)
         n += g;
     if (r->state == SREQ_ACTIVE && (g = data_flush(kvc, r, c)) > 0)
         n += g;

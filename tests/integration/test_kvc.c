@@ -942,14 +942,16 @@ static void run(const cfg_t *c)
            "data lost: the decode side fails the request (%s), the prefill stops or is "
            "done (%s)",
            duet_status_str(dr.status[0]), duet_status_str(pr.status[0]));
-    if (c->sc == SC_EXACT) {
-        /* over TCP alone the writes are DATA messages (puts otherwise) */
+    if (c->sc == SC_EXACT || c->sc == SC_STAGED || c->sc == SC_GATHER) {
+        /* over TCP alone the writes are DATA messages (puts otherwise),
+         * from the staging buffers too */
         const char *tls = getenv("UCX_TLS");
         bool tcp_only = tls != NULL && strstr(tls, "sm") == NULL && !tcp_puts();
 
         ok(tcp_only ? pr.data_msgs > 0 && dr.data_msgs == pr.data_msgs
                     : pr.data_msgs == 0 && dr.data_msgs == 0,
-           "exact (H=%d p=%d d=%d): %s (%llu sent, %llu copied in)", c->H, c->p, c->d,
+           "%s (H=%d p=%d d=%d): %s (%llu sent, %llu copied in)", sc_name[c->sc], c->H, c->p,
+           c->d,
            tcp_only ? "DATA messages over TCP" : "no DATA messages (shared memory, or puts)",
            (unsigned long long)pr.data_msgs, (unsigned long long)dr.data_msgs);
     }
