@@ -394,6 +394,8 @@ static void on_hello(kvc_t *kvc, kvc_conn_t *c, const void *data, size_t len)
     kvc_fp_fill(kvc, &a->fp);
     a->slab_base = (uint64_t)(uintptr_t)kvc->slab;
     a->waddr_len = (uint32_t)waddr_len;
+    /* DATA is copied in by the CPU: not into a device slab */
+    a->flags = kvc->p.mem == KVC_MEM_CUDA ? 0 : KVC_ACK_DATA;
     memcpy(a->boot_id, kvc->boot_id, sizeof(a->boot_id));
     if (rkey_len)
         memcpy(a + 1, rkey_buf, rkey_len);
@@ -549,7 +551,11 @@ static void data_path_pick(kvc_t *kvc, kvc_conn_t *c)
 
     if (c->rptr != NULL || c->dep != NULL)
         return;
-    if (env != NULL && strcmp(env, "put") == 0)
+    /* the decode rank copies DATA with the CPU, and UCX reads an iov as host
+     * memory: neither side's slab may be device memory (a staged one is
+     * sent from the host staging buffers) */
+    if ((env != NULL && strcmp(env, "put") == 0) || !c->peer_data ||
+        (kvc->p.mem == KVC_MEM_CUDA && !kvc->staging))
         return;
     c->am_data = (env != NULL && strcmp(env, "am") == 0) || ep_rma_lanes_are(c->ep, tcp_tls);
     if (c->am_data)
@@ -586,6 +592,7 @@ static void on_hello_ack(kvc_t *kvc, kvc_conn_t *c, const void *data, size_t len
     }
     c->peer = a->fp;
     c->remote_base = a->slab_base;
+    c->peer_data = (a->flags & KVC_ACK_DATA) != 0;
     kvc_tp_heads(a->fp.n_kv_heads_total, a->fp.tp_size, a->fp.tp_rank, &first, &count);
     c->peer_layout = kvc->p.layout;
     c->peer_layout.n_kv_heads = count;
@@ -623,12 +630,12 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t header_length, v
     if (header_length > 0) {
         /* DATA: the only message with an AM header */
         if (c == NULL || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || kvc->destroying ||
-            kvc->p.role != KVC_ROLE_DECODE ||
+            kvc->p.role != KVC_ROLE_DECODE || kvc->p.mem == KVC_MEM_CUDA ||
             (c->state != KVC_CONN_READY && c->state != KVC_CONN_FAILED)) {
-            kvc->stats.rejected++;
-            log_warn("dropped a DATA message (%zu bytes, attr %llx): no connection, "
-                     "rendezvous, or not a decode rank", length,
-                     (unsigned long long)param->recv_attr);
+            if (kvc_log_rejected(kvc))
+                log_warn("dropped a DATA message (%zu bytes, attr %llx): no connection, "
+                         "rendezvous, or not a decode rank with a host slab", length,
+                         (unsigned long long)param->recv_attr);
             return UCS_OK;
         }
         kvc_recv_on_data(kvc, c, header, header_length, data, length);
@@ -921,6 +928,8 @@ duet_status_t kvc_create(const kvc_params_t *params, kvc_t **kvc_p)
     kvc->p.listen_ip = NULL;   /* not kept past create */
     if (kvc->p.max_inflight == 0)
         kvc->p.max_inflight = 64u << 20;
+    if (kvc->p.data_bytes == 0 || kvc->p.data_bytes > KVC_DATA_BYTES)
+        kvc->p.data_bytes = KVC_DATA_BYTES;
     if (kvc->p.abort_timeout_ms == 0)
         kvc->p.abort_timeout_ms = 5000;
     kvc_rmap_init(&kvc->reqs);
@@ -1207,6 +1216,12 @@ duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, const void *hdr, siz
         return us == UCS_OK ? DUET_OK : status_from_ucs(us);
     }
     return DUET_ERR_NOT_FOUND;
+}
+
+void kvc_test_drop_data(kvc_t *kvc, uint64_t req, int n)
+{
+    kvc->drop_req = req;
+    kvc->drop_n = n;
 }
 
 duet_status_t kvc_test_quiesce(kvc_t *kvc, int timeout_ms)

@@ -11,7 +11,7 @@
 #include "kvconnector/kvc.h"
 
 #define KVC_AM_ID        0x4b
-#define KVC_WIRE_MAGIC   0x4b564331u   /* "KVC1" */
+#define KVC_WIRE_MAGIC   0x4b564332u   /* "KVC2": DATA, LAYER_DONE.data_bytes */
 #define KVC_MAX_TP       8             /* ranks of a peer node we track */
 #define KVC_MAX_CONNS    64
 #define KVC_MAX_BLOCKS   (1 << 20)     /* per grant */
@@ -71,11 +71,13 @@ typedef struct {
     kvc_fp_t  fp;
     uint64_t  slab_base;
     uint32_t  waddr_len;   /* bytes of worker address after the rkey (0: none) */
-    uint32_t  pad2;
+    uint32_t  flags;       /* KVC_ACK_* */
     char      boot_id[40]; /* the decode host's boot id (same host: shared memory) */
     /* rkey_len bytes of packed rkey, then waddr_len bytes of the decode
      * worker's address follow */
 } kvc_msg_hello_ack_t;
+
+#define KVC_ACK_DATA 1u    /* HELLO_ACK: the slab is host memory, DATA welcome */
 
 typedef struct {
     kvc_hdr_t h;
@@ -166,6 +168,7 @@ typedef struct kvc_conn {
     bool             am_data;       /* prefill: writes are DATA messages on ep,
                                        copied into the slab by the decode rank
                                        (every RMA lane of ep is TCP) */
+    bool             peer_data;     /* prefill: the decode rank takes DATA */
     char            *rptr;          /* prefill: the decode slab mapped here
                                        (ucp_rkey_ptr on drkey): writes are
                                        copies into it; NULL: writes are puts */
@@ -217,6 +220,8 @@ struct kvc {
     kvc_gput_t    *gput;            /* puts waiting for their batch (gather) */
     int            ngput, capgput;
     struct kvc_dmsg *dmsg;          /* the DATA message being filled, or NULL */
+    uint64_t       drop_req;        /* kvc_test_drop_data */
+    int            drop_n;
 };
 
 /* Send one message (buf of len bytes, taken over and freed) on conn as an
@@ -282,6 +287,19 @@ duet_status_t kvc_test_send_raw(kvc_t *kvc, uint64_t node, const void *buf, size
  * left. */
 duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, const void *hdr, size_t hlen,
                                  const void *payload, size_t len);
+
+/* Test hook: the next n DATA messages of request req are counted as sent
+ * but never leave (a message lost on the way). */
+void kvc_test_drop_data(kvc_t *kvc, uint64_t req, int n);
+
+/* Count a rejected message; true when it should be logged (the first 10,
+ * then every 1000th: a peer's stream of late DATA must not flood the log). */
+static inline bool kvc_log_rejected(kvc_t *kvc)
+{
+    uint64_t n = ++kvc->stats.rejected;
+
+    return n <= 10 || n % 1000 == 0;
+}
 
 /* Test hook: flush every live endpoint, progressing only the UCX worker (no
  * new puts are issued meanwhile), for at most timeout_ms. On DUET_OK every put

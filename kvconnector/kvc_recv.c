@@ -374,9 +374,10 @@ void kvc_recv_on_data(kvc_t *kvc, kvc_conn_t *c, const void *hdr, size_t hlen,
     kvc->stats.data_msgs++;
     return;
 reject:
-    kvc->stats.rejected++;
-    log_req(LOG_LEVEL_WARN, m.h.req, "rejected a DATA message (%zu + %zu bytes): malformed, "
-            "outside the grant, or for an unknown request or sender", hlen, len);
+    if (kvc_log_rejected(kvc))
+        log_req(LOG_LEVEL_WARN, m.h.req, "rejected a DATA message (%zu + %zu bytes): "
+                "malformed, outside the grant, or for an unknown request or sender "
+                "(%llu rejected in all)", hlen, len, (unsigned long long)kvc->stats.rejected);
 }
 
 int kvc_recv_progress(kvc_t *kvc, uint64_t now_ns)

@@ -340,8 +340,11 @@ static void data_done(void *request, ucs_status_t status, void *user_data)
     d->kvc->inflight -= d->bytes;
     if (d->stage >= 0)
         d->kvc->stage_busy[d->stage]--;
-    if (status != UCS_OK && d->r->state == SREQ_ACTIVE)
+    if (status != UCS_OK && d->r->state == SREQ_ACTIVE) {
+        /* the decode rank would fail it for the missing bytes; say why here */
         log_req(LOG_LEVEL_WARN, d->r->h.id, "DATA send failed: %s", ucs_status_string(status));
+        sreq_fail(d->kvc, d->r, DUET_ERR_PEER);
+    }
     free(d);
     ucp_request_free(request);
 }
@@ -364,10 +367,18 @@ static int data_flush(kvc_t *kvc, sreq_t *r, kvc_conn_t *c)
     prm.user_data = d;
     prm.datatype = ucp_dt_make_iov();
     prm.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
-    q = ucp_am_send_nbx(c->ep, KVC_AM_ID, &d->hdr,
-                        sizeof(d->hdr) + (size_t)d->n * sizeof(kvc_run_t), d->iov, d->n, &prm);
-    kvc->stats.puts++;
-    kvc->stats.data_msgs++;
+    if (kvc->drop_n > 0 && kvc->drop_req == r->h.id) {
+        kvc->drop_n--;              /* kvc_test_drop_data: lost on the way */
+        q = NULL;
+    } else {
+        q = ucp_am_send_nbx(c->ep, KVC_AM_ID, &d->hdr,
+                            sizeof(d->hdr) + (size_t)d->n * sizeof(kvc_run_t), d->iov, d->n,
+                            &prm);
+    }
+    if (!UCS_PTR_IS_ERR(q)) {
+        kvc->stats.puts++;
+        kvc->stats.data_msgs++;
+    }
     if (q == NULL) {
         free(d);
     } else if (UCS_PTR_IS_ERR(q)) {
@@ -423,15 +434,15 @@ static size_t data_put(kvc_t *kvc, sreq_t *r, int di, void *src, size_t ro, size
     kvc_conn_t *c = r->dest[di].conn;
     duet_status_t s;
 
-    if (kvc->dmsg && kvc->dmsg->bytes + len > KVC_DATA_BYTES && data_flush(kvc, r, c) < 0)
+    if (kvc->dmsg && kvc->dmsg->bytes + len > kvc->p.data_bytes && data_flush(kvc, r, c) < 0)
         return 0;
-    if (len > KVC_DATA_BYTES)
-        len = KVC_DATA_BYTES;
+    if (len > kvc->p.data_bytes)
+        len = kvc->p.data_bytes;
     if ((s = data_add(kvc, r, di, src, ro, len, stage)) != DUET_OK) {
         sreq_fail(kvc, r, s);
         return 0;
     }
-    if ((kvc->dmsg->n == KVC_DATA_RUNS || kvc->dmsg->bytes == KVC_DATA_BYTES) &&
+    if ((kvc->dmsg->n == KVC_DATA_RUNS || kvc->dmsg->bytes == kvc->p.data_bytes) &&
         data_flush(kvc, r, c) < 0)
         return 0;
     return len;

@@ -151,6 +151,9 @@ static kvc_t *make(const cfg_t *c, kvc_role_t role, int tp, int rank)
     prm.model_fp = c->sc == SC_MISMATCH && role == KVC_ROLE_PREFILL ? 0xbadull : 0x5eedull;
     prm.listen_ip = "127.0.0.1";
     prm.max_inflight = 4096;   /* small, so the in-flight bound is exercised */
+    /* over TCP: DATA messages of 100 bytes in odd-seeded cases, so that runs
+     * are split across messages (60 KiB, the default, holds any run here) */
+    prm.data_bytes = c->seed % 2 ? 100 : 0;
     prm.abort_timeout_ms = 3000;
     if ((c->sc == SC_STAGED || c->sc == SC_GATHER) && role == KVC_ROLE_PREFILL) {
         prm.stage_force = 1;
@@ -379,7 +382,10 @@ static void dec_main(const cfg_t *c, int wfd, int rfd, int resfd)
                     continue;
                 }
                 done[i][r] = true;
-                if (r == 0 || res.status[i] == DUET_OK)   /* rank 0 gets the forged messages */
+                /* a rank's own failure wins over the cancel that followed
+                 * on the other ranks (data lost: PROTO on one rank) */
+                if (s != DUET_OK &&
+                    (res.status[i] == DUET_OK || res.status[i] == DUET_ERR_CANCELED))
                     res.status[i] = s;
                 if (s == DUET_OK) {
                     kv_layout_t l = rank_layout(c, c->d, r);
@@ -532,6 +538,21 @@ static bool tcp_puts(void)
     return e != NULL && strcmp(e, "put") == 0;
 }
 
+/* Does UCX_TLS leave the connector TCP alone for the writes (no
+ * shared-memory transport): then they are DATA messages, unless tcp_puts. */
+static bool tcp_data(void)
+{
+    static const char *const shm[] = {"sm", "posix", "sysv", "cma", "xpmem", "knem"};
+    const char *tls = getenv("UCX_TLS");
+
+    if (tls == NULL || tcp_puts())
+        return false;
+    for (size_t i = 0; i < sizeof(shm) / sizeof(shm[0]); i++)
+        if (strstr(tls, shm[i]))
+            return false;
+    return true;
+}
+
 /* A block of the decode ranks that no request is ever granted: the first of
  * dec_main's shuffled pool (it hands out blocks from the end). */
 static int32_t never_granted(const cfg_t *c)
@@ -586,7 +607,9 @@ static void malformed_data(const cfg_t *c, kvc_t *k, uint64_t req)
 }
 
 /* A LAYER_DONE for req that counts more DATA bytes than ever arrived: the
- * decode rank must fail the request, not finish it with holes. */
+ * decode rank must fail the request, not finish it with holes. Over TCP a
+ * real DATA message is lost instead (kvc_test_drop_data, before any is
+ * sent); elsewhere there are none, and the LAYER_DONE is forged. */
 static void lost_data(kvc_t *k, uint64_t req)
 {
     kvc_msg_layer_t m = {{KVC_WIRE_MAGIC, KVC_MSG_LAYER_DONE, 0, req}, 0, 0, 1, 1, 1ull << 40};
@@ -674,6 +697,10 @@ static bool pre_main(const cfg_t *c, int wfd, int rfd, int resfd, pid_t dec_pid,
         uint64_t now = clock_now_ns();
         bool slow = c->sc == SC_ABORT_DECODE || c->sc == SC_KILL_RECV || c->sc == SC_KILL_SEND;
 
+        if (c->sc == SC_LOST_DATA && !forged && tcp_data()) {
+            kvc_test_drop_data(k[0], req_id(0), 1);
+            forged = true;
+        }
         if (forge && !forged && kvc_send_granted(k[0], req_id(0))) {
             if (c->sc == SC_MALFORMED)
                 malformed_data(c, k[0], req_id(0));
@@ -945,8 +972,7 @@ static void run(const cfg_t *c)
     if (c->sc == SC_EXACT || c->sc == SC_STAGED || c->sc == SC_GATHER) {
         /* over TCP alone the writes are DATA messages (puts otherwise),
          * from the staging buffers too */
-        const char *tls = getenv("UCX_TLS");
-        bool tcp_only = tls != NULL && strstr(tls, "sm") == NULL && !tcp_puts();
+        bool tcp_only = tcp_data();
 
         ok(tcp_only ? pr.data_msgs > 0 && dr.data_msgs == pr.data_msgs
                     : pr.data_msgs == 0 && dr.data_msgs == 0,
@@ -1305,6 +1331,36 @@ static void ucx_settings(void)
            "UCX_TCP_TX_SEG_SIZE from the environment wins (nothing applied)");
 }
 
+/* kvc_copy_nt (non-temporal stores from 1 KiB up when the destination is
+ * 16-byte aligned, memcpy otherwise): every size and alignment around its
+ * thresholds copies exactly and touches nothing outside. */
+static void copy_nt(void)
+{
+    static const size_t sizes[] = {0, 1, 15, 16, 63, 64, 65, 1023, 1024, 1025, 4103, 65536};
+    uint8_t *src = malloc(70000), *dst = malloc(70032);
+    int bad = 0;
+
+    for (size_t i = 0; i < 70000; i++)
+        src[i] = (uint8_t)mix(i);
+    for (size_t z = 0; z < sizeof(sizes) / sizeof(sizes[0]); z++)
+        for (size_t d = 0; d < 32; d += 8)
+            for (size_t so = 0; so < 3; so++) {
+                memset(dst, SENTINEL, 70032);
+                kvc_copy_nt(dst + d, src + so, sizes[z]);
+                kvc_copy_fence();
+                if (memcmp(dst + d, src + so, sizes[z]) != 0)
+                    bad++;
+                for (size_t x = 0; x < 70032; x++)
+                    if ((x < d || x >= d + sizes[z]) && dst[x] != SENTINEL) {
+                        bad++;
+                        break;
+                    }
+            }
+    is_int(bad, 0, "kvc_copy_nt: 12 sizes x 4 destination and 3 source alignments exact");
+    free(src);
+    free(dst);
+}
+
 static bool cuda_here(void)
 {
 #if DUET_HAVE_CUDA
@@ -1347,6 +1403,7 @@ int main(int argc, char **argv)
     }
     two_peers();
     ucx_settings();
+    copy_nt();
     for (unsigned s = 0; slow && s < 20; s++) {
         cfg_t c = {SC_EXACT, 6, 1 + (int)(s % 3), 1 + (int)(s / 3 % 3), 100 + s};
 
