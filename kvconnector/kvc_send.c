@@ -219,18 +219,28 @@ static void sreq_fail(kvc_t *kvc, sreq_t *r, duet_status_t status)
             flush_then(kvc, r, j, KVC_MSG_ABORT, NULL, 0);
 }
 
+/* A write (a put, or a DATA message) of len bytes, from staging buffer
+ * `stage` or -1, completed. A failure fails the request at once (the
+ * endpoint's error handler would too, later, if the endpoint failed; a DATA
+ * message would also be missed by the decode rank). */
+static void write_done(kvc_t *kvc, sreq_t *r, size_t len, int stage, ucs_status_t status,
+                       const char *what)
+{
+    r->outstanding--;
+    kvc->inflight -= len;
+    if (stage >= 0)
+        kvc->stage_busy[stage]--;
+    if (status != UCS_OK && r->state == SREQ_ACTIVE) {
+        log_req(LOG_LEVEL_WARN, r->h.id, "%s failed: %s", what, ucs_status_string(status));
+        sreq_fail(kvc, r, DUET_ERR_PEER);
+    }
+}
+
 static void put_done(void *request, ucs_status_t status, void *user_data)
 {
     put_ctx_t *p = user_data;
 
-    p->r->outstanding--;
-    p->kvc->inflight -= p->len;
-    if (p->stage >= 0)
-        p->kvc->stage_busy[p->stage]--;
-    if (status != UCS_OK && p->r->state == SREQ_ACTIVE) {
-        log_req(LOG_LEVEL_WARN, p->r->h.id, "put failed: %s", ucs_status_string(status));
-        /* the failed endpoint's error handler fails the request */
-    }
+    write_done(p->kvc, p->r, p->len, p->stage, status, "put");
     free(p);
     ucp_request_free(request);
 }
@@ -336,15 +346,7 @@ static void data_done(void *request, ucs_status_t status, void *user_data)
 {
     struct kvc_dmsg *d = user_data;
 
-    d->r->outstanding--;
-    d->kvc->inflight -= d->bytes;
-    if (d->stage >= 0)
-        d->kvc->stage_busy[d->stage]--;
-    if (status != UCS_OK && d->r->state == SREQ_ACTIVE) {
-        /* the decode rank would fail it for the missing bytes; say why here */
-        log_req(LOG_LEVEL_WARN, d->r->h.id, "DATA send failed: %s", ucs_status_string(status));
-        sreq_fail(d->kvc, d->r, DUET_ERR_PEER);
-    }
+    write_done(d->kvc, d->r, d->bytes, d->stage, status, "DATA send");
     free(d);
     ucp_request_free(request);
 }
