@@ -928,8 +928,8 @@ duet_status_t kvc_create(const kvc_params_t *params, kvc_t **kvc_p)
     kvc->p.listen_ip = NULL;   /* not kept past create */
     if (kvc->p.max_inflight == 0)
         kvc->p.max_inflight = 64u << 20;
-    if (kvc->p.data_bytes == 0 || kvc->p.data_bytes > KVC_DATA_BYTES)
-        kvc->p.data_bytes = KVC_DATA_BYTES;
+    if (kvc->p.data_msg_bytes == 0 || kvc->p.data_msg_bytes > KVC_DATA_BYTES)
+        kvc->p.data_msg_bytes = KVC_DATA_BYTES;
     if (kvc->p.abort_timeout_ms == 0)
         kvc->p.abort_timeout_ms = 5000;
     kvc_rmap_init(&kvc->reqs);

@@ -94,7 +94,7 @@ typedef struct {
     const char *listen_ip;        /* decode: address to listen on; NULL = "0.0.0.0" */
     uint16_t    listen_port;      /* decode: 0 = any free port */
     size_t      max_inflight;     /* bytes of puts in flight; 0 = 64 MiB */
-    size_t      data_bytes;       /* over TCP: payload per DATA message; 0 = 60 KiB,
+    size_t      data_msg_bytes;   /* over TCP: payload per DATA message; 0 = 60 KiB,
                                      the most (tests make it small, to split runs) */
     uint32_t    abort_timeout_ms; /* decode: wait for senders' abort replies; 0 = 5000 */
     kvc_done_cb_t done_cb;        /* optional */

@@ -436,15 +436,15 @@ static size_t data_put(kvc_t *kvc, sreq_t *r, int di, void *src, size_t ro, size
     kvc_conn_t *c = r->dest[di].conn;
     duet_status_t s;
 
-    if (kvc->dmsg && kvc->dmsg->bytes + len > kvc->p.data_bytes && data_flush(kvc, r, c) < 0)
+    if (kvc->dmsg && kvc->dmsg->bytes + len > kvc->p.data_msg_bytes && data_flush(kvc, r, c) < 0)
         return 0;
-    if (len > kvc->p.data_bytes)
-        len = kvc->p.data_bytes;
+    if (len > kvc->p.data_msg_bytes)
+        len = kvc->p.data_msg_bytes;
     if ((s = data_add(kvc, r, di, src, ro, len, stage)) != DUET_OK) {
         sreq_fail(kvc, r, s);
         return 0;
     }
-    if ((kvc->dmsg->n == KVC_DATA_RUNS || kvc->dmsg->bytes == kvc->p.data_bytes) &&
+    if ((kvc->dmsg->n == KVC_DATA_RUNS || kvc->dmsg->bytes == kvc->p.data_msg_bytes) &&
         data_flush(kvc, r, c) < 0)
         return 0;
     return len;

@@ -153,7 +153,7 @@ static kvc_t *make(const cfg_t *c, kvc_role_t role, int tp, int rank)
     prm.max_inflight = 4096;   /* small, so the in-flight bound is exercised */
     /* over TCP: DATA messages of 100 bytes in odd-seeded cases, so that runs
      * are split across messages (60 KiB, the default, holds any run here) */
-    prm.data_bytes = c->seed % 2 ? 100 : 0;
+    prm.data_msg_bytes = c->seed % 2 ? 100 : 0;
     prm.abort_timeout_ms = 3000;
     if ((c->sc == SC_STAGED || c->sc == SC_GATHER) && role == KVC_ROLE_PREFILL) {
         prm.stage_force = 1;
