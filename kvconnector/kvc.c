@@ -1192,8 +1192,8 @@ duet_status_t kvc_test_send_raw(kvc_t *kvc, uint64_t node, const void *buf, size
     return DUET_ERR_NOT_FOUND;
 }
 
-duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, const void *hdr, size_t hlen,
-                                 const void *payload, size_t len)
+duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, int rank, const void *hdr,
+                                 size_t hlen, const void *payload, size_t len)
 {
     for (int i = 0; i < kvc->nconns; i++) {
         kvc_conn_t *c = kvc->conns[i];
@@ -1201,7 +1201,7 @@ duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, const void *hdr, siz
         ucs_status_t us = UCS_OK;
         void *q;
 
-        if (c->state != KVC_CONN_READY || c->peer.node_id != node)
+        if (c->state != KVC_CONN_READY || c->peer.node_id != node || c->peer.tp_rank != rank)
             continue;
         prm.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
         prm.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;

@@ -283,10 +283,9 @@ duet_status_t kvc_recv_abort(kvc_t *kvc, uint64_t req);
 duet_status_t kvc_test_send_raw(kvc_t *kvc, uint64_t node, const void *buf, size_t len);
 
 /* Test hook: send a DATA message with AM header hdr (hlen bytes) and payload
- * (len bytes) on the first live connection to node `node`; returns once it
- * left. */
-duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, const void *hdr, size_t hlen,
-                                 const void *payload, size_t len);
+ * (len bytes) to rank `rank` of node `node`; returns once it left. */
+duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, int rank, const void *hdr,
+                                 size_t hlen, const void *payload, size_t len);
 
 /* Test hook: the next n DATA messages of request req are counted as sent
  * but never leave (a message lost on the way). */

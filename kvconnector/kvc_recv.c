@@ -23,6 +23,7 @@ typedef struct {
     uint64_t      t_start, deadline_ns, abort_deadline_ns;
     int           nsend;            /* prefill ranks that write to this rank */
     kvc_conn_t   *senders[KVC_MAX_TP];
+    int32_t       heads[KVC_MAX_TP][2]; /* per sender: first head it writes here, count */
     bool          acked[KVC_MAX_TP];    /* sender will write no more */
     bool          ended[KVC_MAX_TP];    /* KV_END seen from sender */
     int32_t      *tokens;           /* tokens received, [n_layers][nsend] */
@@ -110,6 +111,7 @@ duet_status_t kvc_grant(kvc_t *kvc, uint64_t prefill_node, uint64_t req, int32_t
 {
     const kv_layout_t *l = &kvc->p.layout;
     kvc_conn_t *senders[KVC_MAX_TP], *all[KVC_MAX_TP];
+    int32_t heads[KVC_MAX_TP][2];
     kvc_conn_t *any = NULL;
     int nsend = 0, p;
     rreq_t *r;
@@ -139,8 +141,11 @@ duet_status_t kvc_grant(kvc_t *kvc, uint64_t prefill_node, uint64_t req, int32_t
         }
         kvc_tp_route(kvc->p.n_kv_heads_total, p, pr, kvc->p.tp_size, kvc->p.tp_rank, &src,
                      &dst, &cnt);
-        if (cnt > 0)
+        if (cnt > 0) {
+            heads[nsend][0] = dst;
+            heads[nsend][1] = cnt;
             senders[nsend++] = all[pr];
+        }
     }
     r = calloc(1, sizeof(*r));
     if (r == NULL)
@@ -168,6 +173,7 @@ duet_status_t kvc_grant(kvc_t *kvc, uint64_t prefill_node, uint64_t req, int32_t
     r->deadline_ns = r->t_start + (uint64_t)lease_ms * 1000000ull;
     r->nsend = nsend;
     memcpy(r->senders, senders, (size_t)nsend * sizeof(senders[0]));
+    memcpy(r->heads, heads, (size_t)nsend * sizeof(heads[0]));
     kvc_rmap_add(&kvc->reqs, &r->h);
     /* every rank of the prefill node learns the grant (those that send us
      * nothing need it to finish); only senders write */
@@ -318,14 +324,21 @@ reject:
             "(%zu bytes)", h->type, len);
 }
 
-/* Is [off, off + len) of the slab inside one layer and inside blocks
- * granted to r? */
-static bool run_granted(const kvc_t *kvc, const rreq_t *r, uint64_t off, uint64_t len)
+/* Is [off, off + len) of the slab inside one layer, inside blocks granted
+ * to r, and inside the heads sender s writes here? A sender of every head
+ * may write K and V of consecutive blocks in one run; one of some heads
+ * writes within one K or V half of one block. */
+static bool run_granted(const kvc_t *kvc, const rreq_t *r, int s, uint64_t off, uint64_t len)
 {
     const kv_layout_t *l = &kvc->p.layout;
     uint64_t lb = kv_layer_bytes(l), bb = kv_block_bytes(l), in = off % lb;
+    uint64_t half = kv_half_bytes(l), hb = kv_head_bytes(l), inh = in % bb % half;
 
     if (len == 0 || off / lb >= (uint64_t)l->n_layers || len > lb - in)
+        return false;
+    if (r->heads[s][1] < l->n_kv_heads &&
+        (inh < (uint64_t)r->heads[s][0] * hb ||
+         len > (uint64_t)(r->heads[s][0] + r->heads[s][1]) * hb - inh))
         return false;
     for (uint64_t b = in / bb; b <= (in + len - 1) / bb; b++)
         if (!(r->granted[b / 8] & (1u << (b % 8))))
@@ -357,7 +370,7 @@ void kvc_recv_on_data(kvc_t *kvc, kvc_conn_t *c, const void *hdr, size_t hlen,
     memcpy(runs, (const char *)hdr + sizeof(m), (size_t)m.nruns * sizeof(kvc_run_t));
     /* every run checked before any byte is written */
     for (uint32_t i = 0; i < m.nruns; i++) {
-        if (runs[i].len > len - total || !run_granted(kvc, r, runs[i].off, runs[i].len))
+        if (runs[i].len > len - total || !run_granted(kvc, r, s, runs[i].off, runs[i].len))
             goto reject;
         total += runs[i].len;
     }

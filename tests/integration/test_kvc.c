@@ -553,20 +553,26 @@ static bool tcp_data(void)
     return true;
 }
 
-/* A block of the decode ranks that no request is ever granted: the first of
- * dec_main's shuffled pool (it hands out blocks from the end). */
-static int32_t never_granted(const cfg_t *c)
+/* Entry i of dec_main's shuffled block pool: it hands out blocks from the
+ * end, so entry 0 is never granted, and request 0 (granted first) gets the
+ * last (req_tokens(c, 0) + BS - 1) / BS entries. */
+static int32_t dec_pool(const cfg_t *c, int i)
 {
     int32_t pool[NBLOCKS];
     uint64_t rng = mix(c->seed + 7);
 
-    for (int i = 0; i < NBLOCKS; i++)
-        pool[i] = i;
+    for (int j = 0; j < NBLOCKS; j++)
+        pool[j] = j;
     shuffle(pool, NBLOCKS, &rng);
-    return pool[0];
+    return pool[i];
 }
 
-/* DATA messages for granted request req that decode rank 0 must refuse
+static int32_t never_granted(const cfg_t *c)
+{
+    return dec_pool(c, 0);
+}
+
+/* DATA messages for granted request req that the decode ranks must refuse
  * whole, writing nothing: dec_main finds any byte written outside the
  * requests' blocks, and any wrong byte inside them. */
 static void malformed_data(const cfg_t *c, kvc_t *k, uint64_t req)
@@ -581,29 +587,39 @@ static void malformed_data(const cfg_t *c, kvc_t *k, uint64_t req)
 
     memset(pay, 0x77, sizeof(pay));
     d.run[0].off = kv_offset(&l, 0, never_granted(c), 0, 0);
-    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* a block never granted */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 64);        /* a block never granted */
     d.run[0].off = kv_slab_bytes(&l);
-    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* past the slab */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 64);        /* past the slab */
     d.run[0].off = kv_offset(&l, 1, 0, 0, 0) - 32;
-    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* across a layer's end */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 64);        /* across a layer's end */
     d.run[0].off = kv_offset(&l, 0, never_granted(c), 0, 0);
     d.run[0].len = ~0ull;
-    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* longer than the payload */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 64);        /* longer than the payload */
     d.run[0].len = 0;
-    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 0);         /* an empty run */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 0);         /* an empty run */
     d.run[0].len = 64;
-    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 128);       /* payload past the runs */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 128);       /* payload past the runs */
     d.m.nruns = 2;
-    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* runs past the header */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 64);        /* runs past the header */
     d.m.nruns = 0;
-    kvc_test_send_data(k, DECODE_NODE, &d, sizeof(d.m), pay, 64);   /* no runs */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, sizeof(d.m), pay, 64);   /* no runs */
     d.m.nruns = 1;
     d.m.h.req = 777777;
-    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* unknown request */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 64);        /* unknown request */
     d.m.h.req = req;
+    if (c->p == 2 && c->d == 3 && c->H == 6) {
+        /* decode rank 1 holds heads 2 and 3; prefill rank 0 (k) writes head
+         * 2 there, rank 1 head 3: k may not write head 3 of req's block */
+        kv_layout_t l1 = rank_layout(c, c->d, 1);
+        int32_t b = dec_pool(c, NBLOCKS - (req_tokens(c, 0) + BS - 1) / BS);
+
+        d.run[0].off = kv_offset(&l1, 0, b, 0, 1);
+        d.run[0].len = kv_head_bytes(&l1);
+        kvc_test_send_data(k, DECODE_NODE, 1, &d, h1, pay, d.run[0].len);   /* another's head */
+    }
     d.m.h.magic = 0x12345678;
-    kvc_test_send_data(k, DECODE_NODE, &d, h1, pay, 64);        /* bad magic */
-    kvc_test_send_data(k, DECODE_NODE, &d, 8, pay, 64);         /* header too short */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 64);        /* bad magic */
+    kvc_test_send_data(k, DECODE_NODE, 0, &d, 8, pay, 64);         /* header too short */
 }
 
 /* A LAYER_DONE for req that counts more DATA bytes than ever arrived: the
@@ -1003,8 +1019,8 @@ static void run(const cfg_t *c)
         ok(dr.rejected == 0, "%s: decode rejected nothing (%llu)", sc_name[c->sc],
            (unsigned long long)dr.rejected);
     if (c->sc == SC_MALFORMED) {
-        /* 8 LAYER_DONE / KV_END, 11 DATA */
-        ok(dr.rejected >= 19, "malformed: decode rejected %llu messages",
+        /* 8 LAYER_DONE / KV_END, 12 DATA */
+        ok(dr.rejected >= 20, "malformed: decode rejected %llu messages",
            (unsigned long long)dr.rejected);
         ok(pr.rejected >= 4, "malformed: prefill rejected %llu out-of-range GRANTs",
            (unsigned long long)pr.rejected);
