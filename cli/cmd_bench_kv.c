@@ -957,6 +957,7 @@ err:
         kvc_destroy(pt.k[r]);
         dev_free(&dev[r]);
     }
+    munmap((void *)shared, 4096);
     close(to_c[1]);
     close(to_p[0]);
     return -1;
