@@ -336,9 +336,10 @@ static bool run_granted(const kvc_t *kvc, const rreq_t *r, int s, uint64_t off, 
 
     if (len == 0 || off / lb >= (uint64_t)l->n_layers || len > lb - in)
         return false;
+    /* (len <= lb here: inh + len cannot wrap) */
     if (r->heads[s][1] < l->n_kv_heads &&
         (inh < (uint64_t)r->heads[s][0] * hb ||
-         len > (uint64_t)(r->heads[s][0] + r->heads[s][1]) * hb - inh))
+         inh + len > (uint64_t)(r->heads[s][0] + r->heads[s][1]) * hb))
         return false;
     for (uint64_t b = in / bb; b <= (in + len - 1) / bb; b++)
         if (!(r->granted[b / 8] & (1u << (b % 8))))

@@ -616,6 +616,9 @@ static void malformed_data(const cfg_t *c, kvc_t *k, uint64_t req)
         d.run[0].off = kv_offset(&l1, 0, b, 0, 1);
         d.run[0].len = kv_head_bytes(&l1);
         kvc_test_send_data(k, DECODE_NODE, 1, &d, h1, pay, d.run[0].len);   /* another's head */
+        d.run[0].off += 8;
+        d.run[0].len = 8;
+        kvc_test_send_data(k, DECODE_NODE, 1, &d, h1, pay, 8);   /* inside another's head */
     }
     d.m.h.magic = 0x12345678;
     kvc_test_send_data(k, DECODE_NODE, 0, &d, h1, pay, 64);        /* bad magic */
@@ -1019,8 +1022,8 @@ static void run(const cfg_t *c)
         ok(dr.rejected == 0, "%s: decode rejected nothing (%llu)", sc_name[c->sc],
            (unsigned long long)dr.rejected);
     if (c->sc == SC_MALFORMED) {
-        /* 8 LAYER_DONE / KV_END, 12 DATA */
-        ok(dr.rejected >= 20, "malformed: decode rejected %llu messages",
+        /* 8 LAYER_DONE / KV_END, 13 DATA */
+        ok(dr.rejected >= 21, "malformed: decode rejected %llu messages",
            (unsigned long long)dr.rejected);
         ok(pr.rejected >= 4, "malformed: prefill rejected %llu out-of-range GRANTs",
            (unsigned long long)pr.rejected);
