@@ -1195,27 +1195,24 @@ duet_status_t kvc_test_send_raw(kvc_t *kvc, uint64_t node, const void *buf, size
 duet_status_t kvc_test_send_data(kvc_t *kvc, uint64_t node, int rank, const void *hdr,
                                  size_t hlen, const void *payload, size_t len)
 {
-    for (int i = 0; i < kvc->nconns; i++) {
-        kvc_conn_t *c = kvc->conns[i];
-        ucp_request_param_t prm = {0};
-        ucs_status_t us = UCS_OK;
-        void *q;
+    kvc_conn_t *c = kvc_conn_find(kvc, node, rank);
+    ucp_request_param_t prm = {0};
+    ucs_status_t us = UCS_OK;
+    void *q;
 
-        if (c->state != KVC_CONN_READY || c->peer.node_id != node || c->peer.tp_rank != rank)
-            continue;
-        prm.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-        prm.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
-        q = ucp_am_send_nbx(c->ep, KVC_AM_ID, hdr, hlen, payload, len, &prm);
-        if (UCS_PTR_IS_ERR(q))
-            return status_from_ucs(UCS_PTR_STATUS(q));
-        if (q != NULL) {
-            while ((us = ucp_request_check_status(q)) == UCS_INPROGRESS)
-                ucp_worker_progress(kvc->worker);
-            ucp_request_free(q);
-        }
-        return us == UCS_OK ? DUET_OK : status_from_ucs(us);
+    if (c == NULL)
+        return DUET_ERR_NOT_FOUND;
+    prm.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    prm.flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
+    q = ucp_am_send_nbx(c->ep, KVC_AM_ID, hdr, hlen, payload, len, &prm);
+    if (UCS_PTR_IS_ERR(q))
+        return status_from_ucs(UCS_PTR_STATUS(q));
+    if (q != NULL) {
+        while ((us = ucp_request_check_status(q)) == UCS_INPROGRESS)
+            ucp_worker_progress(kvc->worker);
+        ucp_request_free(q);
     }
-    return DUET_ERR_NOT_FOUND;
+    return us == UCS_OK ? DUET_OK : status_from_ucs(us);
 }
 
 void kvc_test_drop_data(kvc_t *kvc, uint64_t req, int n)

@@ -18,8 +18,7 @@ typedef struct {
     duet_status_t status;
     uint64_t      node;             /* the prefill node granted to */
     int32_t       n_tokens, nblocks;
-    int32_t      *blocks;           /* granted block ids, [nblocks] */
-    uint8_t      *granted;          /* the same as a bitmap over the slab's blocks */
+    uint8_t      *granted;          /* granted blocks: a bitmap over the slab's */
     uint64_t      t_start, deadline_ns, abort_deadline_ns;
     int           nsend;            /* prefill ranks that write to this rank */
     kvc_conn_t   *senders[KVC_MAX_TP];
@@ -41,7 +40,6 @@ static rreq_t *rreq_get(kvc_t *kvc, uint64_t id)
 static void rreq_free(kvc_t *kvc, rreq_t *r)
 {
     kvc_rmap_del(&kvc->reqs, &r->h);
-    free(r->blocks);
     free(r->granted);
     free(r->tokens);
     free(r);
@@ -150,17 +148,14 @@ duet_status_t kvc_grant(kvc_t *kvc, uint64_t prefill_node, uint64_t req, int32_t
     r = calloc(1, sizeof(*r));
     if (r == NULL)
         return DUET_ERR_NOMEM;
-    r->blocks = malloc((size_t)nblocks * sizeof(int32_t));
     r->granted = calloc((size_t)l->n_blocks / 8 + 1, 1);
     r->tokens = calloc((size_t)l->n_layers * (size_t)nsend, sizeof(int32_t));
-    if (r->blocks == NULL || r->granted == NULL || r->tokens == NULL) {
-        free(r->blocks);
+    if (r->granted == NULL || r->tokens == NULL) {
         free(r->granted);
         free(r->tokens);
         free(r);
         return DUET_ERR_NOMEM;
     }
-    memcpy(r->blocks, blocks, (size_t)nblocks * sizeof(int32_t));
     for (int32_t i = 0; i < nblocks; i++)
         r->granted[blocks[i] / 8] |= (uint8_t)(1u << (blocks[i] % 8));
     r->h.id = req;
