@@ -42,13 +42,13 @@ static int bench_kv_run(int argc, char **argv);
 #define MAXR 3          /* ranks per side */
 #define MAXREQ 256
 #define MAXROUND 9
-#define TAG_END   (-1)  /* parent -> child: no more requests */
-#define TAG_PAUSE (-2)  /* parent -> child: block until the next tag (perftest runs) */
-/* Requests before the first round, not measured (ucx_perftest warms up too:
- * -w 100): the first ones pay for UCX's buffer pools and the sockets'
- * windows. Request i (from -WARMUP) has id i + WARMUP + 1. */
+#define MAXDEPTH 16
+#define MAXSTREAM 4096  /* requests in one streamed pass */
+/* Requests before each round, not measured (ucx_perftest warms up too: -w
+ * 100): the first ones pay for UCX's buffer pools and the sockets' windows,
+ * and the first after the previous round's references and ucx_perftest run
+ * slower for a few milliseconds. */
 #define WARMUP 3
-#define REQ_ID(i) ((uint64_t)((i) + WARMUP) + 1)
 
 typedef struct {
     const char *name;
@@ -65,22 +65,34 @@ typedef struct {
  * same bytes); the ratios are medians of the per-round ratios, so that the
  * two sides of a ratio were measured in the same minute. */
 typedef struct {
-    double gbps, p50_ms, p99_ms, bytes_per_req, puts_per_req, data_per_req;
+    double gbps, serial_gbps, p50_ms, p99_ms, bytes_per_req, puts_per_req, data_per_req;
     double ref_put_gbps, ref_memcpy_gbps, perftest_gbps, msg_size;
-    double r_put, r_cpy, r_perf, r_perf_min, r_perf_max, hot_put_gbps;
-    double round_gbps[MAXROUND], round_perf[MAXROUND];
+    double r_put, r_cpy, r_perf, r_perf_serial, r_perf_min, r_perf_max, hot_put_gbps;
+    double round_gbps[MAXROUND], round_serial_gbps[MAXROUND], round_perf[MAXROUND];
     int    rounds;
     double tail_between_ms, tail_thread_ms, layer_ms;   /* pipelining check */
     int    ok;
 } kvres_t;
 
 typedef struct {
-    int64_t     slab_mib, requests, rounds, check_tokens;
+    int64_t     slab_mib, requests, rounds, check_tokens, depth, stream_mib;
     double      us_per_token;
-    bool        json, perftest, quick, hot, cuda;
+    bool        json, perftest, quick, hot, cuda, pin;
     const char *only, *hot_arg;
     char        hot_side;   /* --hot-side: 'b' both hot, 's' source only, 'd' destination only */
+    int         cpu[2];     /* --pin: the prefill's CPU, the decode's */
 } opts_t;
+
+/* Run this thread (and the threads it creates) on one CPU only. */
+static void pin_to(int cpu)
+{
+    cpu_set_t set;
+
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof(set), &set) != 0)
+        log_warn("cannot pin to CPU %d: %s", cpu, strerror(errno));
+}
 
 static uint64_t mix(uint64_t x)
 {
@@ -325,40 +337,180 @@ static int route_segments(const kvcase_t *c, int pr, int dr, const int32_t *lb,
     return n;
 }
 
+/* KV bytes one request of c moves, over every route. */
+static double req_bytes(const kvcase_t *c, const opts_t *o)
+{
+    double b = 0;
+
+    for (int r = 0; r < c->p; r++)
+        for (int dr = 0; dr < c->d; dr++) {
+            int32_t src, dst, cnt;
+            kv_layout_t l = case_layout(c, c->p, r, o->slab_mib);
+
+            kvc_tp_route(c->heads, c->p, r, c->d, dr, &src, &dst, &cnt);
+            b += (double)cnt * (double)kv_head_bytes(&l) * 2.0 * c->blocks_per_req * c->layers;
+        }
+    return b;
+}
+
 /* ---- the decode child ------------------------------------------------------ */
 
-/* The next tag from the parent, progressing the workers meanwhile (the
- * parent's reference puts need this side progressed). TAG_PAUSE: the parent
- * runs ucx_perftest; block in read() so that this process takes no CPU from
- * it (nothing is in flight then). */
-static int64_t child_next_tag(int rfd, ucp_worker_h w, kvc_t **k, int nk)
-{
-    int64_t tag;
+enum { CMD_REQ, CMD_STREAM, CMD_PAUSE, CMD_END };
 
-    for (;;) {
-        while (rd(rfd, &tag, sizeof(tag)) < 0) {
-            int n = ucp_worker_progress(w);
-
-            for (int r = 0; r < nk; r++)
-                n += kvc_progress(k[r]);
-            if (n == 0)
-                usleep(50);   /* 2 cores: leave them to the sender */
-        }
-        if (tag != TAG_PAUSE)
-            return tag;
-        fcntl(rfd, F_SETFL, 0);
-        if (rd(rfd, &tag, sizeof(tag)) < 0)
-            _exit(9);
-        fcntl(rfd, F_SETFL, O_NONBLOCK);
-        if (tag != TAG_PAUSE)
-            return tag;
-    }
-}
+/* CMD_REQ: grant request `id` of ntok tokens and wait for it; its seconds
+ * from grant to completion go to lat_s[slot] (slot >= 0), nowhere (-1: a
+ * warm-up request), or, for the pipelining check (slots -2 and -3), the tail
+ * after the last layer to tail_s[-slot - 2]. CMD_STREAM: requests id .. id +
+ * n - 1, at most o->depth granted at a time; the seconds from the first
+ * grant to the last completion go to stream_s[slot]. CMD_PAUSE: the parent
+ * runs ucx_perftest; block until the next command. */
+typedef struct {
+    int32_t kind, ntok, n, slot;
+    int64_t id;
+} cmd_t;
 
 typedef struct {
     double lat_s[MAXREQ];
+    double stream_s[MAXROUND];
     double tail_s[2];     /* pipelining check: between-layers, thread */
 } child_out_t;
+
+/* The decode blocks of request id: scattered over the whole slab, or, for
+ * the request in stream slot `slot` (of o->depth), over that slot's share of
+ * it, so that no two requests in flight share a block. */
+static void decode_blocks(const kvcase_t *c, const opts_t *o, int64_t id, int slot,
+                          int32_t *out, int32_t nb)
+{
+    int32_t n = case_layout(c, c->d, 0, o->slab_mib).n_blocks;
+
+    if (slot < 0) {
+        pick_blocks(out, nb, n, c->run, (uint64_t)id);
+        return;
+    }
+    n = n / (int32_t)o->depth / c->run * c->run;
+    pick_blocks(out, nb, n, c->run, (uint64_t)id);
+    for (int32_t b = 0; b < nb; b++)
+        out[b] += slot * n;
+}
+
+/* The next command from the parent, progressing the workers meanwhile (the
+ * parent's reference puts need this side progressed). A pause blocks in
+ * read() so that this process takes no CPU from ucx_perftest (nothing is in
+ * flight then). The parent gone: exit. */
+static void child_next_cmd(int rfd, ucp_worker_h w, kvc_t **k, int nk, cmd_t *cmd)
+{
+    for (;;) {
+        ssize_t n = read(rfd, cmd, sizeof(*cmd));
+
+        if (n == (ssize_t)sizeof(*cmd) && cmd->kind != CMD_PAUSE)
+            return;
+        if (n == (ssize_t)sizeof(*cmd)) {           /* CMD_PAUSE */
+            fcntl(rfd, F_SETFL, 0);
+            if (rd(rfd, cmd, sizeof(*cmd)) < 0)
+                _exit(9);
+            fcntl(rfd, F_SETFL, O_NONBLOCK);
+            if (cmd->kind != CMD_PAUSE)
+                return;
+            continue;
+        }
+        if (n >= 0 || errno != EAGAIN)   /* commands are written whole (< PIPE_BUF) */
+            _exit(9);
+        n = ucp_worker_progress(w);
+        for (int r = 0; r < nk; r++)
+            n += kvc_progress(k[r]);
+        if (n == 0)
+            usleep(50);   /* 2 cores: leave them to the sender */
+    }
+}
+
+/* Progress until request id is complete on every decode rank. */
+static void child_wait(kvc_t **k, int nk, int64_t id)
+{
+    bool done[MAXR] = {false};
+    int left = nk;
+
+    while (left) {
+        int n = 0;
+
+        for (int r = 0; r < nk; r++) {
+            duet_status_t s;
+
+            n += kvc_progress(k[r]);
+            if (done[r])
+                continue;
+            s = kvc_recv_kv_cache(k[r], (uint64_t)id, NULL);
+            if (s == DUET_INPROGRESS)
+                continue;
+            if (s != DUET_OK)
+                _exit(6);
+            done[r] = true;
+            left--;
+        }
+        if (n == 0)
+            sched_yield();
+    }
+}
+
+static void child_grant(kvc_t **k, int nk, int64_t id, int32_t ntok, const int32_t *blocks,
+                        int32_t nb)
+{
+    for (int r = 0; r < nk; r++)
+        if (kvc_grant(k[r], 1, (uint64_t)id, ntok, blocks, nb, 60000) != DUET_OK)
+            _exit(5);
+}
+
+/* CMD_STREAM: keep o->depth requests granted until all cmd->n are done;
+ * returns the seconds from the first grant to the last completion. */
+static double child_stream(const kvcase_t *c, const opts_t *o, kvc_t **k, const cmd_t *cmd)
+{
+    int32_t nb = (cmd->ntok + 15) / 16, blocks[4096];
+    int8_t slot_of[MAXSTREAM];
+    uint8_t done[MAXSTREAM] = {0}, all = (uint8_t)((1u << c->d) - 1);
+    bool busy[MAXDEPTH] = {false};
+    int32_t granted = 0, ndone = 0, lo = 0;
+    uint64_t t0 = clock_now_ns();
+
+    while (ndone < cmd->n) {
+        int n = 0;
+
+        while (granted < cmd->n && granted - ndone < o->depth) {
+            int s = 0;
+
+            while (busy[s])
+                s++;
+            busy[s] = true;
+            slot_of[granted] = (int8_t)s;
+            decode_blocks(c, o, cmd->id + granted, s, blocks, nb);
+            child_grant(k, c->d, cmd->id + granted, cmd->ntok, blocks, nb);
+            granted++;
+        }
+        for (int r = 0; r < c->d; r++)
+            n += kvc_progress(k[r]);
+        for (int32_t j = lo; j < granted; j++) {
+            for (int r = 0; r < c->d && done[j] != all; r++) {
+                duet_status_t s;
+
+                if (done[j] & (1u << r))
+                    continue;
+                s = kvc_recv_kv_cache(k[r], (uint64_t)(cmd->id + j), NULL);
+                if (s == DUET_INPROGRESS)
+                    continue;
+                if (s != DUET_OK)
+                    _exit(6);
+                done[j] |= (uint8_t)(1u << r);
+                if (done[j] == all) {
+                    busy[slot_of[j]] = false;
+                    ndone++;
+                }
+            }
+        }
+        while (lo < granted && done[lo] == all)
+            lo++;
+        if (n == 0)
+            sched_yield();
+    }
+    return (double)(clock_now_ns() - t0) * 1e-9;
+}
 
 static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
                        volatile uint64_t *shared)
@@ -378,9 +530,10 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
     kv_layout_t l0 = case_layout(c, c->d, 0, o->slab_mib);
     int32_t blocks[4096];
     char addrs[MAXR][64];
-    int64_t nreq = o->rounds * o->requests;
-    bool ended = false;
+    cmd_t cmd;
 
+    if (o->pin)
+        pin_to(o->cpu[1]);
     for (int r = 0; r < c->d; r++) {
         k[r] = make(c, KVC_ROLE_DECODE, c->d, r, o->slab_mib, false, NULL);
         if (k[r] == NULL)
@@ -406,57 +559,29 @@ static void child_main(const kvcase_t *c, const opts_t *o, int wfd, int rfd,
     wr(wfd, rkey_buf, rkey_len);
     wr(wfd, &base, sizeof(base));
     fcntl(rfd, F_SETFL, O_NONBLOCK);
-    for (int64_t i = -WARMUP; i < nreq + (c->check ? 2 : 0); i++) {
-        bool check = i >= nreq;
-        int32_t ntok = check ? (int32_t)o->check_tokens : c->blocks_per_req * 16;
-        int32_t nb = (ntok + 15) / 16;
-        int64_t tag;
-        uint64_t t0, t1;
-        bool done[MAXR] = {false};
-        int left = c->d;
+    /* until CMD_END; the workers are progressed between commands too (the
+     * prefill's flush after its last KV_END completes only when this side
+     * acknowledges it) */
+    for (child_next_cmd(rfd, w, k, c->d, &cmd); cmd.kind != CMD_END;
+         child_next_cmd(rfd, w, k, c->d, &cmd)) {
+        int32_t nb = (cmd.ntok + 15) / 16;
+        uint64_t t0;
+        double s;
 
-        /* wait for the prefill ("queued" or, for the check, "connected") */
-        tag = child_next_tag(rfd, w, k, c->d);
-        if (tag < 0) {
-            ended = true;
-            break;
+        if (cmd.kind == CMD_STREAM) {
+            out.stream_s[cmd.slot] = child_stream(c, o, k, &cmd);
+            continue;
         }
-        pick_blocks(blocks, nb, l0.n_blocks, c->run, REQ_ID(i));
+        decode_blocks(c, o, cmd.id, -1, blocks, nb);
         t0 = clock_now_ns();
-        for (int r = 0; r < c->d; r++)
-            if (kvc_grant(k[r], 1, REQ_ID(i), ntok, blocks, nb, 60000) != DUET_OK)
-                _exit(5);
-        while (left) {
-            int n = 0;
-
-            for (int r = 0; r < c->d; r++) {
-                duet_status_t s;
-
-                n += kvc_progress(k[r]);
-                if (done[r])
-                    continue;
-                s = kvc_recv_kv_cache(k[r], REQ_ID(i), NULL);
-                if (s == DUET_INPROGRESS)
-                    continue;
-                if (s != DUET_OK)
-                    _exit(6);
-                done[r] = true;
-                left--;
-            }
-            if (n == 0)
-                sched_yield();
-        }
-        t1 = clock_now_ns();
-        if (check)
-            out.tail_s[i - nreq] = (double)(t1 - shared[0]) * 1e-9;
-        else if (i >= 0)
-            out.lat_s[i] = (double)(t1 - t0) * 1e-9;
+        child_grant(k, c->d, cmd.id, cmd.ntok, blocks, nb);
+        child_wait(k, c->d, cmd.id);
+        s = (double)(clock_now_ns() - t0) * 1e-9;
+        if (cmd.slot >= 0)
+            out.lat_s[cmd.slot] = s;
+        else if (cmd.slot <= -2)
+            out.tail_s[-cmd.slot - 2] = (double)(clock_now_ns() - shared[0]) * 1e-9;
     }
-    /* wait for the end; keep progressing the connectors too: the prefill's
-     * flush after its last KV_END completes only when this side
-     * acknowledges it */
-    while (!ended && child_next_tag(rfd, w, k, c->d) != TAG_END)
-        ;
     fcntl(wfd, F_SETFL, 0);
     wr(wfd, &out, sizeof(out));
     for (int r = 0; r < c->d; r++)
@@ -493,13 +618,14 @@ static void *prog_thread(void *arg)
 /* ucx_perftest put bandwidth at `size` bytes per put, `bytes` in all (the
  * bytes of one round of the connector), in GB/s; 0 if it is not installed or
  * did not run. Same environment (UCX_TLS and every UCX_ variable) plus the
- * settings the connector applies to its own context (kvc_ucx_settings), and
- * the same nice level as this process. The server is started first and the client
- * retried while it is not listening yet (under load 0.3 s was not always
- * enough); both are bounded by `timeout`. */
-static double ucx_perftest_gbps(size_t size, double bytes)
+ * settings the connector applies to its own context (kvc_ucx_settings), the
+ * same nice level as this process and, with --pin, the same two CPUs (the
+ * client on the prefill's, the server on the decode's). The server is started
+ * first and the client retried while it is not listening yet (under load 0.3
+ * s was not always enough); both are bounded by `timeout`. */
+static double ucx_perftest_gbps(const opts_t *o, size_t size, double bytes)
 {
-    char cmd[1024], line[512], env[256] = "";
+    char cmd[1024], line[512], env[256] = "", pin_c[16] = "", pin_s[16] = "";
     const kvc_ucx_setting_t *set;
     double mbps = 0;
     int port = 20000 + (int)((getpid() * 7 + (int)(clock_now_ns() / 1000)) % 20000);
@@ -513,12 +639,16 @@ static double ucx_perftest_gbps(size_t size, double bytes)
     for (int i = 0, n = kvc_ucx_settings(&set); i < n; i++)
         snprintf(env + strlen(env), sizeof(env) - strlen(env), "%s=%s ", set[i].env,
                  set[i].value);
+    if (o->pin) {
+        snprintf(pin_c, sizeof(pin_c), "-c %d", o->cpu[0]);
+        snprintf(pin_s, sizeof(pin_s), "-c %d", o->cpu[1]);
+    }
     snprintf(cmd, sizeof(cmd),
-             "(%stimeout 90 ucx_perftest -p %d >/dev/null 2>&1 &) ; sleep 0.3; "
+             "(%stimeout 90 ucx_perftest %s -p %d >/dev/null 2>&1 &) ; sleep 0.3; "
              "for t in 1 2 3 4 5 6 7 8 9 10; do "
-             "%stimeout 60 ucx_perftest 127.0.0.1 -p %d -t ucp_put_bw -s %zu -n %ld -w 100 "
+             "%stimeout 60 ucx_perftest 127.0.0.1 %s -p %d -t ucp_put_bw -s %zu -n %ld -w 100 "
              "2>&1 | grep '^Final:' && break; sleep 0.3; done",
-             env, port, env, port, size, iters);
+             env, pin_s, port, env, pin_c, port, size, iters);
     f = popen(cmd, "r");
     if (f == NULL)
         return 0;
@@ -541,90 +671,208 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* Reference 1: plain UCX puts of request i's segments into a UCX-mapped slab
- * in the child (the child progresses it while it waits for its next tag);
- * reference 2: memcpy of them into a local buffer. Adds the seconds (thot:
- * see below; NULL skips it). */
-static duet_status_t ref_request(const kvcase_t *c, const opts_t *o, const prog_t *pt,
-                                 const devslab_t *dev, const void *src_host, int64_t i,
-                                 ucp_worker_h w, ucp_ep_h ep, ucp_rkey_h rkey, uint64_t base,
-                                 seg_t *segs, void *cpy_dst, double *tref, double *tcpy,
-                                 double *thot, double *bytes)
+/* What the references need: the prefill slabs, a UCX endpoint to a
+ * UCX-mapped slab in the child (the child progresses it while it waits for
+ * its next command), and a local buffer for the memcpy. */
+typedef struct {
+    const kvcase_t *c;
+    const opts_t   *o;
+    const prog_t   *pt;
+    const devslab_t *dev;
+    const void     *src_host;
+    ucp_worker_h    w;
+    ucp_ep_h        ep;
+    ucp_rkey_h      rkey;
+    uint64_t        base;
+    seg_t          *segs;
+    void           *cpy_dst;
+} refs_t;
+
+enum { REF_PUT, REF_COPY, REF_HOT };
+
+/* Request id's segments, from its prefill blocks to its decode blocks:
+ * REF_PUT, a plain UCX put each (--cuda: one device-to-host copy of the same
+ * bytes per route); REF_COPY, a memcpy each into a local buffer; REF_HOT, a
+ * put each from and to the start of the slabs, i.e. ucx_perftest's
+ * cache-hot pattern inside this bench (--hot-side src / dst: only that side
+ * hot, the other scattered). Puts are not flushed here. Returns the bytes, or
+ * -1 when a device copy failed. */
+static double ref_request(const refs_t *x, int kind, int64_t id)
 {
+    const kvcase_t *c = x->c;
+    const opts_t *o = x->o;
     int32_t lb[4096], rb[4096];
     int32_t nb = c->blocks_per_req;
-    kv_layout_t l0 = case_layout(c, c->p, 0, o->slab_mib), d0 = case_layout(c, c->d, 0, o->slab_mib);
-    uint64_t t0;
-    double reqb = 0;
+    double bytes = 0;
 
-    pick_blocks(lb, nb, l0.n_blocks, c->run, REQ_ID(i) + 1000);
-    pick_blocks(rb, nb, d0.n_blocks, c->run, REQ_ID(i));
-    t0 = clock_now_ns();
-    for (int r = 0; r < c->p && o->cuda; r++)
+    pick_blocks(lb, nb, case_layout(c, c->p, 0, o->slab_mib).n_blocks, c->run,
+                (uint64_t)id + 1000);
+    decode_blocks(c, o, id, -1, rb, nb);
+    for (int r = 0; r < c->p; r++)
         for (int dr = 0; dr < c->d; dr++) {
-            /* --cuda: the device-to-host copy any staging must make, as one
-             * contiguous copy of the same bytes (the link's limit) */
-            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
+            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, x->segs);
+            const char *src = o->cuda ? x->src_host : kvc_slab(x->pt->k[r]);
+            ucp_request_param_t prm = {0};
             size_t len = 0;
 
             for (int s = 0; s < n; s++)
-                len += segs[s].len;
-            if (dev_copy_d2h(cpy_dst, dev[r].slab, len) != DUET_OK)
-                return DUET_ERR_CUDA;
-            reqb += (double)len;
-        }
-    for (int r = 0; r < c->p && !o->cuda; r++)
-        for (int dr = 0; dr < c->d; dr++) {
-            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
-            ucp_request_param_t prm = {0};
-
-            for (int s = 0; s < n; s++) {
-                void *q = ucp_put_nbx(ep, (char *)kvc_slab(pt->k[r]) + segs[s].lo, segs[s].len,
-                                      base + segs[s].ro, rkey, &prm);
-
-                if (UCS_PTR_IS_PTR(q))
-                    ucp_request_free(q);
-                reqb += (double)segs[s].len;
+                len += x->segs[s].len;
+            bytes += (double)len;
+            if (kind == REF_PUT && o->cuda) {
+                /* --cuda: the device-to-host copy any staging must make, as
+                 * one contiguous copy of the same bytes (the link's limit) */
+                if (dev_copy_d2h(x->cpy_dst, x->dev[r].slab, len) != DUET_OK)
+                    return -1;
+                continue;
             }
-        }
-    worker_flush_wait(w);
-    *tref += (double)(clock_now_ns() - t0) * 1e-9;
-    *bytes = reqb;
-    t0 = clock_now_ns();
-    for (int r = 0; r < c->p; r++)
-        for (int dr = 0; dr < c->d; dr++) {
-            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
-
-            for (int s = 0; s < n; s++)
-                memcpy((char *)cpy_dst + segs[s].ro,
-                       (const char *)(o->cuda ? src_host : kvc_slab(pt->k[r])) + segs[s].lo,
-                       segs[s].len);
-        }
-    *tcpy += (double)(clock_now_ns() - t0) * 1e-9;
-    if (thot == NULL || o->cuda)
-        return DUET_OK;
-    /* reference 3 (--hot): the same puts, every one from and to the start of
-     * the slabs, i.e. ucx_perftest's cache-hot pattern inside this bench
-     * (--hot-side src / dst: only that side hot, the other scattered) */
-    t0 = clock_now_ns();
-    for (int r = 0; r < c->p; r++)
-        for (int dr = 0; dr < c->d; dr++) {
-            int n = route_segments(c, r, dr, lb, rb, nb, o->slab_mib, segs);
-            ucp_request_param_t prm = {0};
-
             for (int s = 0; s < n; s++) {
-                size_t so = o->hot_side == 'd' ? segs[s].lo : 0;   /* 'd': only dst hot */
-                size_t dof = o->hot_side == 's' ? segs[s].ro : 0;  /* 's': only src hot */
-                void *q = ucp_put_nbx(ep, (char *)kvc_slab(pt->k[r]) + so, segs[s].len,
-                                      base + dof, rkey, &prm);
+                const seg_t *g = &x->segs[s];
+                size_t so = g->lo, dof = g->ro;
+                void *q;
 
+                if (kind == REF_COPY) {
+                    memcpy((char *)x->cpy_dst + g->ro, src + g->lo, g->len);
+                    continue;
+                }
+                if (kind == REF_HOT) {
+                    so = o->hot_side == 'd' ? g->lo : 0;    /* 'd': only dst hot */
+                    dof = o->hot_side == 's' ? g->ro : 0;   /* 's': only src hot */
+                }
+                q = ucp_put_nbx(x->ep, (char *)kvc_slab(x->pt->k[r]) + so, g->len,
+                                x->base + dof, x->rkey, &prm);
                 if (UCS_PTR_IS_PTR(q))
                     ucp_request_free(q);
             }
         }
-    worker_flush_wait(w);
-    *thot += (double)(clock_now_ns() - t0) * 1e-9;
+    return bytes;
+}
+
+/* The seconds of one reference over requests first .. first + n - 1, issued
+ * back to back and flushed once, as the streamed connector requests are;
+ * *bytes: bytes per request. Negative when a device copy failed. */
+static double ref_round(const refs_t *x, int kind, int64_t first, int64_t n, double *bytes)
+{
+    uint64_t t0 = clock_now_ns();
+
+    for (int64_t j = 0; j < n; j++)
+        if ((*bytes = ref_request(x, kind, first + j)) < 0)
+            return -1;
+    if (kind != REF_COPY)
+        worker_flush_wait(x->w);
+    return (double)(clock_now_ns() - t0) * 1e-9;
+}
+
+/* Queue every layer of request id on every prefill rank, then its end: the
+ * KV is ready before the grant, so the transfer is the only wait. */
+static void queue_request(const kvcase_t *c, const opts_t *o, prog_t *pt, int64_t id,
+                          int32_t ntok)
+{
+    int32_t nb = (ntok + 15) / 16, lb[4096];
+
+    pick_blocks(lb, nb, case_layout(c, c->p, 0, o->slab_mib).n_blocks, c->run,
+                (uint64_t)id + 1000);
+    for (int r = 0; r < c->p; r++) {
+        for (int32_t L = 0; L < c->layers; L++)
+            kvc_send_kv_cache(pt->k[r], (uint64_t)id, L, 0, ntok, lb, nb);
+        kvc_end(pt->k[r], (uint64_t)id, 1, NULL, 0);
+    }
+}
+
+/* The pipelining check's request: granted first, then each layer sent after
+ * its compute time (slept), with progress calls between layers or from a
+ * thread (slot -3). */
+static void check_request(const kvcase_t *c, const opts_t *o, prog_t *pt, int wfd,
+                          volatile uint64_t *shared, int64_t id, int slot)
+{
+    int32_t ntok = (int32_t)o->check_tokens, nb = (ntok + 15) / 16, lb[4096];
+    double layer_s = o->us_per_token * 1e-6 * ntok;
+    bool thread = slot == -3;
+    cmd_t cmd = {CMD_REQ, ntok, 1, slot, id};
+    pthread_t th;
+
+    pick_blocks(lb, nb, case_layout(c, c->p, 0, o->slab_mib).n_blocks, c->run,
+                (uint64_t)id + 1000);
+    wr(wfd, &cmd, sizeof(cmd));
+    if (thread)
+        pthread_create(&th, NULL, prog_thread, pt);
+    for (int32_t L = 0; L < c->layers; L++) {
+        usleep((useconds_t)(layer_s * 1e6));
+        /* the tail starts when the last layer is handed over; stamped before
+         * the send, since over shared memory the decode side can complete
+         * (and read the stamp) before the send returns */
+        if (L == c->layers - 1)
+            shared[0] = clock_now_ns();
+        pthread_mutex_lock(&pt->mu);
+        for (int r = 0; r < c->p; r++) {
+            kvc_send_kv_cache(pt->k[r], (uint64_t)id, L, 0, ntok, lb, nb);
+            if (L == c->layers - 1)
+                kvc_end(pt->k[r], (uint64_t)id, 1, NULL, 0);
+            if (!thread)
+                kvc_progress(pt->k[r]);   /* progress between layers */
+        }
+        pthread_mutex_unlock(&pt->mu);
+    }
+    if (thread) {
+        pt->stop = true;
+        pthread_join(th, NULL);
+        pt->stop = false;
+    }
+}
+
+/* Progress until requests first .. first + n - 1 are sent on every prefill
+ * rank; DUET_OK, or the first failure. */
+static duet_status_t wait_sent(prog_t *pt, int64_t first, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++) {
+        bool fin[MAXR] = {false};
+        int left = pt->n;
+
+        while (left) {
+            int m = 0;
+
+            for (int r = 0; r < pt->n; r++) {
+                duet_status_t s;
+
+                m += kvc_progress(pt->k[r]);
+                if (fin[r])
+                    continue;
+                s = kvc_send_status(pt->k[r], (uint64_t)(first + j));
+                if (s == DUET_INPROGRESS)
+                    continue;
+                if (s != DUET_OK)
+                    return s;
+                fin[r] = true;
+                left--;
+            }
+            if (m == 0)
+                sched_yield();
+        }
+    }
     return DUET_OK;
+}
+
+/* One request at a time: queued, granted, sent; its latency to slot. */
+static duet_status_t one_request(const kvcase_t *c, const opts_t *o, prog_t *pt, int wfd,
+                                 int64_t id, int slot)
+{
+    int32_t ntok = c->blocks_per_req * 16;
+    cmd_t cmd = {CMD_REQ, ntok, 1, slot, id};
+
+    queue_request(c, o, pt, id, ntok);
+    wr(wfd, &cmd, sizeof(cmd));
+    return wait_sent(pt, id, 1);
+}
+
+static void count_writes(const prog_t *pt, uint64_t *writes, uint64_t *data)
+{
+    *writes = *data = 0;
+    for (int r = 0; r < pt->n; r++) {
+        kvc_stats_t st;
+
+        kvc_stats(pt->k[r], &st);
+        *writes += st.puts;
+        *data += st.data_msgs;
+    }
 }
 
 static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
@@ -635,8 +883,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     char addrs[MAXR][64];
     child_out_t out;
     volatile uint64_t *shared;
-    int32_t lb[4096];
-    uint64_t puts0 = 0, puts1 = 0, data0 = 0, data1 = 0;
+    uint64_t writes = 0, datas = 0;
     double lat[MAXREQ], bytes_req = 0;
     double tref[MAXROUND] = {0}, tcpy[MAXROUND] = {0}, thot[MAXROUND] = {0},
            perf[MAXROUND] = {0};
@@ -650,32 +897,42 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     size_t addr_len, rkey_len, cpy_len = ((size_t)o->slab_mib << 20) + (64u << 20);
     void *addr = NULL, *rkey_buf = NULL, *cpy_dst = NULL;
     uint64_t base;
-    int64_t tag, nreq = o->rounds * o->requests;
+    int64_t nreq = o->rounds * o->requests, id = 1, nstream;
+    int32_t ntok = c->blocks_per_req * 16;
     int nr = (int)o->rounds;
     devslab_t dev[MAXR] = {{NULL, NULL}};
     void *src_host = NULL;
+    cmd_t cmd;
+    refs_t x;
 
     memset(res, 0, sizeof(*res));
     {
-        /* pick_blocks needs distinct runs: refuse a slab too small for them */
+        /* pick_blocks needs distinct runs: refuse a slab too small for them
+         * (on the decode side, each of the --depth slots of a stream) */
         int32_t need = (c->blocks_per_req > (int32_t)(o->check_tokens + 15) / 16
                             ? c->blocks_per_req : (int32_t)(o->check_tokens + 15) / 16);
 
         for (int r = 0; r < c->p || r < c->d; r++) {
             int32_t nbp = r < c->p ? case_layout(c, c->p, r, o->slab_mib).n_blocks : INT32_MAX;
-            int32_t nbd = r < c->d ? case_layout(c, c->d, r, o->slab_mib).n_blocks : INT32_MAX;
+            int32_t nbd = r < c->d ? case_layout(c, c->d, r, o->slab_mib).n_blocks /
+                                         (int32_t)o->depth : INT32_MAX;
 
             if ((nbp < INT32_MAX && nbp / c->run < 2 * need / c->run + 1) ||
                 (nbd < INT32_MAX && nbd / c->run < 2 * need / c->run + 1)) {
-                fprintf(stderr, "case '%s': a %lld MiB slab holds too few blocks for %d per "
-                        "request\n", c->name, (long long)o->slab_mib, need);
+                fprintf(stderr, "case '%s': a %lld MiB slab holds too few blocks for %lld "
+                        "requests of %d blocks in flight\n", c->name, (long long)o->slab_mib,
+                        (long long)o->depth, need);
                 return -1;
             }
         }
     }
     shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (shared == MAP_FAILED || pipe(to_c) || pipe(to_p))
+    if (shared == MAP_FAILED)
         return -1;
+    if (pipe(to_c) || pipe(to_p)) {
+        munmap((void *)shared, 4096);
+        return -1;
+    }
     fflush(stdout);
     pid = fork();
     if (pid == 0) {
@@ -685,6 +942,8 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
     }
     close(to_c[0]);
     close(to_p[1]);
+    if (o->pin)
+        pin_to(o->cpu[0]);
     pthread_mutex_init(&pt.mu, NULL);
     for (int r = 0; r < c->p; r++) {
         pt.k[r] = make(c, KVC_ROLE_PREFILL, c->p, r, o->slab_mib, o->cuda, &dev[r]);
@@ -732,130 +991,68 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
             goto err;
         memset(src_host, 0x3c, (size_t)o->slab_mib << 20);
     }
-    /* connector: one request at a time, every layer queued before the grant;
-     * after each round of o->requests, the references for the same round */
-    for (int64_t i = -WARMUP; i < nreq + (c->check ? 2 : 0); i++) {
-        bool check = i >= nreq, thread = i == nreq + 1;
-        int64_t tag_i = (int64_t)REQ_ID(i);   /* tags < 0 are TAG_END / TAG_PAUSE */
-        int32_t ntok = check ? (int32_t)o->check_tokens : c->blocks_per_req * 16;
-        int32_t nb = (ntok + 15) / 16;
-        kv_layout_t l0 = case_layout(c, c->p, 0, o->slab_mib);
-        bool fin[MAXR] = {false};
-        int left = c->p;
-        double layer_s = o->us_per_token * 1e-6 * ntok;
-        pthread_t th;
+    x = (refs_t){c, o, &pt, dev, src_host, w, ep, rkey, base, segs, cpy_dst};
+    /* the streamed pass: at least --stream-mib (a pass of a few
+     * milliseconds measures the VM's hiccups as much as the transfer) */
+    nstream = (int64_t)ceil((double)(o->stream_mib << 20) / req_bytes(c, o));
+    nstream = nstream < o->requests ? o->requests : nstream > MAXSTREAM ? MAXSTREAM : nstream;
+    /* Each round: warm-up requests (not measured: the first ones after the
+     * references and ucx_perftest are slower, and perftest warms up too,
+     * -w 100); the measured requests one at a time, every layer queued
+     * before the grant (latency); as many streamed, --depth in flight (GB/s);
+     * the references over the one-at-a-time requests' blocks; ucx_perftest. */
+    for (int rnd = 0; rnd < nr; rnd++) {
+        uint64_t w0, d0, w1, d1;
+        int64_t first;
 
-        if (i == 0) {
-            for (int r = 0; r < c->p; r++) {
-                kvc_stats_t st;
-
-                kvc_stats(pt.k[r], &st);
-                puts0 += st.puts;
-                data0 += st.data_msgs;
-            }
-        }
-        pick_blocks(lb, nb, l0.n_blocks, c->run, REQ_ID(i) + 1000);
-        if (check) {
-            /* grant first, then compute layer by layer (simulated by sleeping
-             * for the layer's compute time) and send each layer as it is done */
-            wr(to_c[1], &tag_i, sizeof(tag_i));
-            if (thread)
-                pthread_create(&th, NULL, prog_thread, &pt);
-            for (int32_t L = 0; L < c->layers; L++) {
-                usleep((useconds_t)(layer_s * 1e6));
-                /* the tail starts when the last layer is handed over; stamped
-                 * before the send, since over shared memory the decode side
-                 * can complete (and read the stamp) before the send returns */
-                if (L == c->layers - 1)
-                    shared[0] = clock_now_ns();
-                pthread_mutex_lock(&pt.mu);
-                for (int r = 0; r < c->p; r++) {
-                    kvc_send_kv_cache(pt.k[r], REQ_ID(i), L, 0, ntok, lb, nb);
-                    if (L == c->layers - 1)
-                        kvc_end(pt.k[r], REQ_ID(i), 1, NULL, 0);
-                    if (!thread)
-                        kvc_progress(pt.k[r]);   /* progress between layers */
-                }
-                pthread_mutex_unlock(&pt.mu);
-            }
-            if (thread) {
-                pt.stop = true;
-                pthread_join(th, NULL);
-                pt.stop = false;
-            }
-        } else {
-            for (int r = 0; r < c->p; r++) {
-                for (int32_t L = 0; L < c->layers; L++)
-                    kvc_send_kv_cache(pt.k[r], REQ_ID(i), L, 0, ntok, lb, nb);
-                kvc_end(pt.k[r], REQ_ID(i), 1, NULL, 0);
-            }
-            wr(to_c[1], &tag_i, sizeof(tag_i));
-        }
-        while (left) {
-            int n = 0;
-
-            for (int r = 0; r < c->p; r++) {
-                duet_status_t s;
-
-                n += kvc_progress(pt.k[r]);
-                if (fin[r])
-                    continue;
-                s = kvc_send_status(pt.k[r], REQ_ID(i));
-                if (s == DUET_INPROGRESS)
-                    continue;
-                if (s != DUET_OK)
-                    goto err;
-                fin[r] = true;
-                left--;
-            }
-            if (n == 0)
-                sched_yield();
-        }
-        if (i == nreq - 1) {
-            for (int r = 0; r < c->p; r++) {
-                kvc_stats_t st;
-
-                kvc_stats(pt.k[r], &st);
-                puts1 += st.puts;
-                data1 += st.data_msgs;
-            }
-        }
-        if (!check && i >= 0 && (i + 1) % o->requests == 0) {
-            int rnd = (int)(i / o->requests);
-
-            for (int64_t j = i + 1 - o->requests; j <= i; j++)
-                if (ref_request(c, o, &pt, dev, src_host, j, w, ep, rkey, base, segs, cpy_dst,
-                                &tref[rnd], &tcpy[rnd], o->hot ? &thot[rnd] : NULL,
-                                &bytes_req) != DUET_OK)
-                    goto err;
-            if (o->perftest) {
-                uint64_t puts = 0;
-
-                for (int r = 0; r < c->p; r++) {
-                    kvc_stats_t st;
-
-                    kvc_stats(pt.k[r], &st);
-                    puts += st.puts;
-                }
-                /* at the connector's mean write size so far (a put, or
-                 * over TCP a DATA message); the child sleeps
-                 * in read() meanwhile (nothing is in flight) */
-                tag = TAG_PAUSE;
-                wr(to_c[1], &tag, sizeof(tag));
-                perf[rnd] = ucx_perftest_gbps(
-                    (size_t)(bytes_req * (double)(i + 1) / (double)(puts - puts0)),
-                    bytes_req * (double)o->requests);
-            }
+        for (int j = 0; j < WARMUP; j++)
+            if (one_request(c, o, &pt, to_c[1], id++, -1) != DUET_OK)
+                goto err;
+        first = id;
+        count_writes(&pt, &w0, &d0);
+        for (int64_t j = 0; j < o->requests; j++)
+            if (one_request(c, o, &pt, to_c[1], id++, (int)(rnd * o->requests + j)) != DUET_OK)
+                goto err;
+        count_writes(&pt, &w1, &d1);
+        writes += w1 - w0;
+        datas += d1 - d0;
+        for (int64_t j = 0; j < nstream; j++)
+            queue_request(c, o, &pt, id + j, ntok);
+        cmd = (cmd_t){CMD_STREAM, ntok, (int32_t)nstream, rnd, id};
+        wr(to_c[1], &cmd, sizeof(cmd));
+        if (wait_sent(&pt, id, nstream) != DUET_OK)
+            goto err;
+        id += nstream;
+        if ((tref[rnd] = ref_round(&x, REF_PUT, first, o->requests, &bytes_req)) < 0 ||
+            (tcpy[rnd] = ref_round(&x, REF_COPY, first, o->requests, &bytes_req)) < 0 ||
+            (o->hot && !o->cuda &&
+             (thot[rnd] = ref_round(&x, REF_HOT, first, o->requests, &bytes_req)) < 0))
+            goto err;
+        if (o->perftest) {
+            /* at the connector's mean write size (a put, or over TCP a DATA
+             * message); the child sleeps in read() meanwhile (nothing is in
+             * flight) */
+            cmd = (cmd_t){.kind = CMD_PAUSE};
+            wr(to_c[1], &cmd, sizeof(cmd));
+            perf[rnd] = ucx_perftest_gbps(
+                o, (size_t)(bytes_req * (double)((rnd + 1) * o->requests) / (double)writes),
+                bytes_req * (double)nstream);
         }
     }
-    tag = TAG_END;
-    wr(to_c[1], &tag, sizeof(tag));
+    for (int k = 0; k < 2 && c->check; k++) {
+        check_request(c, o, &pt, to_c[1], shared, id, -2 - k);
+        if (wait_sent(&pt, id++, 1) != DUET_OK)
+            goto err;
+    }
+    cmd = (cmd_t){.kind = CMD_END};
+    wr(to_c[1], &cmd, sizeof(cmd));
     if (rd(to_p[0], &out, sizeof(out)) < 0)
         goto err;
     waitpid(pid, NULL, 0);
     {
-        double g[MAXROUND], pg[MAXROUND], cg[MAXROUND], rp[MAXROUND], rpu[MAXROUND],
-            rc[MAXROUND], hg[MAXROUND], rb = bytes_req * (double)o->requests;
+        double g[MAXROUND], g1[MAXROUND], pg[MAXROUND], cg[MAXROUND], rp[MAXROUND],
+            rp1[MAXROUND], rpu[MAXROUND], rc[MAXROUND], hg[MAXROUND],
+            rb = bytes_req * (double)o->requests;
         int np = 0;
 
         for (int rnd = 0; rnd < nr; rnd++) {
@@ -863,15 +1060,18 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
 
             for (int64_t j = 0; j < o->requests; j++)
                 sum += out.lat_s[rnd * o->requests + j];
-            g[rnd] = rb / sum / 1e9;
+            g[rnd] = bytes_req * (double)nstream / out.stream_s[rnd] / 1e9;
+            g1[rnd] = rb / sum / 1e9;
             pg[rnd] = rb / tref[rnd] / 1e9;
             cg[rnd] = rb / tcpy[rnd] / 1e9;
             hg[rnd] = thot[rnd] > 0 ? rb / thot[rnd] / 1e9 : 0;
             rpu[rnd] = g[rnd] / pg[rnd];
             rc[rnd] = g[rnd] / cg[rnd];
             res->round_gbps[rnd] = g[rnd];
+            res->round_serial_gbps[rnd] = g1[rnd];
             res->round_perf[rnd] = perf[rnd];
             if (perf[rnd] > 0) {
+                rp1[np] = g1[rnd] / perf[rnd];
                 rp[np++] = g[rnd] / perf[rnd];
                 res->r_perf_min = np == 1 || rp[np - 1] < res->r_perf_min ? rp[np - 1]
                                                                           : res->r_perf_min;
@@ -885,10 +1085,11 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
         res->bytes_per_req = bytes_req;
         res->p50_ms = lat[nreq / 2] * 1e3;
         res->p99_ms = lat[(int64_t)ceil(0.99 * (double)nreq) - 1] * 1e3;
-        res->puts_per_req = (double)(puts1 - puts0) / (double)nreq;
-        res->data_per_req = (double)(data1 - data0) / (double)nreq;
+        res->puts_per_req = (double)writes / (double)nreq;
+        res->data_per_req = (double)datas / (double)nreq;
         res->msg_size = bytes_req / res->puts_per_req;
         res->gbps = median(g, nr);
+        res->serial_gbps = median(g1, nr);
         res->ref_put_gbps = median(pg, nr);
         res->ref_memcpy_gbps = median(cg, nr);
         res->r_put = median(rpu, nr);
@@ -900,6 +1101,7 @@ static int run_case(const kvcase_t *c, const opts_t *o, kvres_t *res)
             memcpy(tmp, perf, sizeof(tmp));
             res->perftest_gbps = median(tmp, nr);
             res->r_perf = median(rp, np);
+            res->r_perf_serial = median(rp1, np);
         }
         res->ok = 1;
     }
@@ -984,7 +1186,7 @@ static const kvcase_t sweep[] = {
 static int bench_kv_run(int argc, char **argv)
 {
     opts_t o = {.slab_mib = 1024, .requests = 20, .rounds = 3, .check_tokens = 512,
-                .us_per_token = 100, .perftest = true};
+                .us_per_token = 100, .perftest = true, .depth = 4, .stream_mib = 256, .pin = true};
     const flag_t flags[] = {
         {"slab-mib", 0, FLAG_INT, &o.slab_mib, "slab per rank, MiB (>= 1024 keeps it out of the 260 MiB LLC)",
          "N", 64, 65536, 0, 0},
@@ -992,6 +1194,15 @@ static int bench_kv_run(int argc, char **argv)
         {"rounds", 'r', FLAG_INT, &o.rounds,
          "rounds per case (each: the requests, the put/memcpy references, ucx_perftest); "
          "figures are medians over the rounds", "N", 1, MAXROUND, 0, 0},
+        {"depth", 0, FLAG_INT, &o.depth,
+         "requests in flight in the streamed pass (its rate is GB/s; the one-at-a-time "
+         "pass gives the latencies)", "N", 1, MAXDEPTH, 0, 0},
+        {"stream-mib", 0, FLAG_INT, &o.stream_mib,
+         "at least this many MiB in each streamed pass (and each ucx_perftest run)", "N", 1,
+         65536, 0, 0},
+        {"pin", 0, FLAG_BOOL, &o.pin,
+         "prefill on the first CPU this process may use, decode on the second; ucx_perftest's "
+         "client and server likewise (--no-pin: the scheduler places them)", NULL, 0, 0, 0, 0},
         {"check-tokens", 0, FLAG_INT, &o.check_tokens, "prompt tokens in the pipelining check",
          "N", 16, 4096, 0, 0},
         {"us-per-token", 0, FLAG_DOUBLE, &o.us_per_token,
@@ -1039,23 +1250,38 @@ static int bench_kv_run(int argc, char **argv)
     }
     if (o.quick)
         ncases = 4;
+    if (o.pin) {
+        cpu_set_t set;
+        int n = 0;
+
+        /* two CPUs of this process's set; fewer: no pinning */
+        if (sched_getaffinity(0, sizeof(set), &set) == 0)
+            for (int cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
+                if (CPU_ISSET(cpu, &set))
+                    o.cpu[n++] = cpu;
+        o.pin = n == 2;
+    }
     if (o.cuda && !DUET_HAVE_CUDA) {
         fprintf(stderr, "duet bench kv: --cuda needs a CUDA build\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     if (o.json)
-        printf("{\"ucx_tls\": \"%s\", \"slab_mib\": %lld, \"cuda\": %s, \"cases\": [\n",
-               tls ? tls : "", (long long)o.slab_mib, o.cuda ? "true" : "false");
+        printf("{\"ucx_tls\": \"%s\", \"slab_mib\": %lld, \"cuda\": %s, \"depth\": %lld, "
+               "\"pinned\": %s, \"cases\": [\n",
+               tls ? tls : "", (long long)o.slab_mib, o.cuda ? "true" : "false",
+               (long long)o.depth, o.pin ? "true" : "false");
     else
         printf("UCX_TLS=%s, slab %lld MiB per rank, %lld rounds of %lld requests per case "
-               "(medians over rounds); perftest reuses one cache-hot buffer; writes: puts, "
-               "copies into a mapped slab, or DATA messages (TCP), per request\n"
-               "%-20s %9s %7s %7s %8s %9s %7s %7s %7s %6s %6s %6s %11s\n",
+               "(medians over rounds), %s; GB/s: %lld requests in flight, 1by1: one at a time "
+               "(p50, p99: their latencies); perftest reuses one cache-hot buffer; writes: "
+               "puts, copies into a mapped slab, or DATA messages (TCP), per request\n"
+               "%-20s %9s %7s %7s %6s %8s %9s %7s %7s %7s %6s %6s %6s %11s\n",
                tls ? tls : "(default)", (long long)o.slab_mib, (long long)o.rounds,
-               (long long)o.requests, "case", "KiB/req", "writes", "GB/s", "p50 ms", "p99 ms",
-               o.cuda ? "d2h" : "put", "memcpy", "perft", o.cuda ? "/d2h" : "/put", "/cpy",
-               "/perf", "/perf range");
+               (long long)o.requests, o.pin ? "pinned to 2 CPUs" : "not pinned",
+               (long long)o.depth, "case", "KiB/req", "writes", "GB/s", "1by1", "p50 ms",
+               "p99 ms", o.cuda ? "d2h" : "put", "memcpy", "perft", o.cuda ? "/d2h" : "/put",
+               "/cpy", "/perf", "/perf range");
     for (int i = 0; i < ncases; i++) {
         kvres_t r;
 
@@ -1070,29 +1296,30 @@ static int bench_kv_run(int argc, char **argv)
             printf("%s  {\"case\": \"%s\", \"layers\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
                    "\"dtype\": \"%s\", \"tp\": [%d, %d], \"blocks_per_req\": %d, \"run\": %d, "
                    "\"bytes_per_req\": %.0f, \"puts_per_req\": %.1f, \"data_msgs_per_req\": %.1f, "
-                   "\"gbps\": %.3f, "
+                   "\"gbps\": %.3f, \"serial_gbps\": %.3f, "
                    "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"ref_put_gbps\": %.3f, "
                    "\"ref_memcpy_gbps\": %.3f, \"hot_put_gbps\": %.3f, \"perftest_gbps\": %.3f, "
                    "\"perftest_msg\": %.0f, "
                    "\"ratio_put\": %.3f, \"ratio_memcpy\": %.3f, \"ratio_perftest\": %.3f, "
-                   "\"rounds\": [",
+                   "\"ratio_perftest_serial\": %.3f, \"rounds\": [",
                    nprinted ? ",\n" : "", sweep[i].name, sweep[i].layers, sweep[i].heads, sweep[i].head_dim,
                    sweep[i].dtype == DTYPE_F32 ? "f32" : "f16", sweep[i].p, sweep[i].d,
                    sweep[i].blocks_per_req, sweep[i].run, r.bytes_per_req, r.puts_per_req,
-                   r.data_per_req, r.gbps,
+                   r.data_per_req, r.gbps, r.serial_gbps,
                    r.p50_ms, r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.hot_put_gbps,
-                   r.perftest_gbps, r.msg_size, r.r_put, r.r_cpy, r.r_perf);
+                   r.perftest_gbps, r.msg_size, r.r_put, r.r_cpy, r.r_perf, r.r_perf_serial);
             for (int k = 0; k < r.rounds; k++)
-                printf("%s{\"gbps\": %.3f, \"perftest_gbps\": %.3f}", k ? ", " : "",
-                       r.round_gbps[k], r.round_perf[k]);
+                printf("%s{\"gbps\": %.3f, \"serial_gbps\": %.3f, \"perftest_gbps\": %.3f}",
+                       k ? ", " : "", r.round_gbps[k], r.round_serial_gbps[k], r.round_perf[k]);
             printf("], \"check_layer_ms\": %.3f, \"check_tail_between_ms\": %.3f, "
                    "\"check_tail_thread_ms\": %.3f}",
                    r.layer_ms, r.tail_between_ms, r.tail_thread_ms);
             nprinted++;
         } else {
-            printf("%-20s %9.0f %7.0f %7.2f %8.2f %9.2f %7.2f %7.2f %7.2f %6.2f %6.2f %6.2f "
-                   "%5.2f-%5.2f\n",
-                   sweep[i].name, r.bytes_per_req / 1024, r.puts_per_req, r.gbps, r.p50_ms,
+            printf("%-20s %9.0f %7.0f %7.2f %6.2f %8.2f %9.2f %7.2f %7.2f %7.2f %6.2f %6.2f "
+                   "%6.2f %5.2f-%5.2f\n",
+                   sweep[i].name, r.bytes_per_req / 1024, r.puts_per_req, r.gbps, r.serial_gbps,
+                   r.p50_ms,
                    r.p99_ms, r.ref_put_gbps, r.ref_memcpy_gbps, r.perftest_gbps, r.r_put,
                    r.r_cpy, r.r_perf, r.r_perf_min, r.r_perf_max);
             if (o.hot && r.hot_put_gbps > 0)
