@@ -903,10 +903,13 @@ int kvc_ucx_settings(const kvc_ucx_setting_t **settings_p)
     /* UCX 1.13 applies a transport key given to ucp_config_modify without the
      * transport's prefix ("TX_SEG_SIZE"; "TCP_TX_SEG_SIZE" is reported as an
      * invalid configuration and ignored); only tcp has this key here */
-    static const kvc_ucx_setting_t tcp_seg = {"UCX_TCP_TX_SEG_SIZE", "TX_SEG_SIZE", "64K"};
+    static const kvc_ucx_setting_t set[] = {
+        {"UCX_MAX_EAGER_RAILS", "MAX_EAGER_RAILS", "1"},
+        {"UCX_TCP_TX_SEG_SIZE", "TX_SEG_SIZE", "64K"},
+    };
 
-    *settings_p = &tcp_seg;
-    return getenv(tcp_seg.env) == NULL && tls_has_tcp() ? 1 : 0;
+    *settings_p = set;
+    return getenv(set[1].env) == NULL && tls_has_tcp() ? 2 : 1;
 }
 
 duet_status_t kvc_create(const kvc_params_t *params, kvc_t **kvc_p)

@@ -184,13 +184,18 @@ typedef struct {
 } kvc_ucx_setting_t;
 
 /* The settings kvc_create applies now (they depend on the environment);
- * returns their number, *settings_p points to a static table. Today at most
- * one: UCX_TCP_TX_SEG_SIZE=64K (UCX 1.13's 8K split every scattered 12 KiB
- * block put into two messages over TCP; docs/kvconnector.md, "TCP against
- * ucx_perftest"), unless UCX_TCP_TX_SEG_SIZE is set or UCX_TLS names no tcp
- * transport. A peer's UCX_TCP_RX_SEG_SIZE must be at least this (its
- * default, 64K, is). Benchmarks give their references and ucx_perftest the
- * same. */
+ * returns their number, *settings_p points to a static table:
+ * - always UCX_MAX_EAGER_RAILS=1, whatever the environment says: DATA
+ *   messages and the LAYER_DONE after them must arrive in order, which one
+ *   eager lane per endpoint guarantees (docs/kvconnector.md, "Over TCP: DATA
+ *   messages"; UCX's default, forced so that a multi-rail setting cannot
+ *   fail requests);
+ * - UCX_TCP_TX_SEG_SIZE=64K (UCX 1.13's 8K split every scattered 12 KiB
+ *   block put into two messages over TCP, and a DATA message must fit one
+ *   segment; docs/kvconnector.md, "TCP against ucx_perftest"), unless
+ *   UCX_TCP_TX_SEG_SIZE is set or UCX_TLS names no tcp transport. A peer's
+ *   UCX_TCP_RX_SEG_SIZE must be at least this (its default, 64K, is).
+ * Benchmarks give their references and ucx_perftest the same. */
 int kvc_ucx_settings(const kvc_ucx_setting_t **settings_p);
 
 /* Close endpoints, listener, slab and worker. Requests still open are dropped. */

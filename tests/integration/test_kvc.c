@@ -1299,7 +1299,8 @@ static void two_peers(void)
 /* The UCX settings kvc_create applies (kvc_ucx_settings): each case in its
  * own process, since it changes the environment. Exit status: 0 as expected,
  * 1 create failed, 2 created, 3 wrong settings string. */
-static int ucx_settings_case(const char *rx, const char *tx, bool expect_ok, const char *expect)
+static int ucx_settings_case(const char *rx, const char *tx, const char *rails, bool expect_ok,
+                             const char *expect)
 {
     cfg_t c = {SC_EXACT, 6, 1, 1, 88};
     pid_t pid = fork();
@@ -1308,6 +1309,8 @@ static int ucx_settings_case(const char *rx, const char *tx, bool expect_ok, con
     if (pid == 0) {
         kvc_t *k;
 
+        if (rails)
+            setenv("UCX_MAX_EAGER_RAILS", rails, 1);
         if (rx)
             setenv("UCX_TCP_RX_SEG_SIZE", rx, 1);
         if (tx)
@@ -1333,21 +1336,28 @@ static void ucx_settings(void)
 {
     const kvc_ucx_setting_t *set;
     int n = kvc_ucx_settings(&set);
+    const char *seg = n == 2 ? " UCX_TCP_TX_SEG_SIZE=64K" : "";
+    char both[96];
 
-    if (n == 0) {
-        diag("no connector UCX settings under this UCX_TLS / environment");
+    ok(strcmp(set[0].env, "UCX_MAX_EAGER_RAILS") == 0, "the first setting: one eager lane");
+    snprintf(both, sizeof(both), "UCX_MAX_EAGER_RAILS=1%s", seg);
+    is_int(ucx_settings_case(NULL, NULL, NULL, true, both), 0,
+           "kvc_create applies %s to its context", both);
+    /* the order of DATA and LAYER_DONE depends on it: the environment's
+     * multi-rail setting is overridden */
+    is_int(ucx_settings_case(NULL, NULL, "2", true, both), 0,
+           "UCX_MAX_EAGER_RAILS=2 from the environment becomes 1");
+    if (n < 2) {
+        diag("no tcp setting under this UCX_TLS / environment");
         return;
     }
-    is_int(n, 1, "one UCX setting: %s=%s", set[0].env, set[0].value);
-    is_int(ucx_settings_case(NULL, NULL, true, "UCX_TCP_TX_SEG_SIZE=64K"), 0,
-           "kvc_create applies UCX_TCP_TX_SEG_SIZE=64K to its context");
     /* UCX refuses a tcp TX segment larger than the RX segment: if the
      * connector's 64K reached the tcp transport, a 16K RX segment makes the
      * worker (and kvc_create) fail; if the key were ignored it would not */
-    is_int(ucx_settings_case("16K", NULL, false, ""), 0,
+    is_int(ucx_settings_case("16K", NULL, NULL, false, ""), 0,
            "the 64K TX segment reaches the tcp transport (RX 16K is refused)");
-    is_int(ucx_settings_case("16K", "8K", true, ""), 0,
-           "UCX_TCP_TX_SEG_SIZE from the environment wins (nothing applied)");
+    is_int(ucx_settings_case("16K", "8K", NULL, true, "UCX_MAX_EAGER_RAILS=1"), 0,
+           "UCX_TCP_TX_SEG_SIZE from the environment wins (not applied)");
 }
 
 /* kvc_copy_nt (non-temporal stores from 1 KiB up when the destination is
