@@ -353,6 +353,14 @@ static double req_bytes(const kvcase_t *c, const opts_t *o)
     return b;
 }
 
+/* The prefill blocks of request id (on every prefill rank). */
+static void prefill_blocks(const kvcase_t *c, const opts_t *o, int64_t id, int32_t *out,
+                           int32_t nb)
+{
+    pick_blocks(out, nb, case_layout(c, c->p, 0, o->slab_mib).n_blocks, c->run,
+                (uint64_t)id + 1000);
+}
+
 /* ---- the decode child ------------------------------------------------------ */
 
 enum { CMD_REQ, CMD_STREAM, CMD_PAUSE, CMD_END };
@@ -423,29 +431,37 @@ static void child_next_cmd(int rfd, ucp_worker_h w, kvc_t **k, int nk, cmd_t *cm
     }
 }
 
+/* Poll request id on every decode rank not in *done (a bit per rank) and
+ * add those where it completed; true once all nk have. A failure exits. */
+static bool child_poll(kvc_t **k, int nk, int64_t id, uint8_t *done)
+{
+    for (int r = 0; r < nk; r++) {
+        duet_status_t s;
+
+        if (*done & (1u << r))
+            continue;
+        s = kvc_recv_kv_cache(k[r], (uint64_t)id, NULL);
+        if (s == DUET_INPROGRESS)
+            continue;
+        if (s != DUET_OK)
+            _exit(6);
+        *done |= (uint8_t)(1u << r);
+    }
+    return *done == (1u << nk) - 1;
+}
+
 /* Progress until request id is complete on every decode rank. */
 static void child_wait(kvc_t **k, int nk, int64_t id)
 {
-    bool done[MAXR] = {false};
-    int left = nk;
+    uint8_t done = 0;
 
-    while (left) {
+    for (;;) {
         int n = 0;
 
-        for (int r = 0; r < nk; r++) {
-            duet_status_t s;
-
+        for (int r = 0; r < nk; r++)
             n += kvc_progress(k[r]);
-            if (done[r])
-                continue;
-            s = kvc_recv_kv_cache(k[r], (uint64_t)id, NULL);
-            if (s == DUET_INPROGRESS)
-                continue;
-            if (s != DUET_OK)
-                _exit(6);
-            done[r] = true;
-            left--;
-        }
+        if (child_poll(k, nk, id, &done))
+            return;
         if (n == 0)
             sched_yield();
     }
@@ -486,24 +502,11 @@ static double child_stream(const kvcase_t *c, const opts_t *o, kvc_t **k, const 
         }
         for (int r = 0; r < c->d; r++)
             n += kvc_progress(k[r]);
-        for (int32_t j = lo; j < granted; j++) {
-            for (int r = 0; r < c->d && done[j] != all; r++) {
-                duet_status_t s;
-
-                if (done[j] & (1u << r))
-                    continue;
-                s = kvc_recv_kv_cache(k[r], (uint64_t)(cmd->id + j), NULL);
-                if (s == DUET_INPROGRESS)
-                    continue;
-                if (s != DUET_OK)
-                    _exit(6);
-                done[j] |= (uint8_t)(1u << r);
-                if (done[j] == all) {
-                    busy[slot_of[j]] = false;
-                    ndone++;
-                }
+        for (int32_t j = lo; j < granted; j++)
+            if (done[j] != all && child_poll(k, c->d, cmd->id + j, &done[j])) {
+                busy[slot_of[j]] = false;
+                ndone++;
             }
-        }
         while (lo < granted && done[lo] == all)
             lo++;
         if (n == 0)
@@ -705,8 +708,7 @@ static double ref_request(const refs_t *x, int kind, int64_t id)
     int32_t nb = c->blocks_per_req;
     double bytes = 0;
 
-    pick_blocks(lb, nb, case_layout(c, c->p, 0, o->slab_mib).n_blocks, c->run,
-                (uint64_t)id + 1000);
+    prefill_blocks(c, o, id, lb, nb);
     decode_blocks(c, o, id, -1, rb, nb);
     for (int r = 0; r < c->p; r++)
         for (int dr = 0; dr < c->d; dr++) {
@@ -769,8 +771,7 @@ static void queue_request(const kvcase_t *c, const opts_t *o, prog_t *pt, int64_
 {
     int32_t nb = (ntok + 15) / 16, lb[4096];
 
-    pick_blocks(lb, nb, case_layout(c, c->p, 0, o->slab_mib).n_blocks, c->run,
-                (uint64_t)id + 1000);
+    prefill_blocks(c, o, id, lb, nb);
     for (int r = 0; r < c->p; r++) {
         for (int32_t L = 0; L < c->layers; L++)
             kvc_send_kv_cache(pt->k[r], (uint64_t)id, L, 0, ntok, lb, nb);
@@ -790,8 +791,7 @@ static void check_request(const kvcase_t *c, const opts_t *o, prog_t *pt, int wf
     cmd_t cmd = {CMD_REQ, ntok, 1, slot, id};
     pthread_t th;
 
-    pick_blocks(lb, nb, case_layout(c, c->p, 0, o->slab_mib).n_blocks, c->run,
-                (uint64_t)id + 1000);
+    prefill_blocks(c, o, id, lb, nb);
     wr(wfd, &cmd, sizeof(cmd));
     if (thread)
         pthread_create(&th, NULL, prog_thread, pt);

@@ -46,6 +46,20 @@ def test_json_report(duet_bin, tls):
     assert c["check_tail_between_ms"] > 0 and c["check_tail_thread_ms"] > 0
 
 
+def test_heterogeneous_tp(duet_bin):
+    # 2 prefill ranks to 3 decode ranks: a request completes only once every
+    # decode rank has its heads, in the one-at-a-time and the streamed pass
+    args = [a if a != "smollm2 b8" else "tp 2->3" for a in SMALL]
+    r = run_duet(duet_bin, "bench", "kv", *args, "--json",
+                 env=dict(os.environ, UCX_TLS="tcp,self"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    [c] = json.loads(r.stdout)["cases"]
+    assert c["tp"] == [2, 3] and c["kv_heads"] == 6
+    # 30 layers x 64 blocks x K and V x 6 heads x 16 tokens x 64 dims x 2 bytes
+    assert c["bytes_per_req"] == 30 * 64 * 2 * 6 * 16 * 64 * 2
+    assert c["gbps"] > 0 and c["serial_gbps"] > 0 and c["data_msgs_per_req"] > 0
+
+
 @pytest.mark.parametrize("flag", [("--depth", "0"), ("--depth", "17"), ("--stream-mib", "0"),
                                   ("--hot-side", "left"), ("--rounds", "0")])
 def test_bad_flags(duet_bin, flag):
